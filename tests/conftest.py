@@ -1,0 +1,44 @@
+"""Shared fixtures: one private redis-server per test session, a fresh group per test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from leaser.embedded import RedisServer, env_redis_url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """URL of a real Redis: ``REDIS_URL`` if set, else a throwaway redis-server for this session."""
+    url = env_redis_url()
+    if url:
+        yield url
+        return
+    server = RedisServer().start()
+    os.environ["SHARDLEASE_TEST_REDIS_URL"] = server.url
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def group() -> str:
+    """A consumer-group name no other test uses: each test gets its own key namespace."""
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def redis_client(redis_url: str, group: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        yield client
+    finally:
+        for key in client.scan_iter(match=f"shardlease:{{{group}}}:*", count=1000):
+            client.delete(key)
+        client.close()
