@@ -1,0 +1,1 @@
+"""The shardlease consumer runtime."""

@@ -1,0 +1,1 @@
+"""A local DynamoDB Streams endpoint with real shard lineage (see docs/local-endpoint.md)."""
