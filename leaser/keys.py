@@ -16,7 +16,8 @@ script touches hashes to the same Redis Cluster slot::
     shardlease:{<group>}:asks:<worker>      HASH   handoff asks to <worker>: taker -> count
     shardlease:{<group>}:grants:<worker>    ZSET   shards handed off to <worker> -> reservation end
     shardlease:{<group>}:leader             HASH   leader lease: owner, token, expires_ms
-    shardlease:{<group>}:meta               HASH   group facts: created_ms, generation
+    shardlease:{<group>}:meta               HASH   group facts: created_ms
+    shardlease:{<group>}:wake               pub/sub channel: a lease was released, look now
 """
 
 from __future__ import annotations
@@ -121,6 +122,10 @@ class GroupKeys:
     @property
     def meta(self) -> str:
         return f"{self.base}:meta"
+
+    @property
+    def wake_channel(self) -> str:
+        return f"{self.base}:wake"
 
     def namespaced(self, name: str) -> str:
         """A further key in the group's slot, for later features (dead-letter streams, ...)."""

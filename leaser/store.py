@@ -1,0 +1,430 @@
+"""LeaseStore: the lease protocol's operations, each one round trip to Redis.
+
+Every change of lease state is one Lua script (see ``leaser/lua/``): all keys go
+through KEYS, all of them under the group's hash tag, and every expiry is judged
+on Redis server time.  Reads that prepare a script (a lease's children, a
+victim's leases) are checked again inside the script; when they no longer hold,
+the script answers 'retry' and the read is repeated.
+
+Redis errors are translated here: connection failures and timeouts become
+:class:`CoordinationUnavailable`; a stale token becomes :class:`LeaseLostError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from leaser.config import LeaseConfig
+from leaser.errors import ConcurrentUpdate, ConfigError, CoordinationUnavailable, LeaseLostError
+from leaser.keys import GroupKeys, validate_id
+from leaser.lease import Acquired, Lease, ShardSpec, validate_sequence_number
+from leaser.scripts import Scripts
+
+_REGISTER_CHUNK = 500
+_RETRIES_ON_CONCURRENT_UPDATE = 20
+
+
+@contextlib.contextmanager
+def translate_redis_errors() -> Iterator[None]:
+    """Turn redis-py's transient errors into CoordinationUnavailable (retryable)."""
+    try:
+        yield
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        raise CoordinationUnavailable(f"Redis unavailable: {type(exc).__name__}: {exc}") from exc
+    except redis.exceptions.BusyLoadingError as exc:
+        raise CoordinationUnavailable(f"Redis is loading its data: {exc}") from exc
+    except redis.exceptions.ResponseError as exc:
+        text = str(exc)
+        if text.startswith(("TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "LOADING", "READONLY")):
+            raise CoordinationUnavailable(f"Redis is failing over: {text}") from exc
+        raise
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _pairs(flat: Sequence[Any]) -> list[tuple[str, str]]:
+    return [(_s(flat[i]), _s(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """What one heartbeat reports (all times Redis server ms)."""
+
+    now_ms: int
+    lost: dict[str, str]
+    """Leases the caller named but no longer holds: shard id -> reason."""
+    members: dict[str, int]
+    """Live workers -> leases each renewed at its last heartbeat."""
+    ready: int
+    """Leases not ended whose parents have ended: the pool the fair share divides."""
+    free: int
+    expired: int
+    asks: dict[str, int]
+    """Takers asking the caller for leases -> how many."""
+    grants: list[str]
+    """Shards handed over to the caller and reserved for it."""
+    created_ms: int
+    """When the group's state was first written; a change means Redis lost it."""
+    leader: str
+    """The worker holding the leader lease ('' if none); members run for it at each heartbeat."""
+    leader_token: int
+
+
+@dataclass(frozen=True, slots=True)
+class Leader:
+    owner: str
+    token: int
+    expires_ms: int
+
+
+def order_for_registration(specs: Iterable[ShardSpec]) -> list[ShardSpec]:
+    """Parents before children within one batch (a parent's state decides its child's)."""
+    pending = {s.shard_id: s for s in specs}
+    done: set[str] = set()
+    out: list[ShardSpec] = []
+
+    def visit(spec: ShardSpec, path: set[str]) -> None:
+        if spec.shard_id in done or spec.shard_id in path:
+            return
+        path.add(spec.shard_id)
+        for parent in spec.parent_ids:
+            if parent in pending:
+                visit(pending[parent], path)
+        done.add(spec.shard_id)
+        out.append(spec)
+
+    for spec in sorted(pending.values(), key=lambda s: (s.order, s.shard_id)):
+        visit(spec, set())
+    return out
+
+
+class LeaseStore:
+    """The lease protocol of one consumer group on one Redis (or Redis Cluster slot).
+
+    The client must decode responses (``decode_responses=True``); see :func:`leaser.connect`.
+    """
+
+    def __init__(self, client: redis.Redis, group: str, config: LeaseConfig | None = None) -> None:
+        self.client = client
+        self.keys = GroupKeys.for_group(group)
+        self.config = config or LeaseConfig()
+        self._scripts = Scripts(client)
+
+    @property
+    def group(self) -> str:
+        return self.keys.group
+
+    def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        with translate_redis_errors():
+            return self._scripts[name](keys=list(keys), args=list(args))
+
+    # -- shards -------------------------------------------------------------------------------
+
+    def register_shards(self, specs: Iterable[ShardSpec]) -> dict[str, str]:
+        """Register shards with their lineage; returns shard id -> ready|blocked|exists|tombstoned.
+
+        Idempotent: a shard registered before keeps its state.  Parents in the same batch are
+        registered before their children.  A parent unknown to the group does not block its child.
+        """
+        k = self.keys
+        ordered = order_for_registration(specs)
+        result: dict[str, str] = {}
+        for start in range(0, len(ordered), _REGISTER_CHUNK):
+            chunk = ordered[start : start + _REGISTER_CHUNK]
+            with translate_redis_errors():
+                pipe = self.client.pipeline(transaction=False)
+                for spec in chunk:
+                    validate_id("shard_id", spec.shard_id)
+                    for parent in spec.parent_ids:
+                        validate_id("shard_id", parent)
+                    self._scripts["register"](
+                        keys=[k.lease(spec.shard_id), k.shards, k.free, k.tombstones, k.meta]
+                        + [k.lease(p) for p in spec.parent_ids],
+                        args=[spec.shard_id, repr(float(spec.order)), ",".join(spec.parent_ids)],
+                        client=pipe,
+                    )
+                answers = pipe.execute()
+            for spec, answer in zip(chunk, answers, strict=True):
+                result[spec.shard_id] = _s(answer)
+        return result
+
+    def lease(self, shard_id: str) -> Lease | None:
+        """The lease of one shard, or None if it is not registered."""
+        with translate_redis_errors():
+            fields = self.client.hgetall(self.keys.lease(shard_id))
+        return Lease.from_hash({_s(a): _s(b) for a, b in fields.items()}) if fields else None
+
+    def leases(self) -> list[Lease]:
+        """Every registered lease, in registration order (for status and tests; O(shards))."""
+        with translate_redis_errors():
+            ids = [_s(x) for x in self.client.zrange(self.keys.shards, 0, -1)]
+            pipe = self.client.pipeline(transaction=False)
+            for shard in ids:
+                pipe.hgetall(self.keys.lease(shard))
+            rows = pipe.execute()
+        return [Lease.from_hash({_s(a): _s(b) for a, b in row.items()}) for row in rows if row]
+
+    def shard_ids(self) -> list[str]:
+        """Every registered shard id, oldest first."""
+        with translate_redis_errors():
+            return [_s(x) for x in self.client.zrange(self.keys.shards, 0, -1)]
+
+    def candidates(self, limit: int) -> list[str]:
+        """Up to ``limit`` leases that can be acquired now: expired ones first, then free, oldest first."""
+        if limit <= 0:
+            return []
+        with translate_redis_errors():
+            t = self.server_time_ms()
+            expired = self.client.zrangebyscore(self.keys.owned, "-inf", t, start=0, num=limit)
+            free = self.client.zrange(self.keys.free, 0, limit - 1)
+        out = [_s(x) for x in expired]
+        out += [_s(x) for x in free if _s(x) not in out]
+        return out[:limit]
+
+    def held_by(self, worker_id: str) -> list[str]:
+        """Shards the worker holds now (its index, checked against each lease's owner)."""
+        with translate_redis_errors():
+            ids = sorted(_s(x) for x in self.client.smembers(self.keys.held(worker_id)))
+            if not ids:
+                return []
+            pipe = self.client.pipeline(transaction=False)
+            for shard in ids:
+                pipe.hget(self.keys.lease(shard), "owner")
+            owners = pipe.execute()
+        return [shard for shard, owner in zip(ids, owners, strict=True) if owner is not None and _s(owner) == worker_id]
+
+    def server_time_ms(self) -> int:
+        with translate_redis_errors():
+            seconds, micros = self.client.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    # -- leases -------------------------------------------------------------------------------
+
+    def acquire(
+        self, worker_id: str, shard_ids: Sequence[str], *, take_from: str = ""
+    ) -> tuple[list[Acquired], dict[str, str]]:
+        """Try to acquire each shard's lease in one pipelined round trip.
+
+        Returns (acquired, refused) where refused maps shard id -> reason.  A lease is acquired
+        only if it is free, expired, reserved for the caller, or (with ``take_from``) still held
+        by that worker: a hard take-over after a handoff timed out.
+        """
+        k = self.keys
+        if not shard_ids:
+            return [], {}
+        with translate_redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for shard in shard_ids:
+                self._scripts["acquire"](
+                    keys=[k.lease(shard), k.free, k.owned, k.token, k.held(worker_id), k.grants(worker_id)],
+                    args=[worker_id, self.config.lease_ttl_ms, shard, take_from],
+                    client=pipe,
+                )
+            answers = pipe.execute()
+        acquired: list[Acquired] = []
+        refused: dict[str, str] = {}
+        for shard, answer in zip(shard_ids, answers, strict=True):
+            if _s(answer[0]) == "ok":
+                acquired.append(Acquired(shard, int(answer[1]), _s(answer[2]), _s(answer[3]), _s(answer[4])))
+            else:
+                refused[shard] = _s(answer[1])
+        return acquired, refused
+
+    def heartbeat(self, worker_id: str, held: Mapping[str, int], *, leaving: bool = False) -> Heartbeat:
+        """Renew membership and every lease in ``held`` (shard id -> token) in one round trip.
+
+        With ``leaving=True`` the worker leaves the group's membership (so others stop counting it
+        in the fair share) but still renews the leases it has not released yet.
+        """
+        k = self.keys
+        shards = list(held)
+        raw = self._run(
+            "heartbeat",
+            [k.members, k.load, k.free, k.owned, k.asks(worker_id), k.grants(worker_id), k.held(worker_id), k.meta,
+             k.leader, k.token]
+            + [k.lease(s) for s in shards],
+            [worker_id, self.config.lease_ttl_ms, self.config.member_ttl_ms, "0" if leaving else "1"]
+            + [held[s] for s in shards],
+        )
+        return Heartbeat(
+            now_ms=int(raw[0]),
+            lost=dict(_pairs(raw[1])),
+            members={w: int(n) for w, n in _pairs(raw[2])},
+            ready=int(raw[3]),
+            free=int(raw[4]),
+            expired=int(raw[5]),
+            asks={w: int(n) for w, n in _pairs(raw[6])},
+            grants=[_s(x) for x in raw[7]],
+            created_ms=int(raw[8] or 0),
+            leader=_s(raw[9]),
+            leader_token=int(raw[10] or 0),
+        )
+
+    def checkpoint(self, worker_id: str, shard_id: str, token: int, sequence_number: str) -> bool:
+        """Record progress, fenced by ``token``.  True if it moved, False if equal or behind.
+
+        Raises LeaseLostError (nothing changed) when the token is stale or the lease expired.
+        """
+        validate_sequence_number(sequence_number)
+        answer = self._run("checkpoint", [self.keys.lease(shard_id)], [worker_id, token, sequence_number])
+        status = _s(answer[0])
+        if status == "lost":
+            raise LeaseLostError(shard_id, token, _s(answer[1]))
+        return status == "ok"
+
+    def end_shard(self, worker_id: str, shard_id: str, token: int) -> list[str]:
+        """Checkpoint SHARD_END, fenced.  Returns the children that became acquirable."""
+        k = self.keys
+        for _ in range(_RETRIES_ON_CONCURRENT_UPDATE):
+            with translate_redis_errors():
+                children_csv = _s(self.client.hget(k.lease(shard_id), "children") or "")
+                children = children_csv.split(",") if children_csv else []
+                pipe = self.client.pipeline(transaction=False)
+                for child in children:
+                    pipe.hget(k.lease(child), "parents")
+                parents_of = [(_s(p) if p else "").split(",") for p in pipe.execute()] if children else []
+            keys = [k.lease(shard_id), k.free, k.owned, k.ended, k.held(worker_id)]
+            counts: list[int] = []
+            for child, parents in zip(children, parents_of, strict=True):
+                others = [p for p in parents if p and p != shard_id]
+                keys.append(k.lease(child))
+                keys.extend(k.lease(p) for p in others)
+                counts.append(len(others))
+            answer = self._run("end_shard", keys, [worker_id, token, shard_id, children_csv, *counts])
+            status = _s(answer[0])
+            if status == "lost":
+                raise LeaseLostError(shard_id, token, _s(answer[1]))
+            if status == "ok":
+                ready = _s(answer[1])
+                return ready.split(",") if ready else []
+        raise ConcurrentUpdate(f"children of shard {shard_id!r} kept changing while ending it")
+
+    def release(self, worker_id: str, shard_id: str, token: int, *, to: str = "") -> None:
+        """Give a lease up, fenced; with ``to``, reserve it for that taker (a handoff).
+
+        Raises LeaseLostError when the token is stale (someone else holds it now).
+        """
+        k = self.keys
+        grants = k.grants(to) if to else k.grants(worker_id)
+        answer = self._run(
+            "release",
+            [k.lease(shard_id), k.free, k.owned, k.held(worker_id), grants, k.asks(worker_id)],
+            [worker_id, token, shard_id, to, int(self.config.handoff_reserve_s * 1000), k.wake_channel],
+        )
+        if _s(answer[0]) == "lost":
+            raise LeaseLostError(shard_id, token, _s(answer[1]))
+
+    def ask(self, taker: str, owner: str, count: int) -> None:
+        """Ask a live ``owner`` to hand ``count`` leases to ``taker`` (0 withdraws the ask)."""
+        lifetime_ms = int(self.config.renew_interval_s * 3 * 1000)
+        self._run("ask", [self.keys.asks(owner)], [taker, max(count, 0), lifetime_ms])
+
+    def grants(self, worker_id: str) -> list[str]:
+        """Shards handed over to ``worker_id`` whose reservation has not run out."""
+        with translate_redis_errors():
+            t = self.server_time_ms()
+            return [_s(x) for x in self.client.zrangebyscore(self.keys.grants(worker_id), t, "+inf")]
+
+    # -- group --------------------------------------------------------------------------------
+
+    def members(self) -> dict[str, int]:
+        """Live workers -> leases each renewed at its last heartbeat."""
+        with translate_redis_errors():
+            t = self.server_time_ms()
+            ids = [_s(x) for x in self.client.zrangebyscore(self.keys.members, t, "+inf")]
+            loads = self.client.hmget(self.keys.load, ids) if ids else []
+        return {w: int(_s(n)) if n is not None else 0 for w, n in zip(ids, loads, strict=True)}
+
+    def leader(self, worker_id: str, ttl_ms: int) -> Leader:
+        """Take or keep the leader lease; the caller leads when ``result.owner == worker_id``."""
+        raw = self._run("leader", [self.keys.leader, self.keys.token], [worker_id, ttl_ms])
+        return Leader(_s(raw[0]), int(raw[1]), int(raw[2]))
+
+    def resign_leader(self, worker_id: str) -> None:
+        self._run("leader", [self.keys.leader, self.keys.token], [worker_id, 0])
+
+    def current_leader(self) -> Leader | None:
+        with translate_redis_errors():
+            f = self.client.hmget(self.keys.leader, ["owner", "token", "expires_ms"])
+        if not f[0] or int(f[2] or 0) <= self.server_time_ms():
+            return None
+        return Leader(_s(f[0]), int(f[1] or 0), int(f[2] or 0))
+
+    def cleanup(self, limit: int = 100) -> list[str]:
+        """Delete up to ``limit`` ended leases that are safe to delete; returns their ids.
+
+        Safe: ended ``ended_retention_s`` ago and every child has progressed past its start (or,
+        with no known children, ended ``orphan_retention_s`` ago).  A tombstone keeps a later
+        listing from registering the shard again.  Old tombstones are purged.
+        """
+        k = self.keys
+        cfg = self.config
+        deleted: list[str] = []
+        with translate_redis_errors():
+            t = self.server_time_ms()
+            self.client.zremrangebyscore(k.tombstones, "-inf", t - int(cfg.tombstone_retention_s * 1000))
+            ids = [_s(x) for x in self.client.zrangebyscore(
+                k.ended, "-inf", t - int(cfg.ended_retention_s * 1000), start=0, num=limit
+            )]
+        for shard in ids:
+            for _ in range(_RETRIES_ON_CONCURRENT_UPDATE):
+                with translate_redis_errors():
+                    children_csv = _s(self.client.hget(k.lease(shard), "children") or "")
+                children = children_csv.split(",") if children_csv else []
+                answer = self._run(
+                    "cleanup",
+                    [k.lease(shard), k.shards, k.ended, k.tombstones] + [k.lease(c) for c in children],
+                    [int(cfg.ended_retention_s * 1000), int(cfg.orphan_retention_s * 1000), shard, children_csv],
+                )
+                status = _s(answer[0])
+                if status == "deleted":
+                    deleted.append(shard)
+                if status != "retry":
+                    break
+        return deleted
+
+    def check_connection(self) -> None:
+        """Raise CoordinationUnavailable unless Redis answers a PING."""
+        with translate_redis_errors():
+            self.client.ping()
+
+
+def connect(
+    url: str,
+    *,
+    ca_file: str | None = None,
+    cert_file: str | None = None,
+    key_file: str | None = None,
+    socket_timeout_s: float = 5.0,
+) -> redis.Redis:
+    """A Redis client for the lease protocol (decoded responses, bounded timeouts, optional TLS)."""
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("redis_url", "must start with redis://, rediss:// or unix://", "e.g. redis://host:6379/0")
+    kwargs: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_timeout": socket_timeout_s,
+        "socket_connect_timeout": socket_timeout_s,
+        "health_check_interval": 30,
+        "retry_on_timeout": False,
+    }
+    if url.startswith("rediss://"):
+        if ca_file:
+            kwargs["ssl_ca_certs"] = ca_file
+        if cert_file:
+            kwargs["ssl_certfile"] = cert_file
+        if key_file:
+            kwargs["ssl_keyfile"] = key_file
+    try:
+        return redis.Redis.from_url(url, **kwargs)
+    except ValueError as exc:
+        raise ConfigError("redis_url", f"cannot parse the URL ({exc})", "e.g. redis://host:6379/0") from exc
+
+
+
