@@ -27,9 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--table", default="orders", help="table to create (its stream ARN is printed)")
     parser.add_argument("--shards", type=int, default=4, help="initial shards of the table's stream")
-    parser.add_argument(
-        "--key", action="append", type=_key, help="key attribute NAME[:S|N|B]; repeat for a sort key"
-    )
+    parser.add_argument("--key", action="append", type=_key, help="key attribute NAME[:S|N|B]; repeat for a sort key")
     parser.add_argument("--view-type", default="NEW_AND_OLD_IMAGES", choices=VIEW_TYPES)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--first-sequence-number", type=int, default=DEFAULT_FIRST_SEQUENCE_NUMBER)
@@ -45,9 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         iterator_ttl_s=args.iterator_ttl_s,
         empty_page_probability=args.empty_page_probability,
     )
-    table = server.create_table(
-        args.table, args.key or [("pk", "S")], view_type=args.view_type, shards=args.shards
-    )
+    table = server.create_table(args.table, args.key or [("pk", "S")], view_type=args.view_type, shards=args.shards)
     stop = threading.Event()
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:

@@ -35,7 +35,7 @@ TYPE_TAGS = frozenset({"S", "N", "B", "SS", "NS", "BS", "M", "L", "NULL", "BOOL"
 MAX_PAGE_RECORDS = 1000
 MAX_PAGE_BYTES = 1024 * 1024
 MAX_DESCRIBE_LIMIT = 100
-TTL_IDENTITY = {"type": "Service", "principalId": "dynamodb.amazonaws.com"}
+TTL_IDENTITY = {"PrincipalId": "dynamodb.amazonaws.com", "Type": "Service"}  # wire names (botocore Identity)
 DEFAULT_FIRST_SEQUENCE_NUMBER = 100000000000000000001
 
 AttributeMap = dict[str, Any]
@@ -52,9 +52,7 @@ class StreamsApiError(Exception):
         self.status = status
 
     def wire_body(self) -> bytes:
-        return orjson.dumps(
-            {"__type": f"com.amazonaws.dynamodb.v20120810#{self.code}", "message": self.message}
-        )
+        return orjson.dumps({"__type": f"com.amazonaws.dynamodb.v20120810#{self.code}", "message": self.message})
 
 
 def _validation(message: str) -> StreamsApiError:
@@ -299,11 +297,10 @@ class LocalTable:
             new.update(typed_changes)
             return self._write(typed_key, new, ttl=False)
 
-    def delete_item(
-        self, key: Mapping[str, Any], *, ttl: bool = False, typed: bool | None = None
-    ) -> str | None:
+    def delete_item(self, key: Mapping[str, Any], *, ttl: bool = False, typed: bool | None = None) -> str | None:
         """Delete the item with ``key``: REMOVE (nothing if absent). ``ttl=True`` marks a TTL deletion
-        (``userIdentity {type: Service, principalId: dynamodb.amazonaws.com}``)."""
+        (``userIdentity {Type: Service, PrincipalId: dynamodb.amazonaws.com}``, the wire names;
+        Lambda events spell them ``type``/``principalId``)."""
         typed_key = self.keys_of(to_typed(key, typed))
         with self.model.lock:
             return self._write(typed_key, None, ttl=ttl)
@@ -337,8 +334,9 @@ class LocalTable:
 class StreamsModel:
     """All tables and streams of one local endpoint, plus topology control and fault injection.
 
-    ``first_sequence_number`` sets the first sequence number handed out (default 21 digits: pass e.g.
-    ``99999999999999999990`` to cross a digit boundary). ``seed`` seeds the RNG used for empty pages
+    ``first_sequence_number`` sets the first sequence number handed out (default 21 digits; botocore
+    rejects sequence numbers shorter than 21 or longer than 40 digits, so it must be at least 10**20:
+    pass e.g. ``999999999999999999990`` to cross from 21 to 22 digits). ``seed`` seeds the RNG used for empty pages
     and injected errors. ``region``/``account`` appear in ARNs and records.
     """
 
@@ -352,6 +350,8 @@ class StreamsModel:
         faults: Faults | None = None,
         **fault_options: Any,
     ) -> None:
+        if not 10**20 <= first_sequence_number < 10**39:
+            raise ValueError("first_sequence_number must have 21 to 39 digits (botocore checks 21..40)")
         self.lock = threading.RLock()
         self.region = region
         self.account = account
@@ -429,9 +429,7 @@ class StreamsModel:
     def _shard(self, stream: Stream, shard_id: str) -> Shard:
         shard = stream.shards.get(shard_id)
         if shard is None or shard.gone:
-            raise _not_found(
-                f"Requested resource not found: Shard: {shard_id} in Stream: {stream.arn} not found"
-            )
+            raise _not_found(f"Requested resource not found: Shard: {shard_id} in Stream: {stream.arn} not found")
         return shard
 
     def _new_stream(self, table: LocalTable) -> Stream:
@@ -669,9 +667,7 @@ class StreamsModel:
         with self.lock:
             if table_name is not None:
                 self.table(table_name)
-            arns = [
-                a for a in self.stream_order if table_name is None or self.streams[a].table.name == table_name
-            ]
+            arns = [a for a in self.stream_order if table_name is None or self.streams[a].table.name == table_name]
             if start is not None:
                 if start not in self.streams:
                     raise _not_found(f"Requested resource not found: Stream: {start} not found")
@@ -824,9 +820,7 @@ class StreamsModel:
                         page = page[:j]
                         break
             next_pos = shard.seqs[i + len(page) - 1] + 1 if page else pos
-            finished = (
-                shard.ending_seq is not None and i + len(page) >= len(shard.seqs) and (page or not n_avail)
-            )
+            finished = shard.ending_seq is not None and i + len(page) >= len(shard.seqs) and (page or not n_avail)
             next_iterator = None if finished else self._encode_iterator(arn, shard_id, next_pos, now)
         body = b'{"Records":[' + b",".join(page) + b"]"
         if next_iterator is not None:
@@ -862,8 +856,7 @@ def _required(params: Mapping[str, Any], name: str) -> Any:
     value = params.get(name)
     if value is None:
         raise _validation(
-            f"1 validation error detected: Value null at '{name}' failed to satisfy constraint: "
-            "Member must not be null"
+            f"1 validation error detected: Value null at '{name}' failed to satisfy constraint: Member must not be null"
         )
     return value
 

@@ -112,20 +112,12 @@ class LocalStreamsServer:
             "DeleteItem": lambda p: {
                 "SequenceNumber": self._table(p).delete_item(p["Key"], ttl=bool(p.get("Ttl", False)))
             },
-            "SplitShard": lambda p: {
-                "ChildShardIds": list(self.model.split_shard(self._arn(p), p["ShardId"]))
-            },
-            "RolloverShard": lambda p: {
-                "ChildShardIds": [self.model.rollover_shard(self._arn(p), p["ShardId"])]
-            },
+            "SplitShard": lambda p: {"ChildShardIds": list(self.model.split_shard(self._arn(p), p["ShardId"]))},
+            "RolloverShard": lambda p: {"ChildShardIds": [self.model.rollover_shard(self._arn(p), p["ShardId"])]},
             "RolloverAll": lambda p: {"Children": self.model.rollover_all(self._arn(p))},
-            "SplitAll": lambda p: {
-                "Children": {k: list(v) for k, v in self.model.split_all(self._arn(p)).items()}
-            },
+            "SplitAll": lambda p: {"Children": {k: list(v) for k, v in self.model.split_all(self._arn(p)).items()}},
             "DisableStream": lambda p: {"StreamArn": self.model.disable_stream(p["TableName"])},
-            "EnableStream": lambda p: {
-                "StreamArn": self.model.enable_stream(p["TableName"], p.get("StreamViewType"))
-            },
+            "EnableStream": lambda p: {"StreamArn": self.model.enable_stream(p["TableName"], p.get("StreamViewType"))},
             "SetStreamStatus": lambda p: self.model.set_stream_status(self._arn(p), p["StreamStatus"]),
             "Trim": lambda p: {
                 "Removed": self.model.trim(
@@ -295,9 +287,7 @@ class LocalStreamsServer:
         table = self.model.table(params["TableName"])
         updates = params.get("AttributeUpdates")
         if params.get("UpdateExpression") or not isinstance(updates, Mapping):
-            raise _error(
-                "ValidationException", "the local endpoint supports UpdateItem with AttributeUpdates only"
-            )
+            raise _error("ValidationException", "the local endpoint supports UpdateItem with AttributeUpdates only")
         changes: dict[str, Any] = {}
         for name, action in updates.items():
             if action.get("Action", "PUT") != "PUT":
