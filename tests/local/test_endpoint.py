@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import signal
 import subprocess
@@ -188,7 +190,7 @@ def test_one_key_stays_ordered_across_split_and_rollover(server: LocalStreamsSer
                     hot.append((int(r["dynamodb"]["SequenceNumber"]), int(keys["sk"])))
     assert [sk for _seq, sk in hot] == list(range(15))
     seqs = [seq for seq, _sk in hot]
-    assert all(a < b for a, b in zip(seqs, seqs[1:], strict=False))
+    assert all(a < b for a, b in itertools.pairwise(seqs))
 
 
 def test_empty_pages_mid_shard(server: LocalStreamsServer, streams: Any) -> None:
@@ -542,9 +544,8 @@ def test_concurrent_readers_and_writer(server: LocalStreamsServer) -> None:
 
 
 def test_admin_http_ops_and_ddb_writes(server: LocalStreamsServer, streams: Any) -> None:
-    def admin(op: str, body: bytes) -> Any:
-        import json
-
+    def admin(op: str, params: dict[str, Any]) -> Any:
+        body = json.dumps(params).encode()
         req = urllib.request.Request(
             server.endpoint_url,
             data=body,
@@ -553,13 +554,13 @@ def test_admin_http_ops_and_ddb_writes(server: LocalStreamsServer, streams: Any)
         with urllib.request.urlopen(req) as resp:
             return json.loads(resp.read())
 
-    created = admin("CreateTable", b'{"TableName": "adm", "KeySchema": [["pk", "S"]], "Shards": 2}')
+    created = admin("CreateTable", {"TableName": "adm", "KeySchema": [["pk", "S"]], "Shards": 2})
     arn = created["StreamArn"]
-    shard_ids = admin("ListShards", b'{"TableName": "adm"}')["ShardIds"]
-    kids = admin("SplitShard", ('{"StreamArn": "%s", "ShardId": "%s"}' % (arn, shard_ids[0])).encode())
+    shard_ids = admin("ListShards", {"TableName": "adm"})["ShardIds"]
+    kids = admin("SplitShard", {"StreamArn": arn, "ShardId": shard_ids[0]})
     assert len(kids["ChildShardIds"]) == 2
-    admin("PutItem", b'{"TableName": "adm", "Item": {"pk": {"S": "a"}}}')
-    admin("SetFaults", b'{"empty_page_probability": 0.0}')
+    admin("PutItem", {"TableName": "adm", "Item": {"pk": {"S": "a"}}})
+    admin("SetFaults", {"empty_page_probability": 0.0})
     ddb = server.client("dynamodb")
     ddb.put_item(TableName="adm", Item={"pk": {"S": "a"}, "v": {"N": "1"}})
     ddb.delete_item(TableName="adm", Key={"pk": {"S": "a"}})
