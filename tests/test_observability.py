@@ -1,0 +1,202 @@
+"""Metrics on a private registry, and the /healthz, /readyz, /metrics server."""
+
+from __future__ import annotations
+
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client import REGISTRY
+
+from leaser.errors import ConfigError
+from worker.observability import LEASE_REASONS, THROTTLED_APIS, HealthServer, HealthState, Metrics
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def get(url: str) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.headers.get("Content-Type", ""), resp.read().decode()
+    except urllib.error.HTTPError as err:
+        with err:
+            return err.code, err.headers.get("Content-Type", ""), err.read().decode()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def server(clock: FakeClock) -> Iterator[HealthServer]:
+    metrics = Metrics("w-1", "g")
+    health = HealthState(clock=clock)
+    srv = HealthServer("127.0.0.1", 0, metrics, health, renew_interval_s=1.0).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_metric_names_and_values() -> None:
+    m = Metrics("w-1", "orders", version="9.9")
+    m.records_processed(5)
+    m.records_processed()
+    m.batches_processed()
+    m.handler_error()
+    m.leases_held(3)
+    m.lease_gained("acquired_free")
+    m.lease_lost("handoff")
+    m.getrecords_call(0.02)
+    m.getrecords_call(0.3)
+    m.throttle("GetRecords")
+    m.checkpoint_failure()
+    m.trimmed_data()
+    m.describe_stream_call()
+    m.shards_unowned(2)
+    m.is_leader(True)
+    v = m.value
+    assert v("shardlease_records_processed_total") == 6
+    assert v("shardlease_batches_processed_total") == 1
+    assert v("shardlease_handler_errors_total") == 1
+    assert v("shardlease_leases_held") == 3
+    assert v("shardlease_leases_gained_total", {"reason": "acquired_free"}) == 1
+    assert v("shardlease_leases_gained_total", {"reason": "took_expired"}) == 0  # pre-created
+    assert v("shardlease_leases_lost_total", {"reason": "handoff"}) == 1
+    assert v("shardlease_getrecords_calls_total") == 2
+    assert v("shardlease_getrecords_latency_seconds_count") == 2
+    assert v("shardlease_getrecords_latency_seconds_bucket", {"le": "0.025"}) == 1
+    assert v("shardlease_throttles_total", {"api": "GetRecords"}) == 1
+    assert v("shardlease_checkpoint_failures_total") == 1
+    assert v("shardlease_trimmed_data_total") == 1
+    assert v("shardlease_describe_stream_calls_total") == 1
+    assert v("shardlease_shards_unowned") == 2
+    assert v("shardlease_is_leader") == 1
+    assert v("shardlease_worker_info", {"worker_id": "w-1", "group": "orders", "version": "9.9"}) == 1
+    m.is_leader(False)
+    assert v("shardlease_is_leader") == 0
+
+
+def test_iterator_age_is_the_max_over_shards_without_shard_labels() -> None:
+    m = Metrics("w-1", "g")
+    assert m.value("shardlease_iterator_age_seconds") == 0
+    m.iterator_age("shardId-1", 12.5)
+    m.iterator_age("shardId-2", 3.0)
+    assert m.value("shardlease_iterator_age_seconds") == 12.5
+    m.iterator_age("shardId-1", 1.0)
+    assert m.value("shardlease_iterator_age_seconds") == 3.0
+    m.iterator_age("shardId-2", -4.0)  # clock skew: clamped
+    assert m.value("shardlease_iterator_age_seconds") == 1.0
+    m.forget_shard("shardId-1")
+    m.forget_shard("unknown")
+    assert m.value("shardlease_iterator_age_seconds") == 0
+    assert "shardId" not in m.render().decode()
+
+
+def test_labels_reject_unknown_values() -> None:
+    m = Metrics("w-1", "g")
+    for reason in LEASE_REASONS:
+        m.lease_gained(reason)
+        m.lease_lost(reason)
+    for api in THROTTLED_APIS:
+        m.throttle(api)
+    with pytest.raises(ValueError, match="unknown lease reason 'shardId-0001'; use one of acquired_free"):
+        m.lease_gained("shardId-0001")
+    with pytest.raises(ValueError, match="unknown lease reason"):
+        m.lease_lost("whatever")
+    with pytest.raises(ValueError, match="unknown api"):
+        m.throttle("PutItem")
+    text = m.render().decode()
+    assert "shardId-0001" not in text and "whatever" not in text and "PutItem" not in text
+
+
+def test_private_registries() -> None:
+    a, b = Metrics("w-1", "g"), Metrics("w-2", "g")  # no "Duplicated timeseries" error
+    a.records_processed(3)
+    assert b.value("shardlease_records_processed_total") == 0
+    assert REGISTRY.get_sample_value("shardlease_records_processed_total") is None
+
+
+def test_health_state(clock: FakeClock) -> None:
+    health = HealthState(clock=clock)
+    assert health.alive(3.0)
+    clock.now += 5
+    assert not health.alive(3.0)
+    health.beat()
+    assert health.alive(3.0)
+    assert health.readiness() == (False, "starting")
+    health.set_ready(True)
+    assert health.readiness() == (True, "ready")
+    health.set_ready(False, "shutting down")
+    assert health.readiness() == (False, "shutting down")
+
+
+def test_endpoints(server: HealthServer, clock: FakeClock) -> None:
+    assert server.port > 0
+    base = f"http://127.0.0.1:{server.port}"
+    assert server.max_silence_s == 3.0  # 3 x renew interval
+
+    assert get(f"{base}/healthz")[:3:2] == (200, "ok\n")
+    clock.now += 3.5
+    status, _, body = get(f"{base}/healthz")
+    assert status == 503 and "main loop silent for 3.5s (limit 3s)" in body
+    server.health.beat()
+    assert get(f"{base}/healthz")[0] == 200
+
+    status, _, body = get(f"{base}/readyz")
+    assert status == 503 and body == "not ready: starting\n"
+    server.health.set_ready(True)
+    assert get(f"{base}/readyz")[:3:2] == (200, "ok\n")
+    server.health.set_ready(False, "lost Redis")
+    assert get(f"{base}/readyz")[:3:2] == (503, "not ready: lost Redis\n")
+
+    server.metrics.records_processed(42)
+    server.metrics.lease_gained("handoff")
+    status, ctype, body = get(f"{base}/metrics")
+    assert status == 200 and ctype.startswith("text/plain")
+    assert "shardlease_records_processed_total 42.0" in body
+    assert 'shardlease_leases_gained_total{reason="handoff"} 1.0' in body
+    assert 'shardlease_worker_info{group="g",version=' in body
+    assert "# TYPE shardlease_getrecords_latency_seconds histogram" in body
+    assert get(f"{base}/metrics?x=1")[0] == 200
+
+    assert get(f"{base}/nope")[0] == 404
+    assert get(f"{base}/")[0] == 404
+
+
+def test_head_and_keep_alive(server: HealthServer) -> None:
+    req = urllib.request.Request(f"http://127.0.0.1:{server.port}/metrics", method="HEAD")
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        assert resp.status == 200 and resp.read() == b""
+
+
+def test_stop_frees_the_port() -> None:
+    srv = HealthServer("127.0.0.1", 0, Metrics("w", "g"), HealthState()).start()
+    port = srv.port
+    srv.stop()
+    srv.stop()  # idempotent
+    with socket.create_server(("127.0.0.1", port)):
+        pass
+
+
+def test_port_in_use_is_a_config_error() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        with pytest.raises(ConfigError, match=r"metrics_port .*cannot listen on 127.0.0.1:\d+"):
+            HealthServer("127.0.0.1", port, Metrics("w", "g"), HealthState()).start()
+
+
+def test_access_logs_are_debug(server: HealthServer, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("DEBUG", logger="worker.observability"):
+        get(f"http://127.0.0.1:{server.port}/healthz")
+    access = [r for r in caplog.records if r.name == "worker.observability" and "GET /healthz" in r.getMessage()]
+    assert access and all(r.levelname == "DEBUG" for r in access)

@@ -1,0 +1,488 @@
+"""Every setting of ``shardlease run``, declared once.
+
+:data:`RUN_SETTINGS` is the single source for the command-line options
+(:func:`add_run_arguments`), their ``SHARDLEASE_*`` environment variables
+(:func:`env_names`), the README's configuration table (:func:`markdown_table`)
+and the validated, frozen :class:`RunConfig` (:func:`load_run_config`).
+
+Precedence: a command-line flag, else its environment variable, else the
+default.  An empty value (``--table ''`` or ``SHARDLEASE_TABLE=``) counts as not
+given, so Helm charts can leave optional settings blank.  Every value is
+validated; a bad one raises :class:`~leaser.errors.ConfigError` whose one-line
+message names the setting, its flag and environment variable, and the fix.
+
+Adding a setting: one :class:`Setting` row in :data:`RUN_SETTINGS` and one field
+of the same name in :class:`RunConfig` (a test checks they match).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import socket
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from leaser.errors import ConfigError
+from leaser.keys import validate_group, validate_id
+from worker.logs import redact
+
+ENV_PREFIX = "SHARDLEASE_"
+
+# ----------------------------------------------------------------------------
+# Parsers: text -> value, raising ValueError("problem; fix") on bad input.
+# ----------------------------------------------------------------------------
+
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+_DURATION_RE = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(ms|s|m)?\s*$")
+_DURATION_UNITS = {None: 1.0, "s": 1.0, "ms": 0.001, "m": 60.0}
+
+
+def parse_bool(text: str) -> bool:
+    """``true/false``, ``1/0``, ``yes/no``, ``on/off`` (any case)."""
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"{text!r} is not a boolean; use true/false, 1/0 or yes/no")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds as a plain number (``"5"``, ``"1.5"``); ``"500ms"``, ``"2s"``, ``"1m"`` also work.
+
+    Negative, NaN and infinite values are rejected.
+    """
+    match = _DURATION_RE.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a number of seconds; use a plain number such as 5 or 1.5")
+    seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{text!r} is not a non-negative finite duration; use a number of seconds >= 0")
+    return seconds
+
+
+def parse_int(text: str) -> int:
+    """A base-10 integer."""
+    try:
+        return int(text.strip(), 10)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an integer; use a whole number such as 100") from None
+
+
+def _ranged(
+    parse: Callable[[str], Any], low: float, high: float, *, low_open: bool = False
+) -> Callable[[str], Any]:
+    def parse_in_range(text: str) -> Any:
+        value = parse(text)
+        if value < low or (low_open and value == low) or value > high:
+            bound = f"greater than {low:g}" if low_open else f"at least {low:g}"
+            raise ValueError(f"{text!r} is out of range; use a value {bound} and at most {high:g}")
+        return value
+
+    return parse_in_range
+
+
+def _choice(*allowed: str, upper: bool = True) -> Callable[[str], str]:
+    def parse_choice(text: str) -> str:
+        value = text.strip().upper() if upper else text.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"{text!r} is not allowed; use one of {', '.join(allowed)}")
+        return value
+
+    return parse_choice
+
+
+# arn:<partition>:dynamodb:<region>:<account>:table/<name>/stream/<label>
+_STREAM_ARN_RE = re.compile(
+    r"^arn:[a-z][a-z0-9-]*:dynamodb:[a-z0-9-]+:\d{12}:table/[A-Za-z0-9_.\-]{1,255}/stream/[^/\s]+$"
+)
+_TABLE_RE = re.compile(r"^[A-Za-z0-9_.\-]{3,255}$")
+
+
+def parse_stream_arn(text: str) -> str:
+    value = text.strip()
+    if not _STREAM_ARN_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not a DynamoDB stream ARN; use "
+            "arn:<partition>:dynamodb:<region>:<12-digit account>:table/<name>/stream/<label>"
+        )
+    return value
+
+
+def parse_table(text: str) -> str:
+    value = text.strip()
+    if not _TABLE_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not a DynamoDB table name; "
+            "use 3-255 characters from letters, digits, '_', '.', '-'"
+        )
+    return value
+
+
+def _parse_group(text: str) -> str:
+    return validate_group(text.strip())
+
+
+def _parse_worker_id(text: str) -> str:
+    return validate_id("worker_id", text.strip())
+
+
+_HANDLER_RE = re.compile(r"^[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*$")
+
+
+def parse_handler_path(text: str) -> str:
+    value = text.strip()
+    if not _HANDLER_RE.match(value):
+        raise ValueError(f"{value!r} is not an import path; use package.module:function")
+    return value
+
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def parse_redis_url(text: str) -> str:
+    value = text.strip()
+    if not value.lower().startswith(_REDIS_SCHEMES):
+        scheme = value.split("://", 1)[0] if "://" in value else "no scheme"
+        raise ValueError(
+            f"unsupported URL scheme ({scheme}); use redis://host:6379/0, rediss://host:6379/0 "
+            "or unix:///path/to/redis.sock"
+        )
+    return value
+
+
+def parse_existing_file(text: str) -> str:
+    path = Path(text.strip()).expanduser()
+    if not path.is_file():
+        raise ValueError(f"file {str(path)!r} does not exist; give the path of a readable PEM file")
+    return str(path)
+
+
+def parse_nonempty(text: str) -> str:
+    value = text.strip()
+    if not value:
+        raise ValueError("empty value; give a non-empty value")
+    return value
+
+
+def parse_endpoint_url(text: str) -> str:
+    value = text.strip()
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"{value!r} is not an http(s) URL; use e.g. http://localhost:8000")
+    return value
+
+
+def default_worker_id() -> str:
+    """``<hostname>-<pid>``, with characters a worker id cannot hold replaced by ``-``."""
+    host = re.sub(r"[^A-Za-z0-9_.:\-]", "-", socket.gethostname() or "host")
+    return f"{host}-{os.getpid()}"
+
+
+# ----------------------------------------------------------------------------
+# The table.
+# ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One setting: its flags, environment variable, parser, default and one-line help."""
+
+    name: str
+    flags: tuple[str, ...]
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    metavar: str = "VALUE"
+    default_factory: Callable[[], Any] | None = None
+    default_doc: str | None = None
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def label(self) -> str:
+        """How error messages name the setting: ``batch_size (--batch-size / SHARDLEASE_BATCH_SIZE)``."""
+        return f"{self.name} ({self.flags[0]} / {self.env})"
+
+    def default_value(self) -> Any:
+        return self.default_factory() if self.default_factory is not None else self.default
+
+    def default_text(self) -> str:
+        if self.default_doc is not None:
+            return self.default_doc
+        return "(none)" if self.default is None else str(self.default)
+
+    def error(self, problem: str, fix: str) -> ConfigError:
+        return ConfigError(self.label, problem, fix)
+
+
+def _s(
+    name: str,
+    flags: str | tuple[str, ...],
+    parse: Callable[[str], Any],
+    default: Any,
+    help: str,
+    **kwargs: Any,
+) -> Setting:
+    return Setting(name, (flags,) if isinstance(flags, str) else flags, parse, default, help, **kwargs)
+
+
+RUN_SETTINGS: tuple[Setting, ...] = (
+    _s("stream_arn", "--stream-arn", parse_stream_arn, None,
+       "DynamoDB stream ARN to consume; give this or --table.", metavar="ARN",
+       default_doc="(this or --table)"),
+    _s("table", "--table", parse_table, None,
+       "DynamoDB table whose latest stream to consume; give this or --stream-arn.", metavar="NAME",
+       default_doc="(this or --stream-arn)"),
+    _s("group", ("--group", "--app"), _parse_group, "default",
+       "Consumer group: workers of one group share the stream's shards; each group reads everything.",
+       metavar="NAME"),
+    _s("handler", "--handler", parse_handler_path, "worker.handler:log_records",
+       "Your handler as package.module:function (or a class/instance with handle(records, ctx)).",
+       metavar="MODULE:ATTR"),
+    _s("redis_url", "--redis-url", parse_redis_url, None,
+       "Redis holding the leases (redis://, rediss:// or unix://); unset starts an embedded redis-server.",
+       metavar="URL", default_doc="(embedded Redis)"),
+    _s("data_dir", "--data-dir", parse_nonempty, ".shardlease",
+       "Directory for the embedded Redis's files (used only without --redis-url).", metavar="DIR"),
+    _s("initial_position", "--initial-position", _choice("TRIM_HORIZON", "LATEST"), "TRIM_HORIZON",
+       "Where a shard with no checkpoint starts: TRIM_HORIZON (oldest record) or LATEST (new records only).",
+       metavar="POSITION"),
+    _s("batch_size", "--batch-size", _ranged(parse_int, 1, 1000), 100,
+       "Maximum records per GetRecords call and per handler call (1-1000).", metavar="N"),
+    _s("lease_ttl_s", "--lease-ttl", _ranged(parse_duration, 1, 300), 5.0,
+       "Seconds a lease lives without renewal; a crashed worker's shards move after about this long.",
+       metavar="SECONDS"),
+    _s("renew_interval_s", "--renew-interval", _ranged(parse_duration, 0, 150, low_open=True), 1.5,
+       "Seconds between lease renewals; must be less than half of --lease-ttl.", metavar="SECONDS"),
+    _s("worker_id", "--worker-id", _parse_worker_id, None,
+       "This worker's unique name in the group (letters, digits, '_', '.', ':', '-').", metavar="ID",
+       default_factory=default_worker_id, default_doc="<hostname>-<pid>"),
+    _s("metrics_port", "--metrics-port", _ranged(parse_int, 0, 65535), 9400,
+       "TCP port of the /metrics, /healthz and /readyz HTTP server; 0 disables it.", metavar="PORT"),
+    _s("metrics_host", "--metrics-host", parse_nonempty, "0.0.0.0",
+       "Address the metrics/health HTTP server listens on.", metavar="HOST"),
+    _s("log_format", "--log-format", _choice("text", "json", upper=False), "text",
+       "Log line format: text (one readable line) or json (one JSON object per line).", metavar="FORMAT"),
+    _s("log_level", "--log-level", _choice("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), "INFO",
+       "Minimum log level: DEBUG, INFO, WARNING, ERROR or CRITICAL.", metavar="LEVEL"),
+    _s("idle_poll_interval_s", "--idle-poll-interval", _ranged(parse_duration, 0, 300, low_open=True), 1.0,
+       "Seconds between GetRecords calls on a shard that returned no records.", metavar="SECONDS"),
+    _s("shutdown_grace_s", "--shutdown-grace", _ranged(parse_duration, 0, 3600), 20.0,
+       "Maximum seconds to finish in-flight batches and hand off leases after SIGTERM.", metavar="SECONDS"),
+    _s("shard_sync_interval_s", "--shard-sync-interval",
+       _ranged(parse_duration, 0, 86400, low_open=True), 60.0,
+       "Seconds between DescribeStream scans for new and closed shards (done by the leader).",
+       metavar="SECONDS"),
+    _s("handoff_timeout_s", "--handoff-timeout", _ranged(parse_duration, 0, 300), 10.0,
+       "Seconds a worker waits for a shard's owner to hand it off before giving up on the ask.",
+       metavar="SECONDS"),
+    _s("max_shards", "--max-shards", _ranged(parse_int, 0, 1_000_000), 0,
+       "Maximum leases this worker holds at once; 0 means no cap.", metavar="N"),
+    _s("endpoint_url", "--endpoint-url", parse_endpoint_url, None,
+       "DynamoDB Streams endpoint URL; unset uses boto3's sources (AWS_ENDPOINT_URL_DYNAMODB_STREAMS, ...).",
+       metavar="URL", default_doc="(boto3 default)"),
+    _s("region", "--region", parse_nonempty, None,
+       "AWS region; unset uses boto3's sources (AWS_REGION, AWS_DEFAULT_REGION, profile).",
+       metavar="REGION", default_doc="(boto3 default)"),
+    _s("redis_ca_file", "--redis-ca-file", parse_existing_file, None,
+       "PEM file of CA certificates to verify a rediss:// server.", metavar="FILE"),
+    _s("redis_cert_file", "--redis-cert-file", parse_existing_file, None,
+       "PEM client certificate for rediss:// mutual TLS.", metavar="FILE"),
+    _s("redis_key_file", "--redis-key-file", parse_existing_file, None,
+       "PEM private key of --redis-cert-file.", metavar="FILE"),
+)
+
+SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in RUN_SETTINGS}
+
+
+@dataclass(frozen=True, slots=True)
+class RunConfig:
+    """The validated settings of one ``shardlease run``.  Field meanings: :data:`RUN_SETTINGS`."""
+
+    stream_arn: str | None = None
+    table: str | None = None
+    group: str = "default"
+    handler: str = "worker.handler:log_records"
+    redis_url: str | None = None
+    data_dir: str = ".shardlease"
+    initial_position: str = "TRIM_HORIZON"
+    batch_size: int = 100
+    lease_ttl_s: float = 5.0
+    renew_interval_s: float = 1.5
+    worker_id: str = field(default_factory=default_worker_id)
+    metrics_port: int = 9400
+    metrics_host: str = "0.0.0.0"
+    log_format: str = "text"
+    log_level: str = "INFO"
+    idle_poll_interval_s: float = 1.0
+    shutdown_grace_s: float = 20.0
+    shard_sync_interval_s: float = 60.0
+    handoff_timeout_s: float = 10.0
+    max_shards: int = 0
+    endpoint_url: str | None = None
+    region: str | None = None
+    redis_ca_file: str | None = None
+    redis_cert_file: str | None = None
+    redis_key_file: str | None = None
+
+    def __post_init__(self) -> None:
+        validate_run_config(self, require_stream=False)
+
+    def __repr__(self) -> str:
+        # Never show a Redis password, wherever a config gets printed.
+        items = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))
+        return redact(f"RunConfig({items})")
+
+
+def _check_relations(values: Mapping[str, Any], *, require_stream: bool) -> None:
+    """Checks that involve more than one setting."""
+    ttl, renew = values["lease_ttl_s"], values["renew_interval_s"]
+    if not renew < ttl / 2:
+        ren, lease = SETTINGS_BY_NAME["renew_interval_s"], SETTINGS_BY_NAME["lease_ttl_s"]
+        raise ConfigError(
+            f"{ren.label} and {lease.label}",
+            f"renew interval {renew:g}s is not less than half the lease TTL {ttl:g}s",
+            f"lower {ren.flags[0]} below {ttl / 2:g} or raise {lease.flags[0]} above {2 * renew:g}",
+        )
+    arn, table = values["stream_arn"], values["table"]
+    if arn is not None and table is not None:
+        raise ConfigError(
+            "stream_arn/table (--stream-arn / SHARDLEASE_STREAM_ARN, --table / SHARDLEASE_TABLE)",
+            "both are set",
+            "give only one of them",
+        )
+    if require_stream and arn is None and table is None:
+        raise ConfigError(
+            "stream_arn/table (--stream-arn / SHARDLEASE_STREAM_ARN, --table / SHARDLEASE_TABLE)",
+            "no stream to consume",
+            "give --stream-arn <ARN> or --table <name>",
+        )
+    url = values["redis_url"]
+    if url is None or not url.lower().startswith("rediss://"):
+        for name in ("redis_ca_file", "redis_cert_file", "redis_key_file"):
+            if values[name] is not None:
+                setting = SETTINGS_BY_NAME[name]
+                raise setting.error(
+                    "TLS files only apply to a rediss:// server", "also give --redis-url rediss://host:port/0"
+                )
+
+
+def validate_run_config(config: RunConfig, *, require_stream: bool = True) -> None:
+    """Validate a :class:`RunConfig` built directly (tests, the demo); raises ConfigError.
+
+    Each set value goes through the same parser as its flag (on its ``str()``), then the
+    checks across settings run.
+    """
+    values = {f.name: getattr(config, f.name) for f in fields(config)}
+    for name, value in values.items():
+        if value is not None:
+            _parse_setting(SETTINGS_BY_NAME[name], str(value), "RunConfig")
+    _check_relations(values, require_stream=require_stream)
+
+
+# ----------------------------------------------------------------------------
+# argparse, environment, README.
+# ----------------------------------------------------------------------------
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, settings: Iterable[Setting] = RUN_SETTINGS) -> None:
+    """Add one option per setting.  Values stay strings (``None`` if absent): :func:`load_run_config`
+    parses them, so a flag and its environment variable are validated the same way."""
+    for setting in settings:
+        parser.add_argument(
+            *setting.flags,
+            dest=setting.name,
+            default=None,
+            metavar=setting.metavar,
+            help=f"{setting.help} [env {setting.env}; default {setting.default_text()}]",
+        )
+
+
+def env_names() -> set[str]:
+    """Every ``SHARDLEASE_*`` environment variable ``shardlease run`` reads."""
+    return {s.env for s in RUN_SETTINGS}
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def markdown_table() -> str:
+    """The README's configuration table: setting | flag | environment variable | default | meaning."""
+    lines = [
+        "| Setting | Flag | Environment variable | Default | Meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for s in RUN_SETTINGS:
+        flags = ", ".join(f"`{f}`" for f in s.flags)
+        default = s.default_text()
+        default = default if default.startswith("(") else f"`{default}`"
+        lines.append(f"| {s.name} | {flags} | `{s.env}` | {_md(default)} | {_md(s.help)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _raw_value(
+    setting: Setting, args: argparse.Namespace | None, environ: Mapping[str, str]
+) -> tuple[str | None, str]:
+    """The setting's text and where it came from, flag before environment."""
+    if args is not None:
+        value = getattr(args, setting.name, None)
+        if value is not None and str(value).strip() != "":
+            return str(value), setting.flags[0]
+    value = environ.get(setting.env)
+    if value is not None and value.strip() != "":
+        return value, setting.env
+    return None, "default"
+
+
+def _parse_setting(setting: Setting, text: str, source: str) -> Any:
+    try:
+        return setting.parse(text)
+    except ConfigError as err:  # validators shared with leaser raise ConfigError themselves
+        raise setting.error(f"{err.problem} (from {source})", err.fix) from None
+    except ValueError as err:
+        problem, _, fix = str(err).partition("; ")
+        raise setting.error(f"{problem} (from {source})", fix or "see shardlease run --help") from None
+
+
+def load_run_config(
+    args: argparse.Namespace | Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    require_stream: bool = True,
+) -> RunConfig:
+    """Build a validated :class:`RunConfig` from flags (a parsed namespace or an argv list),
+    ``SHARDLEASE_*`` variables (default ``os.environ``) and defaults.
+
+    ``require_stream=False`` lets a caller that supplies its own stream (the demo) omit
+    ``--stream-arn``/``--table``.
+    """
+    if environ is None:
+        environ = os.environ
+    if args is not None and not isinstance(args, argparse.Namespace):
+        parser = argparse.ArgumentParser(prog="shardlease run", exit_on_error=False)
+        add_run_arguments(parser)
+        try:
+            args, extra = parser.parse_known_args(list(args))
+        except argparse.ArgumentError as err:
+            raise ConfigError("arguments", str(err), "see shardlease run --help") from None
+        if extra:
+            unknown = " ".join(extra)
+            raise ConfigError("arguments", f"unrecognized arguments: {unknown}", "see shardlease run --help")
+    values: dict[str, Any] = {}
+    for setting in RUN_SETTINGS:
+        text, source = _raw_value(setting, args, environ)
+        if text is None:
+            values[setting.name] = setting.default_value()
+        else:
+            values[setting.name] = _parse_setting(setting, text, source)
+    _check_relations(values, require_stream=require_stream)
+    return RunConfig(**values)

@@ -1,0 +1,265 @@
+"""The user's handler: loading it by import path and calling it through one adapter.
+
+``--handler package.module:attr`` names one of:
+
+* a function ``handle(records, ctx)``;
+* a class, instantiated once with no arguments, whose instances have the methods below;
+* an instance with ``handle(records, ctx)`` (or ``__call__(records, ctx)``).
+
+A class or instance may also define any of ``on_lease_gained(ctx)``,
+``on_lease_lost(ctx)``, ``on_shard_end(ctx)`` and ``close()``; missing ones are
+no-ops.  :func:`load_handler` returns a :class:`Handler` with all five methods, so
+the runtime never checks what the user wrote.
+
+``records`` is a sequence of :class:`worker.records.Record`; ``ctx`` is a
+:class:`ShardContext`.  Its ``lease_token`` is the lease's fencing token: a sink
+that stores the highest token it has seen per shard can reject writes from a
+worker that lost the lease without knowing it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import os
+import re
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from leaser.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+_SETTING = "handler (--handler / SHARDLEASE_HANDLER)"
+_PATH_RE = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*$")
+HOOKS = ("on_lease_gained", "on_lease_lost", "on_shard_end")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShardContext:
+    """What a handler is told about the shard a batch came from.  Keyword-only: fields get added."""
+
+    shard_id: str
+    worker_id: str
+    stream_arn: str
+    group: str
+    lease_token: int
+    """The lease's fencing token: larger for every new owner of the shard."""
+
+
+def _noop(ctx: ShardContext) -> None:
+    return None
+
+
+def _noop_close() -> None:
+    return None
+
+
+class Handler:
+    """The user's handler behind one interface: ``handle``, the three lease hooks and ``close``."""
+
+    __slots__ = ("_close", "_closed", "_handle", "_hooks", "name", "target")
+
+    def __init__(
+        self,
+        target: Any,
+        handle: Callable[[Sequence[Any], ShardContext], Any],
+        *,
+        name: str = "",
+        on_lease_gained: Callable[[ShardContext], Any] | None = None,
+        on_lease_lost: Callable[[ShardContext], Any] | None = None,
+        on_shard_end: Callable[[ShardContext], Any] | None = None,
+        close: Callable[[], Any] | None = None,
+    ) -> None:
+        self.target = target
+        self.name = name or _describe(target)
+        self._handle = handle
+        self._hooks: dict[str, Callable[[ShardContext], Any]] = {
+            "on_lease_gained": on_lease_gained or _noop,
+            "on_lease_lost": on_lease_lost or _noop,
+            "on_shard_end": on_shard_end or _noop,
+        }
+        self._close = close or _noop_close
+        self._closed = False
+
+    def handle(self, records: Sequence[Any], ctx: ShardContext) -> Any:
+        """Call the user's handler; returns what it returns (a later partial-batch response)."""
+        return self._handle(records, ctx)
+
+    def on_lease_gained(self, ctx: ShardContext) -> None:
+        self._hooks["on_lease_gained"](ctx)
+
+    def on_lease_lost(self, ctx: ShardContext) -> None:
+        self._hooks["on_lease_lost"](ctx)
+
+    def on_shard_end(self, ctx: ShardContext) -> None:
+        self._hooks["on_shard_end"](ctx)
+
+    def close(self) -> None:
+        """Call the user's ``close()`` once; later calls do nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        self._close()
+
+    def __repr__(self) -> str:
+        return f"<Handler {self.name}>"
+
+
+def _describe(obj: Any) -> str:
+    module = getattr(obj, "__module__", None) or type(obj).__module__
+    qualname = getattr(obj, "__qualname__", None) or type(obj).__qualname__
+    return f"{module}:{qualname}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _error(problem: str, fix: str = "check --handler / SHARDLEASE_HANDLER") -> ConfigError:
+    return ConfigError(_SETTING, _one_line(problem), fix)
+
+
+def _accepts(func: Callable[..., Any], nargs: int) -> bool:
+    """Whether ``func`` can be called with ``nargs`` positional arguments (True if unknowable)."""
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):
+        return True
+    try:
+        signature.bind(*([None] * nargs))
+    except TypeError:
+        return False
+    return True
+
+
+def _where(exc: BaseException) -> str:
+    """``file:line`` of the innermost frame of ``exc``'s traceback, or of a SyntaxError."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f" at {exc.filename}:{exc.lineno}"
+    # Skip importlib's own frames.
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "importlib" not in f.filename]
+    return f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+
+
+def _import(module_name: str) -> Any:
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing and (module_name == missing or module_name.startswith(missing + ".")):
+            raise _error(
+                f"module {module_name!r} not found",
+                "check --handler / SHARDLEASE_HANDLER and that the module is installed or in the "
+                "current directory",
+            ) from None
+        raise _error(
+            f"importing {module_name!r} failed: {type(exc).__name__}: {exc}{_where(exc)}",
+            "install what the module imports, or fix the module",
+        ) from None
+    except Exception as exc:  # ImportError, SyntaxError, anything raised at import time
+        raise _error(
+            f"importing {module_name!r} failed: {type(exc).__name__}: {exc}{_where(exc)}",
+            "fix the module, then check --handler / SHARDLEASE_HANDLER",
+        ) from None
+
+
+def as_handler(obj: Any, *, name: str = "") -> Handler:
+    """Wrap a function, class or instance as a :class:`Handler` (classes are instantiated once)."""
+    label = name or _describe(obj)
+    if inspect.isclass(obj):
+        try:
+            obj = obj()
+        except Exception as exc:
+            raise _error(f"{label}() failed: {type(exc).__name__}: {exc}") from None
+    if inspect.iscoroutinefunction(obj) or inspect.iscoroutinefunction(getattr(obj, "handle", None)):
+        raise _error(f"{label} is an async function; async handlers are not supported yet",
+                     "make handle(records, ctx) a plain function")
+    method = getattr(obj, "handle", None)
+    if method is not None and not inspect.isfunction(obj):
+        if not callable(method):
+            raise _error(f"{label}.handle is not callable")
+        handle = method
+    elif callable(obj):
+        handle = obj
+    else:
+        raise _error(
+            f"{label} is a {type(obj).__name__}, not a function or an object with handle(records, ctx)",
+            "point --handler / SHARDLEASE_HANDLER at a function handle(records, ctx) or a class",
+        )
+    if not _accepts(handle, 2):
+        raise _error(f"{label} cannot be called as handle(records, ctx)",
+                     "give the handler exactly two positional parameters: records, ctx")
+    hooks: dict[str, Callable[..., Any] | None] = {}
+    for hook in (*HOOKS, "close"):
+        func = None if inspect.isfunction(obj) else getattr(obj, hook, None)
+        if func is None:
+            hooks[hook] = None
+            continue
+        nargs = 0 if hook == "close" else 1
+        if not callable(func) or not _accepts(func, nargs):
+            signature = "close()" if hook == "close" else f"{hook}(ctx)"
+            raise _error(f"{label}.{hook} cannot be called as {signature}",
+                         f"define it as def {signature.replace('(', '(self, ').replace(', )', ')')}")
+        hooks[hook] = func
+    return Handler(
+        obj,
+        handle,
+        name=label,
+        on_lease_gained=hooks["on_lease_gained"],
+        on_lease_lost=hooks["on_lease_lost"],
+        on_shard_end=hooks["on_shard_end"],
+        close=hooks["close"],
+    )
+
+
+def load_handler(path: str, *, add_cwd_to_path: bool = True) -> Handler:
+    """Import ``package.module:attr`` and wrap it (see :func:`as_handler`).
+
+    With ``add_cwd_to_path`` the current directory is appended to ``sys.path`` if absent,
+    so ``--handler myhandlers:handle`` finds ``./myhandlers.py`` under the console script.
+    Any problem raises a one-line :class:`~leaser.errors.ConfigError` for ``handler``.
+    """
+    path = str(path).strip()
+    if not _PATH_RE.match(path):
+        raise _error(f"{path!r} is not an import path", "use --handler package.module:function")
+    module_name, attr_path = path.split(":", 1)
+    if add_cwd_to_path:
+        cwd = os.getcwd()
+        if cwd not in sys.path and "" not in sys.path:
+            sys.path.append(cwd)
+    obj: Any = _import(module_name)
+    walked = module_name
+    for attr in attr_path.split("."):
+        try:
+            obj = getattr(obj, attr)
+        except AttributeError:
+            raise _error(
+                f"{walked!r} has no attribute {attr!r}",
+                "check the name after ':' in --handler / SHARDLEASE_HANDLER",
+            ) from None
+        walked = f"{walked}:{attr}" if walked == module_name else f"{walked}.{attr}"
+    return as_handler(obj, name=path)
+
+
+# ----------------------------------------------------------------------------
+# The built-in handler.
+# ----------------------------------------------------------------------------
+
+
+def log_records(records: Sequence[Any], ctx: ShardContext) -> None:
+    """The default handler: log one line per batch (shard, count, first and last sequence number)."""
+    first = getattr(records[0], "sequence_number", None) if records else None
+    last = getattr(records[-1], "sequence_number", None) if records else None
+    log.info(
+        "batch of %d records from %s: first sequence number %s, last %s",
+        len(records),
+        ctx.shard_id,
+        first,
+        last,
+        extra={"shard_id": ctx.shard_id, "worker_id": ctx.worker_id, "group": ctx.group},
+    )

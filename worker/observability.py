@@ -1,0 +1,355 @@
+"""Prometheus metrics and the health endpoints, over one small HTTP server.
+
+:class:`Metrics` owns a private registry (never prometheus_client's global one,
+so several workers in one process, as in tests and the demo, do not collide).
+No metric has a per-shard label: a fleet's series count does not grow with its
+shard count.  Label values come from fixed sets and are checked.
+
+:class:`HealthServer` serves::
+
+    /healthz   200 "ok" if the main loop beat recently, else 503 and why   (liveness)
+    /readyz    200 "ok" once the worker is ready, else 503 and why          (readiness)
+    /metrics   the Prometheus text format
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import metadata
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
+
+from leaser.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+LEASE_REASONS: tuple[str, ...] = (
+    "acquired_free",  # gained: the shard had no owner
+    "took_expired",  # gained: the previous owner's lease had expired
+    "handoff",  # gained or lost: a planned transfer between live workers
+    "expired",  # lost: this worker failed to renew in time
+    "stolen",  # lost: another worker holds a newer token (found on renew or a fenced write)
+    "released",  # lost: this worker let it go (rebalancing, max shards)
+    "shard_end",  # lost: the shard was read to its end
+    "shutdown",  # lost: released while the worker stops
+)
+"""Allowed ``reason`` labels of ``shardlease_leases_gained_total`` and ``..._lost_total``."""
+
+THROTTLED_APIS: tuple[str, ...] = (
+    "GetRecords",
+    "GetShardIterator",
+    "DescribeStream",
+    "ListStreams",
+    "DescribeTable",
+)
+"""Allowed ``api`` labels of ``shardlease_throttles_total``."""
+
+GETRECORDS_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("shardlease")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _check(label: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"unknown {label} {value!r}; use one of {', '.join(allowed)}")
+    return value
+
+
+class Metrics:
+    """This worker's metrics.  Every method is thread-safe and cheap."""
+
+    def __init__(self, worker_id: str, group: str, *, version: str | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+            return Counter(name, doc, labels, registry=r)
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(name, doc, registry=r)
+
+        self._records = counter("shardlease_records_processed", "Records the handler completed.")
+        self._batches = counter("shardlease_batches_processed", "Batches the handler completed.")
+        self._handler_errors = counter("shardlease_handler_errors", "Handler calls that raised.")
+        self._iterator_age = gauge(
+            "shardlease_iterator_age_seconds",
+            "Seconds from the newest processed record's creation to now; the maximum over this worker's shards.",
+        )
+        self._leases_held = gauge("shardlease_leases_held", "Shard leases this worker holds.")
+        self._gained = counter("shardlease_leases_gained", "Leases this worker gained.", ("reason",))
+        self._lost = counter("shardlease_leases_lost", "Leases this worker lost or gave up.", ("reason",))
+        self._getrecords = counter("shardlease_getrecords_calls", "GetRecords calls made.")
+        self._getrecords_latency = Histogram(
+            "shardlease_getrecords_latency_seconds",
+            "GetRecords call latency in seconds.",
+            buckets=GETRECORDS_BUCKETS_S,
+            registry=r,
+        )
+        self._throttles = counter("shardlease_throttles", "AWS calls throttled, by API.", ("api",))
+        self._checkpoint_failures = counter(
+            "shardlease_checkpoint_failures", "Checkpoint writes that failed (other than a lost lease)."
+        )
+        self._trimmed = counter(
+            "shardlease_trimmed_data",
+            "Times a checkpoint pointed at records already trimmed from the stream (data was skipped).",
+        )
+        self._describe_stream = counter("shardlease_describe_stream_calls", "DescribeStream calls made.")
+        self._unowned = gauge("shardlease_shards_unowned", "Ready shards that no worker holds (leader).")
+        self._is_leader = gauge("shardlease_is_leader", "1 if this worker is the group's leader, else 0.")
+        self._info = Info("shardlease_worker", "This worker's identity.", registry=r)
+        self._info.info({"worker_id": worker_id, "group": group, "version": version or _package_version()})
+
+        for reason in LEASE_REASONS:  # so rate() works from the first scrape
+            self._gained.labels(reason=reason)
+            self._lost.labels(reason=reason)
+        for api in THROTTLED_APIS:
+            self._throttles.labels(api=api)
+
+        self._ages_lock = threading.Lock()
+        self._ages: dict[str, float] = {}
+        self._iterator_age.set_function(self._max_age)
+
+    # -- processing --------------------------------------------------------
+    def records_processed(self, n: int = 1) -> None:
+        self._records.inc(n)
+
+    def batches_processed(self, n: int = 1) -> None:
+        self._batches.inc(n)
+
+    def handler_error(self, n: int = 1) -> None:
+        self._handler_errors.inc(n)
+
+    def iterator_age(self, shard_id: str, seconds: float) -> None:
+        """Report a shard's iterator age; the gauge shows the maximum over reported shards."""
+        with self._ages_lock:
+            self._ages[shard_id] = max(0.0, float(seconds))
+
+    def forget_shard(self, shard_id: str) -> None:
+        """Stop counting a shard in the iterator age (its lease was lost or it ended)."""
+        with self._ages_lock:
+            self._ages.pop(shard_id, None)
+
+    def _max_age(self) -> float:
+        with self._ages_lock:
+            return max(self._ages.values(), default=0.0)
+
+    # -- leases ------------------------------------------------------------
+    def leases_held(self, n: int) -> None:
+        self._leases_held.set(n)
+
+    def lease_gained(self, reason: str) -> None:
+        self._gained.labels(reason=_check("lease reason", reason, LEASE_REASONS)).inc()
+
+    def lease_lost(self, reason: str) -> None:
+        self._lost.labels(reason=_check("lease reason", reason, LEASE_REASONS)).inc()
+
+    def shards_unowned(self, n: int) -> None:
+        self._unowned.set(n)
+
+    def is_leader(self, leader: bool) -> None:
+        self._is_leader.set(1 if leader else 0)
+
+    # -- AWS and checkpoints ----------------------------------------------
+    def getrecords_call(self, latency_s: float) -> None:
+        """Count one GetRecords call and observe its latency in seconds."""
+        self._getrecords.inc()
+        self._getrecords_latency.observe(latency_s)
+
+    def throttle(self, api: str) -> None:
+        self._throttles.labels(api=_check("api", api, THROTTLED_APIS)).inc()
+
+    def checkpoint_failure(self) -> None:
+        self._checkpoint_failures.inc()
+
+    def trimmed_data(self) -> None:
+        self._trimmed.inc()
+
+    def describe_stream_call(self) -> None:
+        self._describe_stream.inc()
+
+    # -- exposition --------------------------------------------------------
+    def render(self) -> bytes:
+        """The registry in the Prometheus text format."""
+        return bytes(generate_latest(self.registry))
+
+    def value(self, name: str, labels: dict[str, str] | None = None) -> float | None:
+        """A sample's current value (for tests and the demo), e.g. ``value("shardlease_leases_held")``."""
+        result = self.registry.get_sample_value(name, labels or {})
+        return None if result is None else float(result)
+
+
+class HealthState:
+    """Liveness (the main loop's heartbeat) and readiness, shared between threads."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last_beat = clock()
+        self._ready = False
+        self._reason = "starting"
+
+    def beat(self) -> None:
+        """Called by the main loop on every pass."""
+        now = self._clock()
+        with self._lock:
+            self._last_beat = now
+
+    def silence_s(self) -> float:
+        """Seconds since the last beat."""
+        with self._lock:
+            return max(0.0, self._clock() - self._last_beat)
+
+    def alive(self, max_silence_s: float) -> bool:
+        return self.silence_s() <= max_silence_s
+
+    def set_ready(self, ready: bool, reason: str = "") -> None:
+        """Mark ready (reason optional) or not ready (say why: "connecting to Redis", "shutting down")."""
+        with self._lock:
+            self._ready = bool(ready)
+            self._reason = reason or ("ready" if ready else "not ready")
+
+    def readiness(self) -> tuple[bool, str]:
+        with self._lock:
+            return self._ready, self._reason
+
+
+class _RequestHandler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+    timeout = 30  # seconds an idle keep-alive connection may hold its thread
+
+    def do_GET(self) -> None:
+        self._respond(send_body=True)
+
+    def do_HEAD(self) -> None:
+        self._respond(send_body=False)
+
+    def _respond(self, *, send_body: bool) -> None:
+        path = self.path.split("?", 1)[0].rstrip("/") or "/"
+        owner = self.server.owner
+        content_type = "text/plain; charset=utf-8"
+        if path == "/healthz":
+            silence = owner.health.silence_s()
+            if silence <= owner.max_silence_s:
+                status, body = HTTPStatus.OK, b"ok\n"
+            else:
+                status = HTTPStatus.SERVICE_UNAVAILABLE
+                body = f"main loop silent for {silence:.1f}s (limit {owner.max_silence_s:g}s)\n".encode()
+        elif path == "/readyz":
+            ready, reason = owner.health.readiness()
+            status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
+            body = b"ok\n" if ready else f"not ready: {reason}\n".encode()
+        elif path == "/metrics":
+            status, body, content_type = HTTPStatus.OK, owner.metrics.render(), CONTENT_TYPE_LATEST
+        else:
+            status, body = HTTPStatus.NOT_FOUND, b"not found; try /healthz, /readyz or /metrics\n"
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if send_body:
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("http %s " + format, self.address_string(), *args)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    owner: HealthServer
+
+
+class HealthServer:
+    """``/healthz``, ``/readyz`` and ``/metrics`` on ``host:port`` from a daemon thread.
+
+    ``port=0`` picks a free port (read :attr:`port` after :meth:`start`).  ``/healthz``
+    fails once the main loop has not beaten for ``max_silence_s``, by default three
+    renew intervals.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        metrics: Metrics,
+        health: HealthState,
+        *,
+        renew_interval_s: float = 1.5,
+        max_silence_s: float | None = None,
+    ) -> None:
+        self.host = host
+        self._requested_port = port
+        self.metrics = metrics
+        self.health = health
+        self.max_silence_s = max_silence_s if max_silence_s is not None else 3 * renew_interval_s
+        self._bound_port = port
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the chosen one when constructed with 0)."""
+        return self._bound_port
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
+        return f"http://{host}:{self.port}"
+
+    def start(self) -> HealthServer:
+        if self._server is not None:
+            return self
+        try:
+            server = _Server((self.host, self._requested_port), _RequestHandler)
+        except OSError as exc:
+            raise ConfigError(
+                "metrics_port (--metrics-port / SHARDLEASE_METRICS_PORT)",
+                f"cannot listen on {self.host}:{self._requested_port}: {exc.strerror or exc}",
+                "choose a free port, or 0 to turn the metrics server off",
+            ) from None
+        server.owner = self
+        self._server = server
+        self._bound_port = int(server.server_address[1])
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="shardlease-http", daemon=True
+        )
+        self._thread.start()
+        log.debug("metrics and health server listening on %s:%d", self.host, self.port)
+        return self
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+        self._server = None
+        self._thread = None
+
+    def __enter__(self) -> HealthServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
