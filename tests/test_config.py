@@ -254,3 +254,10 @@ def test_extending_the_table_is_one_row() -> None:
     add_run_arguments(parser, [*RUN_SETTINGS, extra])
     assert parser.parse_args(["--max-retries", "3"]).max_retries == "3"
     assert extra.env == "SHARDLEASE_MAX_RETRIES"
+
+
+def test_default_worker_id_is_a_valid_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(config.socket, "gethostname", lambda: "my host{1}")
+    worker_id = config.default_worker_id()
+    assert worker_id.startswith("my-host-1--")
+    assert load(BASE).worker_id == worker_id
