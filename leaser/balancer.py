@@ -1,21 +1,23 @@
 """Fair share: how many leases a worker should take, ask for, or give away.  Pure functions.
 
 With ``T`` leases ready and ``W`` live workers, every worker ends up holding
-``floor = T // W`` or ``ceil = floor + 1`` of them (``max - min <= 1``):
+``floor = T // W`` or ``ceil = floor + 1`` of them, so ``max - min <= 1``.
 
-* a worker below ``ceil`` takes free or expired leases, up to ``ceil``;
-* a worker below ``floor`` with nothing left to take asks the most loaded
-  workers above ``floor`` for the difference; a worker below ``ceil`` asks only
-  workers above ``ceil``;
-* a worker that is asked gives, in total, no more than it holds above ``floor``.
+Every worker computes the same *targets* from the same reported loads: the
+``T mod W`` most loaded workers (ties by id) are meant to hold ``ceil``, the others
+``floor``.  Favouring the most loaded keeps leases where they are: a balanced
+fleet has exactly ``T mod W`` workers at ``ceil``, so its targets equal its loads
+and nothing moves (no oscillation).
 
-No worker at or above ``floor`` ever asks, and nobody gives below ``floor``, so
-a stable assignment is never disturbed: no oscillation.  If some worker is above
-``ceil`` then some worker is below ``ceil`` (the sum is ``T``) and asks it; if
-some worker is below ``floor``, some worker is above ``floor`` and is asked; so
-every imbalance is repaired.  Loads are as reported at each worker's last
-heartbeat; a giver checks its own current count, so stale loads cannot make it
-give too much.
+* A worker below its target takes free or expired leases, up to its target.
+* Deficits the free pool cannot fill are matched, in id order, with the excess
+  of workers above their targets; each taker asks its matched owners, so askers
+  spread over owners instead of herding onto the most loaded one.
+* An asked owner gives, in total, no more than it holds above its own target.
+
+Loads are as reported at each worker's last heartbeat (kept current by acquire
+and release); a giver checks its own live count, so stale loads cannot make it
+give too much.  When views differ for a moment, the next heartbeat repairs it.
 """
 
 from __future__ import annotations
@@ -49,6 +51,14 @@ def fair_share(ready: int, workers: int, max_leases: int = 0) -> Share:
     return Share(floor, ceil)
 
 
+def targets(loads: dict[str, int], ready: int, max_leases: int = 0) -> dict[str, int]:
+    """How many leases each worker is meant to hold: ``ceil`` for the most loaded, else ``floor``."""
+    share = fair_share(ready, len(loads), max_leases)
+    extra = ready - share.floor * len(loads) if share.ceil > share.floor else 0
+    order = sorted(loads, key=lambda w: (-loads[w], w))
+    return {w: share.ceil if i < extra else share.floor for i, w in enumerate(order)}
+
+
 def plan(
     me: str,
     held: int,
@@ -65,37 +75,43 @@ def plan(
     """
     loads = dict(members)
     loads[me] = held
-    share = fair_share(ready, len(loads), max_leases)
-    take = min(max(share.ceil - held, 0), takeable)
-    after = held + take
+    target = targets(loads, ready, max_leases)
+    take = min(max(target[me] - held, 0), takeable)
 
+    # Deficits the free pool fills first (in id order), then the rest matched with excesses.
+    pool = takeable
+    deficits: list[tuple[str, int]] = []
+    for w in sorted(loads):
+        need = target[w] - loads[w]
+        if need > 0:
+            filled = min(need, pool)
+            pool -= filled
+            if need > filled:
+                deficits.append((w, need - filled))
+    excesses = [(w, loads[w] - target[w]) for w in sorted(loads) if loads[w] > target[w]]
     asks: dict[str, int] = {}
-    others = sorted(((n, w) for w, n in loads.items() if w != me), reverse=True)
-    if after < share.floor:
-        need = share.floor - after
-        for load, owner in others:
-            if need <= 0 or load <= share.floor:
-                break
-            n = min(need, load - share.floor)
-            asks[owner] = n
+    i = 0
+    for taker, need in deficits:
+        while need > 0 and i < len(excesses):
+            owner, spare = excesses[i]
+            n = min(need, spare)
+            if taker == me:
+                asks[owner] = asks.get(owner, 0) + n
             need -= n
-    elif after < share.ceil:
-        need = share.ceil - after
-        for load, owner in others:
-            if need <= 0 or load <= share.ceil:
-                break
-            n = min(need, load - share.ceil)
-            asks[owner] = n
-            need -= n
+            spare -= n
+            if spare == 0:
+                i += 1
+            else:
+                excesses[i] = (owner, spare)
 
     gives: dict[str, int] = {}
-    spare = held - share.floor
-    for taker, count in sorted(asks_to_me.items(), key=lambda kv: (loads.get(kv[0], 0), kv[0])):
+    spare = held - target[me]
+    for taker, count in sorted(asks_to_me.items()):
         if spare <= 0:
             break
-        if loads.get(taker, held) >= held - 1:
-            continue  # a stale ask: moving a lease would not improve the balance
-        n = min(count, spare)
+        if taker not in loads or loads[taker] >= target[taker]:
+            continue  # a stale ask: the taker is gone or already has its share
+        n = min(count, spare, target[taker] - loads[taker])
         gives[taker] = n
         spare -= n
     return Plan(take=take, asks=asks, gives=gives)

@@ -61,6 +61,7 @@ class LeaseManager:
         self._asked: dict[str, float] = {}
         self._leaving = False
         self._created_ms = 0
+        self._joined = False
 
     # -- what the worker holds ------------------------------------------------------------------
 
@@ -139,6 +140,11 @@ class LeaseManager:
             result.group_reset = True
         self._created_ms = hb.created_ms
         if leaving:
+            return result
+        if not self._joined:
+            # The first heartbeat only joins: workers started together see each other before
+            # anyone takes leases, instead of the first one taking everything.
+            self._joined = True
             return result
 
         if hb.grants:

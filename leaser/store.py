@@ -223,7 +223,7 @@ class LeaseStore:
             pipe = self.client.pipeline(transaction=False)
             for shard in shard_ids:
                 self._scripts["acquire"](
-                    keys=[k.lease(shard), k.free, k.owned, k.token, k.held(worker_id), k.grants(worker_id)],
+                    keys=[k.lease(shard), k.free, k.owned, k.token, k.held(worker_id), k.grants(worker_id), k.load],
                     args=[worker_id, self.config.lease_ttl_ms, shard, take_from],
                     client=pipe,
                 )
@@ -315,7 +315,7 @@ class LeaseStore:
         grants = k.grants(to) if to else k.grants(worker_id)
         answer = self._run(
             "release",
-            [k.lease(shard_id), k.free, k.owned, k.held(worker_id), grants, k.asks(worker_id)],
+            [k.lease(shard_id), k.free, k.owned, k.held(worker_id), grants, k.asks(worker_id), k.load],
             [worker_id, token, shard_id, to, int(self.config.handoff_reserve_s * 1000), k.wake_channel],
         )
         if _s(answer[0]) == "lost":

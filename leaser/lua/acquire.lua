@@ -1,6 +1,6 @@
 -- acquire: take one lease if it is free, expired, or reserved for the caller by a handoff.
 -- KEYS[1] lease   KEYS[2] free zset   KEYS[3] owned zset   KEYS[4] token counter
--- KEYS[5] held set of the caller   KEYS[6] grants zset of the caller
+-- KEYS[5] held set of the caller   KEYS[6] grants zset of the caller   KEYS[7] load hash
 -- ARGV[1] worker id   ARGV[2] lease ttl (ms)   ARGV[3] shard id
 -- ARGV[4] victim: '' for a normal acquire; a worker id to take the lease from that live owner
 --         (a hard take-over after a handoff timed out)
@@ -43,4 +43,5 @@ redis.call('ZREM', KEYS[2], ARGV[3])
 redis.call('ZADD', KEYS[3], expires_ms, ARGV[3])
 redis.call('SADD', KEYS[5], ARGV[3])
 redis.call('ZREM', KEYS[6], ARGV[3])
+if redis.call('HEXISTS', KEYS[7], ARGV[1]) == 1 then redis.call('HINCRBY', KEYS[7], ARGV[1], 1) end
 return {'ok', token, f[6], previous, how}

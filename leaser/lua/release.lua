@@ -3,6 +3,7 @@
 -- for a short while so no third worker snatches it.
 -- KEYS[1] lease   KEYS[2] free zset   KEYS[3] owned zset   KEYS[4] held set of the caller
 -- KEYS[5] grants zset of the taker (any key of the group when there is none)   KEYS[6] asks of the caller
+-- KEYS[7] load hash
 -- ARGV[1] worker id   ARGV[2] token   ARGV[3] shard id   ARGV[4] taker ('' for anyone)
 -- ARGV[5] reservation (ms)   ARGV[6] wake-up channel
 -- Returns {'ok'} or {'lost', reason}.  A lease that expired but was not taken may be released.
@@ -15,6 +16,7 @@ redis.call('HSET', KEYS[1], 'owner', '', 'expires_ms', 0)
 redis.call('ZREM', KEYS[3], ARGV[3])
 redis.call('ZADD', KEYS[2], f[4], ARGV[3])
 redis.call('SREM', KEYS[4], ARGV[3])
+if redis.call('HEXISTS', KEYS[7], ARGV[1]) == 1 then redis.call('HINCRBY', KEYS[7], ARGV[1], -1) end
 if ARGV[4] ~= '' then
   local until_ms = now + tonumber(ARGV[5])
   redis.call('HSET', KEYS[1], 'reserved_for', ARGV[4], 'reserved_until_ms', until_ms)
