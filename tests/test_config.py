@@ -44,7 +44,7 @@ def test_table_and_dataclass_agree() -> None:
     assert names == [f.name for f in dataclasses.fields(RunConfig)]
     assert len(set(names)) == len(names)
     for setting in RUN_SETTINGS:
-        assert setting.env == "SHARDLEASE_" + setting.name.upper()
+        assert setting.env == "SHARDLEASE_" + setting.flags[0].lstrip("-").replace("-", "_").upper()
         assert setting.help.endswith(".") and "\n" not in setting.help
         assert setting.flags[0].startswith("--")
 
@@ -95,7 +95,7 @@ def test_empty_values_count_as_unset() -> None:
 
 def test_env_alone_configures_everything() -> None:
     cfg = load([], {"SHARDLEASE_TABLE": "orders", "SHARDLEASE_INITIAL_POSITION": "latest",
-                    "SHARDLEASE_LEASE_TTL_S": "10", "SHARDLEASE_RENEW_INTERVAL_S": "2.5"})
+                    "SHARDLEASE_LEASE_TTL": "10", "SHARDLEASE_RENEW_INTERVAL": "2.5"})
     assert cfg.table == "orders" and cfg.initial_position == "LATEST"
     assert (cfg.lease_ttl_s, cfg.renew_interval_s) == (10.0, 2.5)
 
@@ -231,7 +231,7 @@ def test_parse_bool() -> None:
 
 def test_env_names() -> None:
     names = env_names()
-    assert "SHARDLEASE_REDIS_URL" in names and "SHARDLEASE_LEASE_TTL_S" in names
+    assert "SHARDLEASE_REDIS_URL" in names and "SHARDLEASE_LEASE_TTL" in names
     assert len(names) == len(RUN_SETTINGS)
 
 

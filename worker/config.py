@@ -204,7 +204,8 @@ class Setting:
 
     @property
     def env(self) -> str:
-        return ENV_PREFIX + self.name.upper()
+        """``SHARDLEASE_`` + the first flag's name: ``--lease-ttl`` is ``SHARDLEASE_LEASE_TTL``."""
+        return ENV_PREFIX + self.flags[0].lstrip("-").replace("-", "_").upper()
 
     @property
     def label(self) -> str:
