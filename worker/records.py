@@ -90,7 +90,7 @@ def from_typed(value: dict[str, Any]) -> Any:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _map(m: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _map(m: dict[str, Any]) -> dict[str, Any]:
     # The hot loop: strings and numbers inline, everything else through from_typed.
     out: dict[str, Any] = {}
     for key, typed in m.items():
@@ -103,7 +103,7 @@ def _map(m: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def from_typed_item(item: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def from_typed_item(item: dict[str, Any]) -> dict[str, Any]:
     """Unmarshal a whole item / image / key map (``{"name": {"S": "x"}, ...}``) to plain values."""
     return _map(item)
 

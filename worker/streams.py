@@ -330,7 +330,8 @@ class StreamsClient:
     ``AWS_ENDPOINT_URL_DYNAMODB_STREAMS``, profiles, IRSA).  The DynamoDB client used for
     DescribeTable takes ``dynamodb_endpoint_url``, defaulting to ``endpoint_url`` when that is
     given (local emulators serve both APIs on one URL), else boto3's sources
-    (``AWS_ENDPOINT_URL_DYNAMODB``).
+    (``AWS_ENDPOINT_URL_DYNAMODB``).  ``max_attempts`` counts every attempt botocore makes
+    (standard retry mode; 1 = no retry inside botocore), the worker adds its own backoff.
     """
 
     def __init__(
@@ -349,7 +350,7 @@ class StreamsClient:
         self._region_name = region_name
         self._dynamodb_endpoint_url = dynamodb_endpoint_url or endpoint_url
         self._config = Config(
-            retries={"mode": "standard", "max_attempts": max_attempts},
+            retries={"mode": "standard", "total_max_attempts": max_attempts},
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             max_pool_connections=max_pool_connections,
