@@ -1,0 +1,284 @@
+"""ShardConsumer: one owned shard, read in order, handed to the handler, checkpointed.
+
+A consumer is a small state machine advanced by :meth:`ShardConsumer.step`, one
+step at a time on the :class:`~worker.scheduler.Scheduler`'s bounded thread pool.
+A step reads one page (GetRecords), hands its records to the handler as one
+batch, and checkpoints the batch's last sequence number, fenced by the lease's
+token.  It returns the delay before the next step, or ``None`` when the
+consumer is finished.
+
+Invariants:
+
+* Records reach the handler in shard order; a batch is retried until the handler
+  succeeds, and the checkpoint never passes a batch the handler has not finished
+  (at-least-once, the shard waits as Lambda's does by default).
+* A stop (lost lease, handoff, shutdown) takes effect between steps; a step in
+  flight finishes first, and a lost lease's checkpoint is refused by the token.
+* The shard is marked ended only after the handler finished its last record.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import tenacity
+
+from leaser import Acquired, CoordinationUnavailable, LeaseLostError, LeaseManager
+from worker.errors import ExpiredIterator, ShardNotFound, StreamServerError, StreamThrottled, TrimmedData
+from worker.handler import Handler, ShardContext
+from worker.observability import Metrics
+from worker.records import Record
+from worker.streams import StreamsClient
+
+log = logging.getLogger("shardlease.consumer")
+
+FIRST_IDLE_DELAY_S = 0.1
+"""Seconds before the first re-poll after an empty page; doubles up to ``idle_poll_interval_s``."""
+MAX_BACKOFF_S = 20.0
+"""Longest wait, in seconds, between retries of a throttled call or a failing handler."""
+
+_backoff = tenacity.wait_random_exponential(multiplier=0.1, max=MAX_BACKOFF_S)
+
+
+def backoff_s(attempt: int) -> float:
+    """Exponential backoff with full jitter for the ``attempt``-th retry (1-based), in seconds."""
+    state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+    state.attempt_number = max(attempt, 1)
+    return float(_backoff(state))
+
+
+class StopReason:
+    LOST = "lost"
+    HANDOFF = "handoff"
+    SHUTDOWN = "shutdown"
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSettings:
+    stream_arn: str
+    group: str
+    worker_id: str
+    batch_size: int
+    initial_position: str
+    """TRIM_HORIZON or LATEST; applies only to shards the group has never checkpointed."""
+    idle_poll_interval_s: float
+    lease_ttl_s: float
+
+
+class ShardConsumer:
+    """Reads one shard for as long as this worker holds its lease."""
+
+    def __init__(
+        self,
+        acquired: Acquired,
+        *,
+        settings: ConsumerSettings,
+        streams: StreamsClient,
+        manager: LeaseManager,
+        handler: Handler,
+        metrics: Metrics,
+        on_shard_ended: Callable[[str, list[str]], None],
+    ) -> None:
+        self.shard_id = acquired.shard_id
+        self.token = acquired.token
+        self.settings = settings
+        self._streams = streams
+        self._manager = manager
+        self._handler = handler
+        self._metrics = metrics
+        self._on_shard_ended = on_shard_ended
+        self.checkpoint = acquired.checkpoint
+        """Last sequence number checkpointed ('' = none: start at the initial position)."""
+        self._iterator: str | None = None
+        self._pending: list[Record] = []
+        self._at_end = False
+        self._empty_polls = 0
+        self._failures = 0
+        self._from_trim_horizon = False
+        self._started = False
+        self._lock = threading.Lock()
+        self._stop_reason: str | None = None
+        self._handoff_to = ""
+        self._stop_detail = ""
+        self.finished = False
+        self.ctx = ShardContext(
+            shard_id=self.shard_id,
+            worker_id=settings.worker_id,
+            stream_arn=settings.stream_arn,
+            group=settings.group,
+            lease_token=self.token,
+        )
+
+    # -- control (any thread) ----------------------------------------------------------------
+
+    def request_stop(self, reason: str, handoff_to: str = "", detail: str = "") -> None:
+        """Stop after the step in flight.  A lost lease overrides a handoff or shutdown."""
+        with self._lock:
+            if self._stop_reason is None or reason == StopReason.LOST:
+                self._stop_reason = reason
+                self._handoff_to = handoff_to
+                self._stop_detail = detail
+
+    @property
+    def stop_reason(self) -> str | None:
+        with self._lock:
+            return self._stop_reason
+
+    # -- one step (the scheduler guarantees one at a time) ------------------------------------
+
+    def step(self) -> float | None:
+        """Advance the shard; returns seconds until the next step, or None when finished."""
+        if self.stop_reason is not None:
+            return self._finish()
+        if not self._started:
+            self._started = True
+            self._call_hook(self._handler.on_lease_gained)
+        if self._manager.renewal_age_s() > self.settings.lease_ttl_s:
+            # The lease may have expired while this process could not renew it (a pause, a
+            # partition): hand nothing more to the handler until a heartbeat gets through.
+            return 0.2
+        try:
+            return self._advance()
+        except LeaseLostError as exc:
+            log.warning("lease lost: %s", exc.reason, extra={"shard_id": self.shard_id})
+            self.request_stop(StopReason.LOST, detail=exc.reason)
+            return self._finish()
+        except ExpiredIterator:
+            log.info("iterator expired; resuming after checkpoint %s", self.checkpoint or "(none)",
+                     extra={"shard_id": self.shard_id})
+            self._iterator = None
+            self._pending = []
+            return 0.0
+        except ShardNotFound:
+            log.error("shard no longer exists (trimmed past the stream's retention); records after checkpoint "
+                      "%s that were not handled are lost; ending it so its children can start",
+                      self.checkpoint or "(none)", extra={"shard_id": self.shard_id})
+            self._metrics.trimmed_data()
+            self._pending = []
+            self._at_end = True
+            self._end_shard()
+            return None
+        except TrimmedData as exc:
+            log.error("records of shard %s after checkpoint %s are past the 24 h retention and lost (%s); "
+                      "continuing from TRIM_HORIZON", self.shard_id, self.checkpoint or "(none)", exc,
+                      extra={"shard_id": self.shard_id})
+            self._metrics.trimmed_data()
+            self._iterator = None
+            self._pending = []
+            self._from_trim_horizon = True
+            return 0.0
+        except StreamThrottled:
+            self._metrics.throttle("GetRecords")
+            self._failures += 1
+            return backoff_s(self._failures)
+        except (StreamServerError, CoordinationUnavailable) as exc:
+            self._failures += 1
+            delay = backoff_s(self._failures)
+            log.warning("retrying in %.1f s: %s", delay, exc, extra={"shard_id": self.shard_id})
+            return delay
+
+    def _advance(self) -> float | None:
+        if not self._pending and not self._at_end:
+            page = self._read()
+            if not page:
+                if self._at_end:
+                    self._end_shard()
+                    return None
+                self._empty_polls += 1
+                return float(min(FIRST_IDLE_DELAY_S * 2 ** (self._empty_polls - 1), self.settings.idle_poll_interval_s))
+            self._empty_polls = 0
+            self._pending = page
+        if self._pending:
+            if not self._deliver(self._pending):
+                self._failures += 1
+                return backoff_s(self._failures)
+            self._failures = 0
+            last = self._pending[-1]
+            self._pending = []
+            self._manager.checkpoint(self.shard_id, last.sequence_number)
+            self.checkpoint = last.sequence_number
+            self._metrics.iterator_age(
+                self.shard_id, (datetime.now(UTC) - last.approximate_creation_time).total_seconds()
+            )
+        if self._at_end:
+            self._end_shard()
+            return None
+        return 0.0
+
+    def _read(self) -> list[Record]:
+        if self._iterator is None:
+            self._iterator = self._new_iterator()
+        started = time.monotonic()
+        page = self._streams.get_records(self._iterator, self.settings.batch_size, shard_id=self.shard_id)
+        self._metrics.getrecords_call(time.monotonic() - started)
+        self._iterator = page.next_iterator
+        self._at_end = page.next_iterator is None
+        self._failures = 0
+        return page.records
+
+    def _new_iterator(self) -> str:
+        arn = self.settings.stream_arn
+        if self.checkpoint and not self._from_trim_horizon:
+            return self._streams.get_shard_iterator(arn, self.shard_id, "AFTER_SEQUENCE_NUMBER", self.checkpoint)
+        self._from_trim_horizon = False
+        # LATEST only for a shard the group never checkpointed, never for one it is resuming.
+        kind = self.settings.initial_position if not self.checkpoint else "TRIM_HORIZON"
+        return self._streams.get_shard_iterator(arn, self.shard_id, kind)
+
+    def _deliver(self, records: list[Record]) -> bool:
+        """Hand one batch to the handler; False (logged, counted) if it raised."""
+        try:
+            self._handler.handle(records, self.ctx)
+        except Exception:
+            self._metrics.handler_error()
+            log.exception("handler failed on %d records (%s..%s); retrying the same batch",
+                          len(records), records[0].sequence_number, records[-1].sequence_number,
+                          extra={"shard_id": self.shard_id})
+            return False
+        self._metrics.records_processed(len(records))
+        self._metrics.batches_processed()
+        return True
+
+    def _end_shard(self) -> None:
+        self._call_hook(self._handler.on_shard_end)
+        children = self._manager.end_shard(self.shard_id)
+        log.info("shard ended; children ready: %s", ", ".join(children) or "(none yet)",
+                 extra={"shard_id": self.shard_id})
+        self._metrics.lease_lost("shard_end")
+        self._metrics.forget_shard(self.shard_id)
+        self.finished = True
+        self._on_shard_ended(self.shard_id, children)
+
+    def _finish(self) -> float | None:
+        """Leave the shard for the reason given to :meth:`request_stop` (None when done)."""
+        reason = self.stop_reason
+        try:
+            if reason == StopReason.HANDOFF:
+                self._manager.release(self.shard_id, to=self._handoff_to)
+                self._metrics.lease_lost("handoff")
+                log.info("handed over to %s after checkpoint %s", self._handoff_to, self.checkpoint or "(none)",
+                         extra={"shard_id": self.shard_id})
+            elif reason == StopReason.SHUTDOWN:
+                self._manager.release(self.shard_id)
+                self._metrics.lease_lost("shutdown")
+            else:
+                self._metrics.lease_lost("expired" if "expired" in self._stop_detail else "stolen")
+        except CoordinationUnavailable as exc:
+            log.warning("cannot release yet (%s); retrying", exc, extra={"shard_id": self.shard_id})
+            return 0.5
+        self._call_hook(self._handler.on_lease_lost)
+        self._metrics.forget_shard(self.shard_id)
+        self.finished = True
+        return None
+
+    def _call_hook(self, hook: Callable[[ShardContext], Any]) -> None:
+        try:
+            hook(self.ctx)
+        except Exception:
+            log.exception("handler hook %s failed", getattr(hook, "__name__", hook), extra={"shard_id": self.shard_id})
