@@ -248,8 +248,8 @@ class ShardConsumer:
     def _end_shard(self) -> None:
         self._call_hook(self._handler.on_shard_end)
         children = self._manager.end_shard(self.shard_id)
-        log.info("shard ended; children ready: %s", ", ".join(children) or "(none yet)",
-                 extra={"shard_id": self.shard_id})
+        log.info("shard ended (SHARD_END checkpointed)%s",
+                 f"; children ready: {', '.join(children)}" if children else "", extra={"shard_id": self.shard_id})
         self._metrics.lease_lost("shard_end")
         self._metrics.forget_shard(self.shard_id)
         self.finished = True
@@ -267,6 +267,8 @@ class ShardConsumer:
             elif reason == StopReason.SHUTDOWN:
                 self._manager.release(self.shard_id)
                 self._metrics.lease_lost("shutdown")
+                log.info("released for shutdown after checkpoint %s", self.checkpoint or "(none)",
+                         extra={"shard_id": self.shard_id})
             else:
                 self._metrics.lease_lost("expired" if "expired" in self._stop_detail else "stolen")
         except CoordinationUnavailable as exc:

@@ -226,7 +226,9 @@ class Worker:
 
     def _on_shard_ended(self, shard_id: str, ready_children: list[str]) -> None:
         if not ready_children:
-            self.discovery.children_of(shard_id)
+            children = self.discovery.children_of(shard_id)
+            if children:
+                log.info("children of %s registered: %s", shard_id, ", ".join(children))
         self._wake.set()
 
     _wake_leader_sync = False
