@@ -62,6 +62,7 @@ class LeaseManager:
         self._leaving = False
         self._created_ms = 0
         self._joined = False
+        self._renewed_at = clock()
 
     # -- what the worker holds ------------------------------------------------------------------
 
@@ -87,6 +88,15 @@ class LeaseManager:
         """True while this worker has asks out: poll grants often so handoffs pause shards briefly."""
         with self._lock:
             return bool(self._asked)
+
+    def renewal_age_s(self) -> float:
+        """Seconds since the last heartbeat that renewed this worker's leases was sent.
+
+        Redis time is the authority on expiry; this local measure only lets a worker stop
+        handing records to its handler as soon as it *may* have lost its leases (for example
+        after the process was paused), before Redis can tell it so.
+        """
+        return self._clock() - self._renewed_at
 
     # -- fenced writes ----------------------------------------------------------------------------
 
@@ -132,7 +142,9 @@ class LeaseManager:
         with self._lock:
             tokens = {s: a.token for s, a in self._held.items()}
             leaving = self._leaving
+        sent_at = self._clock()
         hb = self.store.heartbeat(self.worker_id, tokens, leaving=leaving)
+        self._renewed_at = sent_at
         result = TickResult(heartbeat=hb, lost=dict(hb.lost), is_leader=hb.leader == self.worker_id)
         for shard in hb.lost:
             self._forget(shard)

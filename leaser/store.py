@@ -297,7 +297,7 @@ class LeaseStore:
                 keys.append(k.lease(child))
                 keys.extend(k.lease(p) for p in others)
                 counts.append(len(others))
-            answer = self._run("end_shard", keys, [worker_id, token, shard_id, children_csv, *counts])
+            answer = self._run("end_shard", keys, [worker_id, token, shard_id, children_csv, k.wake_channel, *counts])
             status = _s(answer[0])
             if status == "lost":
                 raise LeaseLostError(shard_id, token, _s(answer[1]))

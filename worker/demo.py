@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any
 
 import orjson
 
@@ -52,7 +52,7 @@ def show_batch(records: Sequence[Any], ctx: Any) -> None:
 class _Relay(threading.Thread):
     """Copies a worker's output to the terminal, prefixed with its name and colour."""
 
-    def __init__(self, name: str, stream: TextIO, color: str, lock: threading.Lock) -> None:
+    def __init__(self, name: str, stream: IO[str], color: str, lock: threading.Lock) -> None:
         super().__init__(daemon=True)
         self.worker_name, self.stream, self.color, self.lock = name, stream, color, lock
 
@@ -93,8 +93,9 @@ def run_demo(workers: int = 3, duration_s: float = 20.0) -> int:
                  "--renew-interval", "1", "--batch-size", "100"],
                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             )
-            assert procs[name].stdout is not None
-            _Relay(name, procs[name].stdout, _COLORS[i % len(_COLORS)], lock).start()
+            stdout = procs[name].stdout
+            assert stdout is not None
+            _Relay(name, stdout, _COLORS[i % len(_COLORS)], lock).start()
         say(f"started {workers} workers; writing items for {duration_s:.0f} s")
         rng = random.Random(7)
         written = 0
@@ -144,7 +145,8 @@ def run_demo(workers: int = 3, duration_s: float = 20.0) -> int:
         per_shard: dict[str, set[str]] = collections.defaultdict(set)
         for w, shard, _ in handled:
             per_shard[f"...{shard[-8:]}"].add(w)
-        say("who handled which shard: " + "; ".join(f"{s}: {', '.join(sorted(ws))}" for s, ws in sorted(per_shard.items())))
+        owners = "; ".join(f"{s}: {', '.join(sorted(ws))}" for s, ws in sorted(per_shard.items()))
+        say(f"who handled which shard: {owners}")
         say("records per worker: " + ", ".join(f"{w} {n}" for w, n in sorted(per_worker.items())))
         say(f"written {written}, handled {len(unique)} distinct, {len(handled) - len(unique)} handled twice")
         ok = len(unique) == written

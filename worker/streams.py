@@ -280,7 +280,9 @@ def translate_error(
             return AccessDenied(text, code=code, operation=operation)
         return InvalidRequest(text, code=code or None, operation=operation)
     if isinstance(exc, NoRegionError):
-        return ConfigError("region (--region / SHARDLEASE_REGION)", "no AWS region configured", "set AWS_REGION or pass --region")
+        return ConfigError(
+            "region (--region / SHARDLEASE_REGION)", "no AWS region configured", "set AWS_REGION or pass --region"
+        )
     if isinstance(exc, NoCredentialsError):
         return ConfigError(
             "aws credentials",

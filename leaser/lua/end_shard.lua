@@ -2,9 +2,10 @@
 -- become acquirable at once.
 -- KEYS[1] lease   KEYS[2] free zset   KEYS[3] owned zset   KEYS[4] ended zset   KEYS[5] held set
 -- KEYS[6..] for each child, in the order of ARGV[4]: the child's lease key, then the lease keys of
---           its other parents (ARGV[5..] says how many each child has)
+--           its other parents (ARGV[6..] says how many each child has)
 -- ARGV[1] worker id   ARGV[2] token   ARGV[3] shard id
--- ARGV[4] the children the caller read, comma-separated   ARGV[5..] other-parent count per child
+-- ARGV[4] the children the caller read, comma-separated   ARGV[5] wake-up channel
+-- ARGV[6..] other-parent count per child
 -- Returns {'ok', children made ready (comma-separated)}, {'lost', reason}, or {'retry', why} when
 -- the children changed since the caller read them (read again and call again).
 local now = now_ms()
@@ -19,7 +20,7 @@ redis.call('SREM', KEYS[5], ARGV[3])
 local ready = {}
 local k = 6
 for i, child in ipairs(split(ARGV[4])) do
-  local others = tonumber(ARGV[4 + i])
+  local others = tonumber(ARGV[5 + i])
   local f = redis.call('HMGET', KEYS[k], 'state', 'order')
   local blocked = false
   for j = 1, others do
@@ -33,4 +34,5 @@ for i, child in ipairs(split(ARGV[4])) do
   end
   k = k + 1 + others
 end
+if #ready > 0 then redis.call('PUBLISH', ARGV[5], table.concat(ready, ',')) end
 return {'ok', table.concat(ready, ',')}

@@ -30,7 +30,7 @@ for i = 11, #KEYS do
     local shard = f[1] or string.match(KEYS[i], ':lease:(.*)$')
     lost[#lost + 1] = shard
     lost[#lost + 1] = why
-    redis.call('SREM', KEYS[7], shard)
+    if f[2] ~= me then redis.call('SREM', KEYS[7], shard) end
   else
     redis.call('HSET', KEYS[i], 'expires_ms', now + ttl)
     redis.call('ZADD', KEYS[4], now + ttl, f[1])

@@ -1,0 +1,119 @@
+"""Real worker processes against a real Redis and the local stream endpoint, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Handled:
+    """One line of the recording handler's output: a record handled by a worker."""
+
+    index: int
+    worker: str
+    shard: str
+    seq: str
+    pk: str
+    n: int
+    token: int
+
+
+class Fleet:
+    """Worker processes of one group; each records what it handled in one shared file."""
+
+    def __init__(self, tmp: Path, redis_url: str, endpoint_url: str, stream_arn: str, group: str,
+                 **settings: str) -> None:
+        self.out = tmp / "handled.jsonl"
+        self.logs = tmp / "logs"
+        self.logs.mkdir(exist_ok=True)
+        self.redis_url, self.endpoint_url, self.stream_arn, self.group = redis_url, endpoint_url, stream_arn, group
+        self.settings = {"lease-ttl": "3", "renew-interval": "1", "metrics-port": "0", "batch-size": "50",
+                         "idle-poll-interval": "0.5", **settings}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return dict(os.environ, SHARDLEASE_TEST_OUT=str(self.out), AWS_ACCESS_KEY_ID="test",
+                    AWS_SECRET_ACCESS_KEY="test", AWS_REGION="us-east-1", PYTHONPATH=str(ROOT), **extra)
+
+    def start(self, name: str, **extra_env: str) -> subprocess.Popen[bytes]:
+        args = [sys.executable, "-m", "worker", "run", "--stream-arn", self.stream_arn, "--endpoint-url",
+                self.endpoint_url, "--redis-url", self.redis_url, "--group", self.group, "--worker-id", name,
+                "--handler", "tests.e2e.recording_handler:handle"]
+        for flag, value in self.settings.items():
+            args += [f"--{flag}", value]
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 (kept open for the child's lifetime)
+        proc = subprocess.Popen(args, env=self.env(**extra_env), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.procs[name] = proc
+        return proc
+
+    def signal(self, name: str, signum: int) -> None:
+        self.procs[name].send_signal(signum)
+
+    def stop_all(self, timeout_s: float = 30) -> dict[str, int]:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        codes = {}
+        for name, proc in self.procs.items():
+            try:
+                codes[name] = proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes[name] = -9
+        return codes
+
+    def handled(self) -> list[Handled]:
+        if not self.out.exists():
+            return []
+        rows = []
+        for i, line in enumerate(self.out.read_bytes().splitlines()):
+            d: dict[str, Any] = orjson.loads(line)
+            rows.append(Handled(i, d["w"], d["shard"], d["seq"], d["pk"], d["n"], d["token"]))
+        return rows
+
+    def wait_for(self, sequence_numbers: set[str], timeout_s: float = 60) -> list[Handled]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            rows = self.handled()
+            if sequence_numbers <= {r.seq for r in rows} or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.3)
+
+    def log_text(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")
+
+
+def check_order_per_key(rows: list[Handled]) -> None:
+    """In first-handling order, each key's counter only grows (records of one item stay in order)."""
+    seen: set[str] = set()
+    last: dict[str, int] = {}
+    for r in rows:
+        if r.seq in seen:
+            continue
+        seen.add(r.seq)
+        assert r.n > last.get(r.pk, -1), f"key {r.pk}: record {r.n} handled after {last[r.pk]}"
+        last[r.pk] = r.n
+
+
+def check_parents_before_children(rows: list[Handled], parent_of: dict[str, str | None]) -> None:
+    """No record of a child shard was handled before the last record of its parent."""
+    first: dict[str, int] = {}
+    last: dict[str, int] = defaultdict(lambda: -1)
+    for r in rows:
+        first.setdefault(r.shard, r.index)
+        last[r.shard] = r.index
+    for child, parent in parent_of.items():
+        if parent and child in first and parent in last:
+            assert last[parent] < first[child], f"child {child} started before parent {parent} ended"
