@@ -19,3 +19,9 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert "shardlease demo" in demo
     ci = (ROOT / ".ci" / "run").read_text()
     assert tests in ci.splitlines()
+
+
+def test_readme_configuration_table_is_the_settings_table() -> None:
+    from worker.config import markdown_table
+
+    assert markdown_table().strip() in (ROOT / "README.md").read_text()

@@ -283,7 +283,7 @@ RUN_SETTINGS: tuple[Setting, ...] = (
        "Seconds between DescribeStream scans for new and closed shards (done by the leader).",
        metavar="SECONDS"),
     _s("handoff_timeout_s", "--handoff-timeout", _ranged(parse_duration, 0, 300), 10.0,
-       "Seconds a worker waits for a shard's owner to hand it off before giving up on the ask.",
+       "Seconds a worker waits for a live owner to hand a shard over before taking it by force (fenced).",
        metavar="SECONDS"),
     _s("max_shards", "--max-shards", _ranged(parse_int, 0, 1_000_000), 0,
        "Maximum leases this worker holds at once; 0 means no cap.", metavar="N"),
