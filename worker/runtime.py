@@ -127,6 +127,7 @@ class Worker:
         self._signals = 0
         self._leader = False
         self._leader_thread: threading.Thread | None = None
+        self._sync_now = False
         self._http: HealthServer | None = None
 
     # -- signals -------------------------------------------------------------------------------
@@ -202,12 +203,14 @@ class Worker:
             self.metrics.is_leader(self._leader)
             if self._leader:
                 log.info("this worker is now the group's leader: it lists the stream's shards")
-                self._leader_thread = threading.Thread(target=self._lead, name="leader", daemon=True)
-                self._leader_thread.start()
+                self._sync_now = True
+                if self._leader_thread is None or not self._leader_thread.is_alive():
+                    self._leader_thread = threading.Thread(target=self._lead, name="leader", daemon=True)
+                    self._leader_thread.start()
         if self._leader:
             self.metrics.shards_unowned(hb.free + hb.expired)
             if result.group_reset:
-                self._wake_leader_sync = True
+                self._sync_now = True
 
     def _start(self, gained: list[Any]) -> None:
         for acquired in gained:
@@ -231,8 +234,6 @@ class Worker:
                 log.info("children of %s registered: %s", shard_id, ", ".join(children))
         self._wake.set()
 
-    _wake_leader_sync = False
-
     def _lead(self) -> None:
         """While leader: sync the shard graph now and every ``shard_sync_interval_s``; clean up."""
         next_sync = 0.0
@@ -240,8 +241,10 @@ class Worker:
         full = True
         while self._leader and not self._stopping.is_set():
             now = time.monotonic()
-            if now >= next_sync or self._wake_leader_sync:
-                self._wake_leader_sync = False
+            if now >= next_sync or self._sync_now:
+                if self._sync_now:
+                    full = True
+                self._sync_now = False
                 try:
                     if self.discovery.sync(full=full):
                         self._wake.set()
@@ -298,6 +301,13 @@ class Worker:
         self._leader = False
         self.manager.leave()
         self.health.set_ready(False, "shutting down")
+        # Leave the membership first, so the others count the fleet without this worker when the
+        # released leases come free.
+        try:
+            self.manager.tick()
+        except CoordinationUnavailable as exc:
+            log.warning("could not leave the group's membership (%s); it lapses in %.0f s", exc,
+                        self.config.lease_ttl_s)
         self.scheduler.stop_all(StopReason.SHUTDOWN)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
