@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+import redis.cluster
 
 _LUA_DIR = Path(__file__).parent / "lua"
 
@@ -29,7 +30,7 @@ def source(name: str) -> str:
 class Scripts:
     """The protocol's scripts registered on one Redis client."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis | redis.cluster.RedisCluster) -> None:
         self._scripts: dict[str, Any] = {name: client.register_script(source(name)) for name in NAMES}
 
     def __getitem__(self, name: str) -> Any:

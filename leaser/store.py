@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+import redis.cluster
 
 from leaser.config import LeaseConfig
 from leaser.errors import ConcurrentUpdate, ConfigError, CoordinationUnavailable, LeaseLostError
@@ -29,6 +30,25 @@ _REGISTER_CHUNK = 500
 _RETRIES_ON_CONCURRENT_UPDATE = 20
 
 
+RedisClient = redis.Redis | redis.cluster.RedisCluster
+"""What :func:`connect` returns and :class:`LeaseStore` takes: one server, or a Redis Cluster."""
+
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+
+# redis-py strips the error code from these (ClusterDownError's text is "The cluster is down"), so they are
+# matched by class; all of them mean "the slot's primary is changing or unreachable: try again later".
+_CLUSTER_TRANSIENT: tuple[type[BaseException], ...] = (
+    redis.exceptions.ClusterDownError,  # CLUSTERDOWN, and MASTERDOWN (a subclass)
+    redis.exceptions.TryAgainError,  # TRYAGAIN: a multi-key command during resharding
+    redis.exceptions.AskError,  # ASK/MOVED (MovedError is a subclass) left after redis-py's redirects
+    redis.exceptions.ClusterError,  # redis-py gave up after RedisClusterRequestTTL redirects/retries
+    redis.exceptions.SlotNotCoveredError,  # no node serves the slot (yet)
+)
+# The base RedisClusterException is also raised for misuse (a blocked pipeline command, a bad argument):
+# only these messages mean the cluster is unreachable or its slot map is incomplete right now.
+_CLUSTER_UNREACHABLE_TEXT = ("Redis Cluster cannot be connected", "All slots are not covered", "has no redis_connection")
+
+
 @contextlib.contextmanager
 def translate_redis_errors() -> Iterator[None]:
     """Turn redis-py's transient errors into CoordinationUnavailable (retryable)."""
@@ -38,6 +58,14 @@ def translate_redis_errors() -> Iterator[None]:
         raise CoordinationUnavailable(f"Redis unavailable: {type(exc).__name__}: {exc}") from exc
     except redis.exceptions.BusyLoadingError as exc:
         raise CoordinationUnavailable(f"Redis is loading its data: {exc}") from exc
+    except _CLUSTER_TRANSIENT as exc:
+        raise CoordinationUnavailable(f"Redis Cluster is failing over: {type(exc).__name__}: {exc}") from exc
+    except redis.exceptions.RedisClusterException as exc:
+        if any(text in str(exc) for text in _CLUSTER_UNREACHABLE_TEXT):
+            raise CoordinationUnavailable(f"Redis Cluster unavailable: {exc}") from exc
+        raise
+    except redis.exceptions.ReadOnlyError as exc:
+        raise CoordinationUnavailable(f"Redis is failing over (a replica answered): {exc}") from exc
     except redis.exceptions.ResponseError as exc:
         text = str(exc)
         if text.startswith(("TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "LOADING", "READONLY")):
@@ -108,14 +136,42 @@ def order_for_registration(specs: Iterable[ShardSpec]) -> list[ShardSpec]:
 class LeaseStore:
     """The lease protocol of one consumer group on one Redis (or Redis Cluster slot).
 
-    The client must decode responses (``decode_responses=True``); see :func:`leaser.connect`.
+    The client (``redis.Redis`` or ``redis.cluster.RedisCluster``) must decode responses
+    (``decode_responses=True``); see :func:`leaser.connect`.
     """
 
-    def __init__(self, client: redis.Redis, group: str, config: LeaseConfig | None = None) -> None:
+    def __init__(self, client: RedisClient, group: str, config: LeaseConfig | None = None) -> None:
         self.client = client
         self.keys = GroupKeys.for_group(group)
         self.config = config or LeaseConfig()
         self._scripts = Scripts(client)
+        self._cluster = isinstance(client, redis.cluster.RedisCluster)
+
+    def _pipelined(self, name: str, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+        """Run script ``name`` once per (keys, args) in one pipelined round trip; answers in order.
+
+        redis-py's cluster pipeline neither offers ``evalsha`` nor loads scripts first (a plain pipeline
+        does), so EVALSHA is sent as a raw command, and after a
+        failover or restart the slot's primary may answer NOSCRIPT to every call: then the script is
+        loaded and the pipeline sent again.  Every call went to the same node with the same script,
+        so NOSCRIPT means none of them ran.
+        """
+        for attempt in (1, 2):
+            with translate_redis_errors():
+                pipe = self.client.pipeline(transaction=False)
+                script = self._scripts[name]
+                for keys, args in calls:
+                    if self._cluster:  # the cluster pipeline blocks evalsha(); the raw command routes by KEYS
+                        pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                    else:
+                        script(keys=keys, args=args, client=pipe)
+                try:
+                    return list(pipe.execute())
+                except redis.exceptions.NoScriptError:
+                    if attempt == 2:
+                        raise
+                    self.client.script_load(script.script)
+        raise AssertionError("unreachable")
 
     @property
     def group(self) -> str:
@@ -138,19 +194,16 @@ class LeaseStore:
         result: dict[str, str] = {}
         for start in range(0, len(ordered), _REGISTER_CHUNK):
             chunk = ordered[start : start + _REGISTER_CHUNK]
-            with translate_redis_errors():
-                pipe = self.client.pipeline(transaction=False)
-                for spec in chunk:
-                    validate_id("shard_id", spec.shard_id)
-                    for parent in spec.parent_ids:
-                        validate_id("shard_id", parent)
-                    self._scripts["register"](
-                        keys=[k.lease(spec.shard_id), k.shards, k.free, k.tombstones, k.meta]
-                        + [k.lease(p) for p in spec.parent_ids],
-                        args=[spec.shard_id, repr(float(spec.order)), ",".join(spec.parent_ids)],
-                        client=pipe,
-                    )
-                answers = pipe.execute()
+            for spec in chunk:
+                validate_id("shard_id", spec.shard_id)
+                for parent in spec.parent_ids:
+                    validate_id("shard_id", parent)
+            answers = self._pipelined("register", [
+                ([k.lease(spec.shard_id), k.shards, k.free, k.tombstones, k.meta]
+                 + [k.lease(p) for p in spec.parent_ids],
+                 [spec.shard_id, repr(float(spec.order)), ",".join(spec.parent_ids)])
+                for spec in chunk
+            ])
             for spec, answer in zip(chunk, answers, strict=True):
                 result[spec.shard_id] = _s(answer)
         return result
@@ -201,8 +254,13 @@ class LeaseStore:
         return [shard for shard, owner in zip(ids, owners, strict=True) if owner is not None and _s(owner) == worker_id]
 
     def server_time_ms(self) -> int:
+        """Redis server time; on a cluster, the clock of the primary serving the group's slot (the scripts' clock)."""
         with translate_redis_errors():
-            seconds, micros = self.client.time()
+            if isinstance(self.client, redis.cluster.RedisCluster):
+                node = self.client.get_node_from_key(self.keys.token)  # type: ignore[no-untyped-call]
+                seconds, micros = self.client.execute_command("TIME", target_nodes=node)  # type: ignore[no-untyped-call]
+            else:
+                seconds, micros = self.client.time()
         return int(seconds) * 1000 + int(micros) // 1000
 
     # -- leases -------------------------------------------------------------------------------
@@ -219,15 +277,11 @@ class LeaseStore:
         k = self.keys
         if not shard_ids:
             return [], {}
-        with translate_redis_errors():
-            pipe = self.client.pipeline(transaction=False)
-            for shard in shard_ids:
-                self._scripts["acquire"](
-                    keys=[k.lease(shard), k.free, k.owned, k.token, k.held(worker_id), k.grants(worker_id), k.load],
-                    args=[worker_id, self.config.lease_ttl_ms, shard, take_from],
-                    client=pipe,
-                )
-            answers = pipe.execute()
+        answers = self._pipelined("acquire", [
+            ([k.lease(shard), k.free, k.owned, k.token, k.held(worker_id), k.grants(worker_id), k.load],
+             [worker_id, self.config.lease_ttl_ms, shard, take_from])
+            for shard in shard_ids
+        ])
         acquired: list[Acquired] = []
         refused: dict[str, str] = {}
         for shard, answer in zip(shard_ids, answers, strict=True):
@@ -403,10 +457,23 @@ def connect(
     cert_file: str | None = None,
     key_file: str | None = None,
     socket_timeout_s: float = 5.0,
-) -> redis.Redis:
-    """A Redis client for the lease protocol (decoded responses, bounded timeouts, optional TLS)."""
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError("redis_url", "must start with redis://, rediss:// or unix://", "e.g. redis://host:6379/0")
+) -> RedisClient:
+    """A Redis client for the lease protocol (decoded responses, bounded timeouts, optional TLS).
+
+    ``redis://`` and ``rediss://`` (TLS) name one server (or a cluster's configuration endpoint
+    with a proxy in front); ``redis+cluster://`` and ``rediss+cluster://`` name one node of a Redis
+    Cluster (more nodes may follow, comma-separated: ``redis+cluster://h1:6379,h2:6379``) and
+    return a :class:`redis.cluster.RedisCluster`, which follows the group's slot across failovers.
+    A cluster client connects at once: an unreachable cluster raises CoordinationUnavailable.
+    ``ca_file``/``cert_file``/``key_file`` apply to ``rediss`` schemes only: the CA to trust
+    (else the system's), and a client certificate for mutual TLS.
+    """
+    if not url.startswith(("redis://", "rediss://", "unix://", *CLUSTER_SCHEMES)):
+        raise ConfigError(
+            "redis_url",
+            "must start with redis://, rediss://, unix://, redis+cluster:// or rediss+cluster://",
+            "e.g. redis://host:6379/0",
+        )
     kwargs: dict[str, Any] = {
         "decode_responses": True,
         "socket_timeout": socket_timeout_s,
@@ -414,17 +481,40 @@ def connect(
         "health_check_interval": 30,
         "retry_on_timeout": False,
     }
-    if url.startswith("rediss://"):
+    if url.startswith(("rediss://", "rediss+cluster://")):
         if ca_file:
             kwargs["ssl_ca_certs"] = ca_file
         if cert_file:
             kwargs["ssl_certfile"] = cert_file
         if key_file:
             kwargs["ssl_keyfile"] = key_file
+    if url.startswith(CLUSTER_SCHEMES):
+        return _connect_cluster(url, kwargs)
     try:
         return redis.Redis.from_url(url, **kwargs)
     except ValueError as exc:
         raise ConfigError("redis_url", f"cannot parse the URL ({exc})", "e.g. redis://host:6379/0") from exc
 
 
-
+def _connect_cluster(url: str, kwargs: dict[str, Any]) -> redis.cluster.RedisCluster:
+    scheme, rest = url.split("://", 1)
+    plain = "rediss" if scheme.startswith("rediss") else "redis"
+    netloc, _, path = rest.partition("/")
+    userinfo, _, hosts = netloc.rpartition("@")
+    if path.split("?", 1)[0] not in ("", "0"):
+        raise ConfigError("redis_url", "a Redis Cluster has only database 0", "drop the /<db> from the URL or use /0")
+    nodes: list[redis.cluster.ClusterNode] = []
+    for host_port in hosts.split(","):
+        host, sep, port = host_port.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ConfigError("redis_url", "each cluster node must be host:port", "e.g. redis+cluster://h1:6379,h2:6379")
+        nodes.append(redis.cluster.ClusterNode(host.strip("[]"), int(port)))  # type: ignore[no-untyped-call]
+    first = f"{plain}://{userinfo + '@' if userinfo else ''}{hosts.split(',')[0]}/0"
+    with translate_redis_errors():
+        try:
+            # from_url parses the credentials and TLS of the first node; startup_nodes adds the rest.
+            return redis.cluster.RedisCluster.from_url(
+                first, startup_nodes=nodes, **kwargs
+            )
+        except ValueError as exc:
+            raise ConfigError("redis_url", f"cannot parse the URL ({exc})", "e.g. redis+cluster://host:6379") from exc

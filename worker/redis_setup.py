@@ -19,11 +19,13 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import cast
 
 import redis
 
 from leaser import ConfigError, CoordinationUnavailable, connect
 from leaser.embedded import find_redis_server, free_port
+from leaser.store import RedisClient
 from worker.logs import redact_url
 
 log = logging.getLogger("shardlease.redis")
@@ -93,6 +95,38 @@ def stop_embedded_redis(data_dir: str | os.PathLike[str]) -> bool:
     return True
 
 
+_URL_SETTING = "redis_url (--redis-url / SHARDLEASE_REDIS_URL)"
+
+
+def _tls_problem(text: str) -> str | None:
+    """A short explanation when a connection error is a TLS failure, else None."""
+    lowered = text.lower()
+    if "certificate verify failed" in lowered or "certificate_verify_failed" in lowered:
+        return ("the TLS handshake failed: the server's certificate is not trusted "
+                "(set --redis-ca-file to the CA that signed it) or does not name this host")
+    if "certificate required" in lowered or "alert_certificate_required" in lowered or "peer did not return" in lowered:
+        return "the server requires a client certificate (set --redis-cert-file and --redis-key-file)"
+    if any(word in lowered for word in ("ssl", "tls", "wrong version number", "handshake")):
+        return "the TLS handshake failed (a rediss:// URL needs a TLS port; redis:// a plain one)"
+    return None
+
+
+def _unreachable(shown: str, exc: BaseException) -> ConfigError:
+    text = f"{exc} {exc.__cause__ or ''}"
+    if isinstance(exc, redis.AuthenticationError) or isinstance(exc.__cause__, redis.AuthenticationError):
+        return ConfigError(_URL_SETTING, f"{shown} refused the credentials",
+                           "check the user and password in the URL or its Secret")
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        return ConfigError(_URL_SETTING, f"{shown} accepted the user but its ACL denies a command the worker needs",
+                           "grant the ACL rule in docs/security.md")
+    tls = _tls_problem(text)
+    if tls is not None:
+        return ConfigError(_URL_SETTING, f"cannot connect to Redis at {shown}: {tls}",
+                           "check the TLS settings against the server's")
+    return ConfigError(_URL_SETTING, f"cannot reach Redis at {shown} ({type(exc).__name__})",
+                       "check the host, port and TLS settings, and that Redis is running")
+
+
 def open_redis(
     url: str | None,
     *,
@@ -103,22 +137,30 @@ def open_redis(
 ) -> tuple[redis.Redis, str]:
     """A checked client for the group's Redis and a printable (redacted) description of it.
 
-    An unreachable server is a ConfigError naming ``redis_url``: one line, no traceback.
+    ``url`` may name a Redis Cluster (``redis+cluster://`` / ``rediss+cluster://``); the client is
+    then a ``redis.cluster.RedisCluster``, typed here as ``redis.Redis`` until its callers take
+    :data:`leaser.store.RedisClient`.  Any failure to connect, authenticate or verify TLS is a
+    ConfigError naming ``redis_url``: one line, no traceback, never the password.
     """
     embedded = url is None
     if url is None:
         url = embedded_redis_url(data_dir)
-    client = connect(url, ca_file=ca_file, cert_file=cert_file, key_file=key_file)
     shown = redact_url(url)
+    for setting, path in (("redis_ca_file (--redis-ca-file / SHARDLEASE_REDIS_CA_FILE)", ca_file),
+                          ("redis_cert_file (--redis-cert-file / SHARDLEASE_REDIS_CERT_FILE)", cert_file),
+                          ("redis_key_file (--redis-key-file / SHARDLEASE_REDIS_KEY_FILE)", key_file)):
+        if path and not os.path.isfile(path):
+            raise ConfigError(setting, f"{path} is not a readable file", "point it at a PEM file")
+    if (cert_file is None) != (key_file is None):
+        raise ConfigError("redis_cert_file / redis_key_file", "a client certificate needs both files",
+                          "set both --redis-cert-file and --redis-key-file, or neither")
     try:
+        client: RedisClient = connect(url, ca_file=ca_file, cert_file=cert_file, key_file=key_file)
         client.ping()
-    except redis.AuthenticationError as exc:
-        raise ConfigError("redis_url (--redis-url / SHARDLEASE_REDIS_URL)", f"{shown} refused the credentials",
-                          "check the user and password in the URL or its Secret") from exc
+    except CoordinationUnavailable as exc:  # a cluster client connects in connect()
+        raise _unreachable(shown, exc.__cause__ or exc) from None
     except redis.RedisError as exc:
-        raise ConfigError("redis_url (--redis-url / SHARDLEASE_REDIS_URL)",
-                          f"cannot reach Redis at {shown} ({type(exc).__name__})",
-                          "check the host, port and TLS settings, and that Redis is running") from exc
+        raise _unreachable(shown, exc) from None
     if embedded:
         shown += f" (embedded, data in {Path(data_dir) / 'redis'}; fit for one host only)"
-    return client, shown
+    return cast(redis.Redis, client), shown
