@@ -44,6 +44,31 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workers", type=int, default=3, help="worker processes to start (default 3)")
     demo.add_argument("--duration", type=float, default=20.0, help="seconds of writing (default 20)")
 
+    dlq = sub.add_parser("dlq", help="list or replay dead letters (batches that ran out of retries or age)")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, parser_class=_Parser)
+    dlq_list = dlq_sub.add_parser("list", help="show dead-letter entries (oldest first)")
+    dlq_replay = dlq_sub.add_parser("replay", help="call a handler with dead-letter entries; remove those it takes")
+    for p in (dlq_list, dlq_replay):
+        p.add_argument("--group", "--app", dest="group", default=None, help="consumer group [env SHARDLEASE_GROUP]")
+        p.add_argument("--redis-url", dest="redis_url", default=None, help="[env SHARDLEASE_REDIS_URL]")
+        p.add_argument("--data-dir", dest="data_dir", default=None, help="[env SHARDLEASE_DATA_DIR]")
+        p.add_argument("--from", dest="source", default="redis", metavar="DEST",
+                       help="redis (the group's stream, default), file:<path>" +
+                            (" or sqs:<queue URL or ARN> (a peek)" if p is dlq_list else ""))
+        p.add_argument("--region", default=None, help="AWS region for sqs: [env SHARDLEASE_REGION]")
+        p.add_argument("--endpoint-url", dest="endpoint_url", default=None, help="[env SHARDLEASE_ENDPOINT_URL]")
+    dlq_list.add_argument("--limit", type=int, default=100, help="entries to show (default 100)")
+    dlq_list.add_argument("--start", dest="start_id", default=None, metavar="ID", help="first entry id to show")
+    dlq_list.add_argument("--json", action="store_true", help="print JSON (without the records' images)")
+    dlq_list.add_argument("--with-records", action="store_true", help="with --json: include the records")
+    dlq_replay.add_argument("--handler", default=None, metavar="MODULE:FN",
+                            help="handler to call, package.module:function [env SHARDLEASE_HANDLER]")
+    which = dlq_replay.add_mutually_exclusive_group()
+    which.add_argument("--id", dest="ids", action="append", default=None, metavar="ID",
+                       help="entry to replay (repeatable)")
+    which.add_argument("--all", action="store_true", help="replay every entry")
+    dlq_replay.add_argument("--dry-run", action="store_true", help="show what would be replayed; change nothing")
+
     stop = sub.add_parser("stop-embedded", help="stop the embedded Redis started by workers without --redis-url")
     stop.add_argument("--data-dir", dest="data_dir", default=None, help="[env SHARDLEASE_DATA_DIR]")
     return parser
@@ -60,6 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from worker.demo import run_demo
 
             return run_demo(workers=args.workers, duration_s=args.duration)
+        if args.command == "dlq":
+            from worker import dlq as dlq_commands
+
+            if args.dlq_command == "list":
+                return dlq_commands.cli_list(args)
+            return dlq_commands.cli_replay(args)
         if args.command == "stop-embedded":
             from worker.redis_setup import stop_embedded_redis
 
