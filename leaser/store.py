@@ -46,7 +46,9 @@ _CLUSTER_TRANSIENT: tuple[type[BaseException], ...] = (
 )
 # The base RedisClusterException is also raised for misuse (a blocked pipeline command, a bad argument):
 # only these messages mean the cluster is unreachable or its slot map is incomplete right now.
-_CLUSTER_UNREACHABLE_TEXT = ("Redis Cluster cannot be connected", "All slots are not covered", "has no redis_connection")
+_CLUSTER_UNREACHABLE_TEXT = (
+    "Redis Cluster cannot be connected", "All slots are not covered", "has no redis_connection",
+)
 
 
 @contextlib.contextmanager

@@ -235,16 +235,18 @@ class Cluster:
                     return int(primary[1])
         raise AssertionError("no live node")
 
-    def replicas_of(self, primary_port: int) -> list[int]:
+    def replicas_of(self, primary_port: int, timeout_s: float = 15.0) -> list[int]:
+        """Ports of the primary's replicas (waits until it has one: after a failover the old primary rejoins)."""
         client = self.node(primary_port)
         my_id = client.execute_command("CLUSTER", "MYID")
-        out = []
-        for line in client.execute_command("CLUSTER", "NODES").splitlines() if isinstance(
-                client.execute_command("CLUSTER", "NODES"), str) else []:
-            parts = line.split()
-            if parts[3] == my_id and "slave" in parts[2]:
-                out.append(int(parts[1].split(":")[1].split("@")[0]))
-        return out
+        deadline = time.monotonic() + timeout_s
+        while True:
+            lines = client.execute_command("CLUSTER", "REPLICAS", my_id)
+            ports = [int(line.split()[1].split("@")[0].rsplit(":", 1)[1]) for line in lines
+                     if "fail" not in line.split()[2]]
+            if ports or time.monotonic() > deadline:
+                return ports
+            time.sleep(0.1)
 
     def server(self, port: int) -> RedisServer:
         return next(s for s in self.servers if s.port == port)
