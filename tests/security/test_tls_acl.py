@@ -213,3 +213,17 @@ def test_one_way_tls_needs_no_client_certificate(tls_server: RedisServer, certs:
     text = _one_line_naming_url(_open(f"redis://{WORKER_USER}:{WORKER_PASSWORD}@127.0.0.1:{tls_server.port}/0"),
                                 WORKER_PASSWORD)
     assert "cannot" in text
+
+
+def test_status_trusts_a_private_ca_through_ssl_cert_file(tls_server: RedisServer, certs: Certs) -> None:
+    """``shardlease status`` has no --redis-ca-file: SSL_CERT_FILE is the documented way (docs/security.md)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHARDLEASE_")}
+    done = subprocess.run([sys.executable, "-m", "worker", "status", "--redis-url", worker_url(tls_server)],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT,
+                          env={**env, "SSL_CERT_FILE": str(certs.ca)})
+    assert done.returncode == 0, done.stderr
+    assert WORKER_PASSWORD not in done.stdout + done.stderr and f"{WORKER_USER}:***@" in done.stdout
