@@ -35,6 +35,9 @@ class Share:
 class Plan:
     take: int = 0
     """Free or expired leases to acquire now."""
+    take_offset: int = 0
+    """Where this worker's part of the takeable pool starts (workers fill it in id order), so
+    workers woken together try different leases instead of racing for the oldest one."""
     asks: dict[str, int] = field(default_factory=dict)
     """Owner -> leases to ask it for."""
     gives: dict[str, int] = field(default_factory=dict)
@@ -80,11 +83,14 @@ def plan(
 
     # Deficits the free pool fills first (in id order), then the rest matched with excesses.
     pool = takeable
+    offset = 0
     deficits: list[tuple[str, int]] = []
     for w in sorted(loads):
         need = target[w] - loads[w]
         if need > 0:
             filled = min(need, pool)
+            if w == me:
+                offset = takeable - pool
             pool -= filled
             if need > filled:
                 deficits.append((w, need - filled))
@@ -114,4 +120,4 @@ def plan(
         n = min(count, spare, target[taker] - loads[taker])
         gives[taker] = n
         spare -= n
-    return Plan(take=take, asks=asks, gives=gives)
+    return Plan(take=take, take_offset=offset if take else 0, asks=asks, gives=gives)

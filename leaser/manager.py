@@ -171,7 +171,11 @@ class LeaseManager:
             self.worker_id, holding, hb.members, hb.ready, hb.free + hb.expired, asks_to_me, self.config.max_leases
         )
         if moves.take:
-            result.gained += self._acquire(self.store.candidates(moves.take))
+            gained = self._acquire(self.store.candidates(moves.take, moves.take_offset))
+            if len(gained) < moves.take:
+                # Raced with another worker for some of them: try the rest of the pool once more.
+                gained += self._acquire(self.store.candidates(moves.take - len(gained)))
+            result.gained += gained
         self._send_asks(moves.asks, result)
         result.give = self._choose_gives(moves.gives)
         return result

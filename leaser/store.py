@@ -231,17 +231,22 @@ class LeaseStore:
         with translate_redis_errors():
             return [_s(x) for x in self.client.zrange(self.keys.shards, 0, -1)]
 
-    def candidates(self, limit: int) -> list[str]:
-        """Up to ``limit`` leases that can be acquired now: expired ones first, then free, oldest first."""
+    def candidates(self, limit: int, offset: int = 0) -> list[str]:
+        """Up to ``limit`` leases that can be acquired now, from position ``offset`` of the pool:
+        expired ones first, then free ones, oldest first.  One round trip."""
         if limit <= 0:
             return []
+        end = offset + limit
         with translate_redis_errors():
-            t = self.server_time_ms()
-            expired = self.client.zrangebyscore(self.keys.owned, "-inf", t, start=0, num=limit)
-            free = self.client.zrange(self.keys.free, 0, limit - 1)
-        out = [_s(x) for x in expired]
-        out += [_s(x) for x in free if _s(x) not in out]
-        return out[:limit]
+            pipe = self.client.pipeline(transaction=False)
+            pipe.time()
+            pipe.zrange(self.keys.free, 0, end - 1)
+            pipe.zrange(self.keys.owned, 0, end - 1, withscores=True)
+            (seconds, micros), free, owned = pipe.execute()
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        pool = [_s(member) for member, expires in owned if expires <= now_ms]
+        pool += [_s(x) for x in free]
+        return pool[offset:end]
 
     def held_by(self, worker_id: str) -> list[str]:
         """Shards the worker holds now (its index, checked against each lease's owner)."""

@@ -124,7 +124,7 @@ def test_help_mentions_env_and_default(capsys: pytest.CaptureFixture[str]) -> No
         (["--initial-position", "FOO"], {}, ["initial_position", "--initial-position",
                                               "SHARDLEASE_INITIAL_POSITION", "TRIM_HORIZON, LATEST"]),
         (["--batch-size", "0"], {}, ["batch_size (--batch-size / SHARDLEASE_BATCH_SIZE)", "out of range"]),
-        (["--batch-size", "1001"], {}, ["batch_size", "at most 1000"]),
+        (["--batch-size", "10001"], {}, ["batch_size", "at most 10000"]),
         (["--batch-size", "ten"], {}, ["'ten' is not an integer"]),
         ([], {"SHARDLEASE_BATCH_SIZE": "2.5"}, ["(from SHARDLEASE_BATCH_SIZE)"]),
         (["--lease-ttl", "0.5"], {}, ["lease_ttl_s", "at least 1"]),

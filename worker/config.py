@@ -178,6 +178,48 @@ def parse_endpoint_url(text: str) -> str:
     return value
 
 
+def parse_forever_or_duration(text: str) -> float:
+    """-1 (forever) or a positive number of seconds."""
+    if text.strip() in ("-1", "-1.0"):
+        return -1.0
+    value = parse_duration(text)
+    if value <= 0:
+        raise ValueError(f"{text!r} is not -1 or a positive number of seconds; use -1 for forever or e.g. 3600")
+    return value
+
+
+def parse_forever_or_int(text: str) -> int:
+    """-1 (forever) or a whole number from 0 to 10,000."""
+    value = parse_int(text)
+    if value < -1 or value > 10_000:
+        raise ValueError(f"{text!r} is out of range; use -1 for forever or 0 to 10000")
+    return value
+
+
+ON_FAILURE_KINDS = ("redis", "none", "sqs:", "file:")
+
+
+def parse_on_failure(text: str) -> str:
+    """redis | none | sqs:<queue URL or ARN> | file:<path>."""
+    value = text.strip()
+    if value.lower() in ("redis", "none"):
+        return value.lower()
+    kind, _, target = value.partition(":")
+    if kind.lower() in ("sqs", "file") and target.strip():
+        return f"{kind.lower()}:{target.strip()}"
+    raise ValueError(
+        f"{value!r} is not a destination; use redis, none, sqs:<queue URL or ARN> or file:<path to a .jsonl file>"
+    )
+
+
+def parse_filter_patterns(text: str) -> str:
+    """Lambda filter patterns as JSON, or ``@path`` of a file holding them; validated, kept as given."""
+    from worker.filters import FilterCriteria
+
+    FilterCriteria.parse(text)
+    return text.strip()
+
+
 def default_worker_id() -> str:
     """``<hostname>-<pid>``, with characters a worker id cannot hold replaced by ``-``."""
     host = re.sub(r"[^A-Za-z0-9_.:\-]", "-", socket.gethostname() or "host")
@@ -256,8 +298,39 @@ RUN_SETTINGS: tuple[Setting, ...] = (
     _s("initial_position", "--initial-position", _choice("TRIM_HORIZON", "LATEST"), "TRIM_HORIZON",
        "Where a shard with no checkpoint starts: TRIM_HORIZON (oldest record) or LATEST (new records only).",
        metavar="POSITION"),
-    _s("batch_size", "--batch-size", _ranged(parse_int, 1, 1000), 100,
-       "Maximum records per GetRecords call and per handler call (1-1000).", metavar="N"),
+    _s("handler_style", "--handler-style", _choice("auto", "native", "lambda", upper=False), "auto",
+       "How the handler is called: native handle(records, ctx), lambda handler(event, context) with Lambda's "
+       "exact event, or auto (lambda when its parameters are named event and context).", metavar="STYLE"),
+    _s("batch_size", "--batch-size", _ranged(parse_int, 1, 10_000), 100,
+       "Maximum records per handler call (1-10000; above 1000 a batch spans several GetRecords pages).",
+       metavar="N"),
+    _s("batching_window_s", "--batching-window", _ranged(parse_duration, 0, 300), 0.0,
+       "Seconds to keep gathering records before calling the handler (Lambda's MaximumBatchingWindowInSeconds); "
+       "0 calls it as soon as records arrive.", metavar="SECONDS"),
+    _s("max_retry_attempts", "--max-retry-attempts", parse_forever_or_int, -1,
+       "Retries of a failed batch before its records go to --on-failure; -1 retries forever (Lambda's default).",
+       metavar="N"),
+    _s("max_record_age_s", "--max-record-age", parse_forever_or_duration, -1.0,
+       "Records older than this many seconds when a batch fails go to --on-failure instead of being retried; "
+       "-1 means no limit.", metavar="SECONDS"),
+    _s("bisect_on_error", "--bisect-on-error", parse_bool, False,
+       "Split a failing batch in two and retry each half, down to the single record that fails.",
+       metavar="BOOL"),
+    _s("on_failure", "--on-failure", parse_on_failure, "redis",
+       "Where records go once retries or age run out, in full with the error: redis (a stream in the group's "
+       "namespace), sqs:<queue URL or ARN>, file:<path.jsonl>, or none (logged and skipped).", metavar="DEST"),
+    _s("stop_on_failure", "--stop-on-failure", parse_bool, False,
+       "Strict order: a failing record stops its shard there (retried, reported, never skipped).",
+       metavar="BOOL"),
+    _s("filter_patterns", "--filter-patterns", parse_filter_patterns, None,
+       "Lambda filter patterns (JSON list, or {\"Filters\": [...]}, or @file): only matching records reach the "
+       "handler; the checkpoint moves past the others.", metavar="JSON"),
+    _s("parallelization_factor", "--parallelization-factor", _ranged(parse_int, 1, 10), 1,
+       "Batches of one shard handled at once (1-10), each item key always in the same lane, so per-key order "
+       "holds.", metavar="N"),
+    _s("handler_timeout_s", "--handler-timeout", _ranged(parse_duration, 0, 900, low_open=True), 300.0,
+       "Seconds a Lambda-style context reports as the invocation's budget (get_remaining_time_in_millis); "
+       "informational.", metavar="SECONDS"),
     _s("lease_ttl_s", "--lease-ttl", _ranged(parse_duration, 1, 300), 5.0,
        "Seconds a lease lives without renewal; a crashed worker's shards move after about this long.",
        metavar="SECONDS"),
@@ -315,7 +388,17 @@ class RunConfig:
     redis_url: str | None = None
     data_dir: str = ".shardlease"
     initial_position: str = "TRIM_HORIZON"
+    handler_style: str = "auto"
     batch_size: int = 100
+    batching_window_s: float = 0.0
+    max_retry_attempts: int = -1
+    max_record_age_s: float = -1.0
+    bisect_on_error: bool = False
+    on_failure: str = "redis"
+    stop_on_failure: bool = False
+    filter_patterns: str | None = None
+    parallelization_factor: int = 1
+    handler_timeout_s: float = 300.0
     lease_ttl_s: float = 5.0
     renew_interval_s: float = 1.5
     worker_id: str = field(default_factory=default_worker_id)
@@ -365,6 +448,13 @@ def _check_relations(values: Mapping[str, Any], *, require_stream: bool) -> None
             "stream_arn/table (--stream-arn / SHARDLEASE_STREAM_ARN, --table / SHARDLEASE_TABLE)",
             "no stream to consume",
             "give --stream-arn <ARN> or --table <name>",
+        )
+    if values["stop_on_failure"] and (values["max_retry_attempts"] != -1 or values["max_record_age_s"] != -1):
+        stop = SETTINGS_BY_NAME["stop_on_failure"]
+        raise stop.error(
+            "strict mode never skips a record, so it cannot be combined with --max-retry-attempts or "
+            "--max-record-age",
+            "drop those two, or drop --stop-on-failure",
         )
     url = values["redis_url"]
     if url is None or not url.lower().startswith("rediss://"):

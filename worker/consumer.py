@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import tenacity
-
 from leaser import Acquired, CoordinationUnavailable, LeaseLostError, LeaseManager
+from worker.backoff import backoff_s
+from worker.delivery import BatchDelivery, DeliveryFactory
 from worker.errors import ExpiredIterator, ShardNotFound, StreamServerError, StreamThrottled, TrimmedData
 from worker.handler import Handler, ShardContext
 from worker.observability import Metrics
@@ -40,18 +40,6 @@ log = logging.getLogger("shardlease.consumer")
 
 FIRST_IDLE_DELAY_S = 0.1
 """Seconds before the first re-poll after an empty page; doubles up to ``idle_poll_interval_s``."""
-MAX_BACKOFF_S = 20.0
-"""Longest wait, in seconds, between retries of a throttled call or a failing handler."""
-
-_backoff = tenacity.wait_random_exponential(multiplier=0.1, max=MAX_BACKOFF_S)
-
-
-def backoff_s(attempt: int) -> float:
-    """Exponential backoff with full jitter for the ``attempt``-th retry (1-based), in seconds."""
-    state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
-    state.attempt_number = max(attempt, 1)
-    return float(_backoff(state))
-
 
 class StopReason:
     LOST = "lost"
@@ -69,6 +57,8 @@ class ConsumerSettings:
     """TRIM_HORIZON or LATEST; applies only to shards the group has never checkpointed."""
     idle_poll_interval_s: float
     lease_ttl_s: float
+    batching_window_s: float = 0.0
+    """Seconds to keep gathering records into a batch; 0 delivers as soon as no more are waiting."""
 
 
 class ShardConsumer:
@@ -84,6 +74,7 @@ class ShardConsumer:
         handler: Handler,
         metrics: Metrics,
         on_shard_ended: Callable[[str, list[str]], None],
+        deliveries: DeliveryFactory | None = None,
     ) -> None:
         self.shard_id = acquired.shard_id
         self.token = acquired.token
@@ -96,7 +87,11 @@ class ShardConsumer:
         self.checkpoint = acquired.checkpoint
         """Last sequence number checkpointed ('' = none: start at the initial position)."""
         self._iterator: str | None = None
-        self._pending: list[Record] = []
+        self._gathered: list[Record] = []
+        self._gather_started = 0.0
+        self._delivery: BatchDelivery | None = None
+        self._delivered_prefix = 0
+        self._deliveries = deliveries or DeliveryFactory.simple(handler, metrics)
         self._at_end = False
         self._empty_polls = 0
         self._failures = 0
@@ -153,14 +148,14 @@ class ShardConsumer:
             log.info("iterator expired; resuming after checkpoint %s", self.checkpoint or "(none)",
                      extra={"shard_id": self.shard_id})
             self._iterator = None
-            self._pending = []
+            self._gathered = []
             return 0.0
         except ShardNotFound:
             log.error("shard no longer exists (trimmed past the stream's retention); records after checkpoint "
                       "%s that were not handled are lost; ending it so its children can start",
                       self.checkpoint or "(none)", extra={"shard_id": self.shard_id})
             self._metrics.trimmed_data()
-            self._pending = []
+            self._gathered = []
             self._at_end = True
             self._end_shard()
             return None
@@ -170,7 +165,7 @@ class ShardConsumer:
                       extra={"shard_id": self.shard_id})
             self._metrics.trimmed_data()
             self._iterator = None
-            self._pending = []
+            self._gathered = []
             self._from_trim_horizon = True
             return 0.0
         except StreamThrottled:
@@ -178,44 +173,90 @@ class ShardConsumer:
             self._failures += 1
             return backoff_s(self._failures)
         except (StreamServerError, CoordinationUnavailable) as exc:
+            if isinstance(exc, CoordinationUnavailable):
+                self._metrics.checkpoint_failure()
             self._failures += 1
             delay = backoff_s(self._failures)
             log.warning("retrying in %.1f s: %s", delay, exc, extra={"shard_id": self.shard_id})
             return delay
 
     def _advance(self) -> float | None:
-        if not self._pending and not self._at_end:
-            page = self._read()
-            if not page:
-                if self._at_end:
-                    self._end_shard()
-                    return None
-                self._empty_polls += 1
-                return float(min(FIRST_IDLE_DELAY_S * 2 ** (self._empty_polls - 1), self.settings.idle_poll_interval_s))
-            self._empty_polls = 0
-            self._pending = page
-        if self._pending:
-            if not self._deliver(self._pending):
-                self._failures += 1
-                return backoff_s(self._failures)
-            self._failures = 0
-            last = self._pending[-1]
-            self._pending = []
-            self._manager.checkpoint(self.shard_id, last.sequence_number)
-            self.checkpoint = last.sequence_number
-            self._metrics.iterator_age(
-                self.shard_id, (datetime.now(UTC) - last.approximate_creation_time).total_seconds()
-            )
+        if self._delivery is None:
+            wait = self._gather()
+            if wait is not None:
+                return wait
+            if self._gathered:
+                self._delivery = self._deliveries.new(self._gathered, self.ctx)
+                self._gathered = []
+                self._delivered_prefix = 0
+            elif self._at_end:
+                self._end_shard()
+                return None
+        assert self._delivery is not None
+        delay = self._delivery.run_round(self.request_stop_pending)
+        self._checkpoint_progress(self._delivery)
+        if not self._delivery.finished:
+            return delay
+        last = self._delivery.records[-1]
+        self._metrics.iterator_age(
+            self.shard_id, (datetime.now(UTC) - last.approximate_creation_time).total_seconds()
+        )
+        self._delivery = None
+        self._failures = 0
         if self._at_end:
             self._end_shard()
             return None
         return 0.0
 
-    def _read(self) -> list[Record]:
+    def request_stop_pending(self) -> bool:
+        """True once a stop was asked for: no new handler call starts."""
+        return self.stop_reason is not None
+
+    def _gather(self) -> float | None:
+        """Read pages into the next batch.  None when the batch is ready (or the shard ended);
+        otherwise the seconds to wait before reading again."""
+        settings = self.settings
+        want = settings.batch_size - len(self._gathered)
+        if want > 0 and not self._at_end:
+            limit = min(want, 1000)
+            page = self._read(limit)
+            if page:
+                if not self._gathered:
+                    self._gather_started = time.monotonic()
+                self._gathered.extend(page)
+                self._empty_polls = 0
+            more_waiting = len(page) == limit
+        else:
+            more_waiting = False
+        if not self._gathered:
+            if self._at_end:
+                return None
+            self._empty_polls += 1
+            return float(min(FIRST_IDLE_DELAY_S * 2 ** (self._empty_polls - 1), settings.idle_poll_interval_s))
+        full = len(self._gathered) >= settings.batch_size
+        if full or self._at_end:
+            return None
+        if settings.batching_window_s > 0:
+            left = self._gather_started + settings.batching_window_s - time.monotonic()
+            if left <= 0:
+                return None
+            return 0.0 if more_waiting else min(left, FIRST_IDLE_DELAY_S * 2)
+        return 0.0 if more_waiting else None
+
+    def _checkpoint_progress(self, delivery: BatchDelivery) -> None:
+        """Checkpoint the end of the batch's done prefix, if it moved."""
+        prefix = delivery.done_prefix()
+        if prefix > self._delivered_prefix:
+            sequence_number = delivery.records[prefix - 1].sequence_number
+            self._manager.checkpoint(self.shard_id, sequence_number)
+            self.checkpoint = sequence_number
+            self._delivered_prefix = prefix
+
+    def _read(self, limit: int) -> list[Record]:
         if self._iterator is None:
             self._iterator = self._new_iterator()
         started = time.monotonic()
-        page = self._streams.get_records(self._iterator, self.settings.batch_size, shard_id=self.shard_id)
+        page = self._streams.get_records(self._iterator, limit, shard_id=self.shard_id)
         self._metrics.getrecords_call(time.monotonic() - started)
         self._iterator = page.next_iterator
         self._at_end = page.next_iterator is None
@@ -231,20 +272,6 @@ class ShardConsumer:
         kind = self.settings.initial_position if not self.checkpoint else "TRIM_HORIZON"
         return self._streams.get_shard_iterator(arn, self.shard_id, kind)
 
-    def _deliver(self, records: list[Record]) -> bool:
-        """Hand one batch to the handler; False (logged, counted) if it raised."""
-        try:
-            self._handler.handle(records, self.ctx)
-        except Exception:
-            self._metrics.handler_error()
-            log.exception("handler failed on %d records (%s..%s); retrying the same batch",
-                          len(records), records[0].sequence_number, records[-1].sequence_number,
-                          extra={"shard_id": self.shard_id})
-            return False
-        self._metrics.records_processed(len(records))
-        self._metrics.batches_processed()
-        return True
-
     def _end_shard(self) -> None:
         self._call_hook(self._handler.on_shard_end)
         children = self._manager.end_shard(self.shard_id)
@@ -256,8 +283,14 @@ class ShardConsumer:
         self._on_shard_ended(self.shard_id, children)
 
     def _finish(self) -> float | None:
-        """Leave the shard for the reason given to :meth:`request_stop` (None when done)."""
+        """Leave the shard for the reason given to :meth:`request_stop` (None when done).
+
+        Records read but not yet handled are dropped: the next owner reads them again after
+        the checkpoint.
+        """
         reason = self.stop_reason
+        self._delivery = None
+        self._gathered = []
         try:
             if reason == StopReason.HANDOFF:
                 self._manager.release(self.shard_id, to=self._handoff_to)

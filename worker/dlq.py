@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from leaser.errors import ConfigError
 from worker.destinations import FailureEntry, JsonLinesDestination, RedisStreamDestination, SqsDestination
+from worker.lambda_compat import ContextFactory, apply_handler_style
 from worker.logs import redact
 
 __all__ = ["DlqSource", "ReplayResult", "cli_list", "cli_replay", "list_entries", "open_source", "replay"]
@@ -170,7 +171,10 @@ def replay(
             records = [Record.from_wire(raw, entry.shard_id) for raw in entry.records]
             ctx = ShardContext(shard_id=entry.shard_id, worker_id=REPLAY_WORKER_ID, stream_arn=entry.stream_arn,
                                group=entry.group, lease_token=0)
-            failures = _batch_failures(handler.handle(records, ctx))
+            # A Lambda-style handler gets Lambda's event, as under `shardlease run`.
+            styled = apply_handler_style(handler, "auto", stream_arn=entry.stream_arn,
+                                         contexts=ContextFactory(entry.group, entry.stream_arn, None, 300.0))
+            failures = _batch_failures(styled.handle(records, ctx))
             if failures:
                 raise RuntimeError(f"handler reported {len(failures)} batchItemFailures")
         except Exception as exc:

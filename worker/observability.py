@@ -58,6 +58,9 @@ THROTTLED_APIS: tuple[str, ...] = (
 )
 """Allowed ``api`` labels of ``shardlease_throttles_total``."""
 
+FAILURE_REASONS = ("retries_exhausted", "record_too_old")
+"""Why records were sent to the on-failure destination."""
+
 GETRECORDS_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -89,7 +92,15 @@ class Metrics:
 
         self._records = counter("shardlease_records_processed", "Records the handler completed.")
         self._batches = counter("shardlease_batches_processed", "Batches the handler completed.")
-        self._handler_errors = counter("shardlease_handler_errors", "Handler calls that raised.")
+        self._handler_errors = counter(
+            "shardlease_handler_errors", "Handler calls that raised or reported failed records."
+        )
+        self._filtered = counter("shardlease_records_filtered", "Records the filter patterns kept from the handler.")
+        self._failed = counter(
+            "shardlease_records_failed",
+            "Records given up on and sent to the on-failure destination, by reason.",
+            ("reason",),
+        )
         self._iterator_age = gauge(
             "shardlease_iterator_age_seconds",
             "Seconds from the newest processed record's creation to now; the maximum over this worker's shards.",
@@ -123,6 +134,8 @@ class Metrics:
             self._lost.labels(reason=reason)
         for api in THROTTLED_APIS:
             self._throttles.labels(api=api)
+        for reason in FAILURE_REASONS:
+            self._failed.labels(reason=reason)
 
         self._ages_lock = threading.Lock()
         self._ages: dict[str, float] = {}
@@ -137,6 +150,12 @@ class Metrics:
 
     def handler_error(self, n: int = 1) -> None:
         self._handler_errors.inc(n)
+
+    def records_filtered(self, n: int = 1) -> None:
+        self._filtered.inc(n)
+
+    def records_failed(self, reason: str, n: int = 1) -> None:
+        self._failed.labels(reason=_check("failure reason", reason, FAILURE_REASONS)).inc(n)
 
     def iterator_age(self, shard_id: str, seconds: float) -> None:
         """Report a shard's iterator age; the gauge shows the maximum over reported shards."""

@@ -20,6 +20,8 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -36,10 +38,15 @@ from leaser import (
 )
 from worker.config import RunConfig
 from worker.consumer import ConsumerSettings, ShardConsumer, StopReason
+from worker.delivery import DeliveryFactory, DeliveryPolicy
+from worker.destinations import open_destination
 from worker.discovery import ShardDiscovery
 from worker.errors import StreamDisabled, StreamNotFound
-from worker.handler import Handler, load_handler
+from worker.filters import FilterCriteria
+from worker.handler import Handler, ShardContext, load_handler
+from worker.lambda_compat import ContextFactory, is_lambda_style, lambda_handler
 from worker.observability import HealthServer, HealthState, Metrics
+from worker.records import Record
 from worker.redis_setup import open_redis
 from worker.scheduler import Scheduler
 from worker.streams import StreamsClient, parse_stream_arn
@@ -52,6 +59,8 @@ WAKE_MIN_GAP_S = 0.1
 """Least time, in seconds, between two heartbeats triggered by wake-ups."""
 GRANT_POLL_S = 0.2
 """Seconds between polls for handed-over leases while this worker waits for a handoff."""
+LANE_THREADS = 32
+"""Threads that run the extra lanes of batches when --parallelization-factor is above 1."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +90,37 @@ def resolve_stream(streams: StreamsClient, config: RunConfig) -> str:
         raise ConfigError(setting, f"stream {arn} is DISABLED",
                           "enable the table's stream and use its new ARN (--table NAME resolves it)")
     return arn
+
+
+def build_deliveries(
+    config: RunConfig, handler: Handler, stream_arn: str, region: str | None, client: redis.Redis,
+    metrics: Metrics,
+) -> DeliveryFactory:
+    """How this worker calls the handler and what it does when the handler fails."""
+    style = config.handler_style
+    if style == "auto":
+        style = "lambda" if is_lambda_style(handler.target) else "native"
+    call: Callable[[Sequence[Record], ShardContext], Any]
+    if style == "lambda":
+        contexts = ContextFactory(config.group, stream_arn, region, config.handler_timeout_s)
+        call = lambda_handler(handler, stream_arn=stream_arn, contexts=contexts)
+    else:
+        call = handler.handle
+    log.info("handler %s is called %s", handler.name,
+             "Lambda-style as handler(event, context)" if style == "lambda" else "as handle(records, ctx)")
+    policy = DeliveryPolicy(
+        max_retry_attempts=config.max_retry_attempts,
+        max_record_age_s=config.max_record_age_s,
+        bisect_on_error=config.bisect_on_error,
+        stop_on_failure=config.stop_on_failure,
+        parallelization_factor=config.parallelization_factor,
+    )
+    destination = open_destination(config.on_failure, redis_client=client, group=config.group, region=region)
+    filters = FilterCriteria.parse(config.filter_patterns) if config.filter_patterns else None
+    executor = (ThreadPoolExecutor(max_workers=LANE_THREADS, thread_name_prefix="lane")
+                if config.parallelization_factor > 1 else None)
+    return DeliveryFactory(call=call, policy=policy, destination=destination, metrics=metrics, filters=filters,
+                           executor=executor)
 
 
 class Worker:
@@ -113,6 +153,7 @@ class Worker:
         self.health = HealthState()
         self.discovery = ShardDiscovery(self.streams, self.store, self.stream_arn, self.metrics)
         self.scheduler = Scheduler()
+        self.deliveries = build_deliveries(config, self.handler, self.stream_arn, region, self.client, self.metrics)
         self.settings = ConsumerSettings(
             stream_arn=self.stream_arn,
             group=config.group,
@@ -121,6 +162,7 @@ class Worker:
             initial_position=config.initial_position,
             idle_poll_interval_s=config.idle_poll_interval_s,
             lease_ttl_s=config.lease_ttl_s,
+            batching_window_s=config.batching_window_s,
         )
         self._stopping = threading.Event()
         self._wake = threading.Event()
@@ -224,6 +266,7 @@ class Worker:
             consumer = ShardConsumer(
                 acquired, settings=self.settings, streams=self.streams, manager=self.manager,
                 handler=self.handler, metrics=self.metrics, on_shard_ended=self._on_shard_ended,
+                deliveries=self.deliveries,
             )
             self.scheduler.add(consumer)
 

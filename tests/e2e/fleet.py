@@ -47,10 +47,11 @@ class Fleet:
         return dict(os.environ, SHARDLEASE_TEST_OUT=str(self.out), AWS_ACCESS_KEY_ID="test",
                     AWS_SECRET_ACCESS_KEY="test", AWS_REGION="us-east-1", PYTHONPATH=str(ROOT), **extra)
 
-    def start(self, name: str, **extra_env: str) -> subprocess.Popen[bytes]:
+    def start(self, name: str, handler: str = "tests.e2e.recording_handler:handle",
+              **extra_env: str) -> subprocess.Popen[bytes]:
         args = [sys.executable, "-m", "worker", "run", "--stream-arn", self.stream_arn, "--endpoint-url",
                 self.endpoint_url, "--redis-url", self.redis_url, "--group", self.group, "--worker-id", name,
-                "--handler", "tests.e2e.recording_handler:handle"]
+                "--handler", handler]
         for flag, value in self.settings.items():
             args += [f"--{flag}", value]
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 (kept open for the child's lifetime)

@@ -137,6 +137,9 @@ def test_config_keys_map_one_to_one_onto_settings(helm: str, tmp_path: Path) -> 
         "initialPosition": "LATEST", "batchSize": 7, "leaseTtl": 9, "renewInterval": "2s",
         "logFormat": "text", "logLevel": "DEBUG", "idlePollInterval": 0.5, "shutdownGrace": 12,
         "shardSyncInterval": "1m", "handoffTimeout": 3, "maxShards": 4, "metricsHost": "127.0.0.1",
+        "handlerStyle": "lambda", "batchingWindow": 2, "maxRetryAttempts": 3, "maxRecordAge": -1,
+        "bisectOnError": "true", "onFailure": "file:/tmp/dlq.jsonl", "stopOnFailure": "false",
+        "filterPatterns": '[{"eventName": ["INSERT"]}]', "parallelizationFactor": 4, "handlerTimeout": 60,
     }
     assert set(sample) == keys
     env = env_values(worker_container(render_values(helm, {"config": sample}, tmp_path)))

@@ -68,3 +68,12 @@ def test_asks_spread_over_owners_instead_of_herding() -> None:
     members = {"a": 10, "b": 10, "c": 0, "d": 0}
     asks = {w: plan(w, members[w], members, 20, 0, {}).asks for w in ("c", "d")}
     assert asks == {"c": {"a": 5}, "d": {"b": 5}}
+
+
+def test_workers_woken_together_take_different_parts_of_the_free_pool() -> None:
+    # w1 left: its 2 leases are free; w2 and w3 each need one of them.
+    members = {"w2": 2, "w3": 2}
+    p2 = plan("w2", 2, members, 6, 2, {})
+    p3 = plan("w3", 2, members, 6, 2, {})
+    assert (p2.take, p2.take_offset) == (1, 0)
+    assert (p3.take, p3.take_offset) == (1, 1)
