@@ -239,11 +239,17 @@ class LeaseStore:
         end = offset + limit
         with translate_redis_errors():
             pipe = self.client.pipeline(transaction=False)
-            pipe.time()
+            if not self._cluster:  # TIME has no key: a cluster pipeline refuses it (read separately below)
+                pipe.time()
             pipe.zrange(self.keys.free, 0, end - 1)
             pipe.zrange(self.keys.owned, 0, end - 1, withscores=True)
-            (seconds, micros), free, owned = pipe.execute()
-        now_ms = int(seconds) * 1000 + int(micros) // 1000
+            answers = pipe.execute()
+        if self._cluster:
+            now_ms = self.server_time_ms()
+            free, owned = answers
+        else:
+            (seconds, micros), free, owned = answers
+            now_ms = int(seconds) * 1000 + int(micros) // 1000
         pool = [_s(member) for member, expires in owned if expires <= now_ms]
         pool += [_s(x) for x in free]
         return pool[offset:end]
