@@ -193,7 +193,7 @@ class ShardConsumer:
                 self._end_shard()
                 return None
         assert self._delivery is not None
-        delay = self._delivery.run_round(self.request_stop_pending)
+        delay = self._delivery.run_round(self.stop_requested)
         self._checkpoint_progress(self._delivery)
         if not self._delivery.finished:
             return delay
@@ -208,7 +208,7 @@ class ShardConsumer:
             return None
         return 0.0
 
-    def request_stop_pending(self) -> bool:
+    def stop_requested(self) -> bool:
         """True once a stop was asked for: no new handler call starts."""
         return self.stop_reason is not None
 
