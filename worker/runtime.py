@@ -36,6 +36,7 @@ from leaser import (
     LeaseStore,
     TickResult,
 )
+from leaser.store import RedisClient
 from worker.config import RunConfig
 from worker.consumer import ConsumerSettings, ShardConsumer, StopReason
 from worker.delivery import DeliveryFactory, DeliveryPolicy
@@ -93,7 +94,7 @@ def resolve_stream(streams: StreamsClient, config: RunConfig) -> str:
 
 
 def build_deliveries(
-    config: RunConfig, handler: Handler, stream_arn: str, region: str | None, client: redis.Redis,
+    config: RunConfig, handler: Handler, stream_arn: str, region: str | None, client: RedisClient,
     metrics: Metrics,
 ) -> DeliveryFactory:
     """How this worker calls the handler and what it does when the handler fails."""
@@ -315,7 +316,7 @@ class Worker:
                 while not self._stopping.is_set():
                     if pubsub.get_message(timeout=1.0) is not None:
                         self._wake.set()
-            except redis.RedisError:
+            except (redis.RedisError, redis.exceptions.RedisClusterException):
                 self._stopping.wait(1.0)
             finally:
                 with contextlib.suppress(redis.RedisError):
