@@ -20,7 +20,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import FrameType
@@ -44,10 +43,9 @@ from worker.destinations import open_destination
 from worker.discovery import ShardDiscovery
 from worker.errors import StreamDisabled, StreamNotFound
 from worker.filters import FilterCriteria
-from worker.handler import Handler, ShardContext, load_handler
-from worker.lambda_compat import ContextFactory, is_lambda_style, lambda_handler
+from worker.handler import Handler, load_handler
+from worker.lambda_compat import ContextFactory, apply_handler_style
 from worker.observability import HealthServer, HealthState, Metrics
-from worker.records import Record
 from worker.redis_setup import open_redis
 from worker.scheduler import Scheduler
 from worker.streams import StreamsClient, parse_stream_arn
@@ -98,17 +96,10 @@ def build_deliveries(
     metrics: Metrics,
 ) -> DeliveryFactory:
     """How this worker calls the handler and what it does when the handler fails."""
-    style = config.handler_style
-    if style == "auto":
-        style = "lambda" if is_lambda_style(handler.target) else "native"
-    call: Callable[[Sequence[Record], ShardContext], Any]
-    if style == "lambda":
-        contexts = ContextFactory(config.group, stream_arn, region, config.handler_timeout_s)
-        call = lambda_handler(handler, stream_arn=stream_arn, contexts=contexts)
-    else:
-        call = handler.handle
+    contexts = ContextFactory(config.group, stream_arn, region, config.handler_timeout_s)
+    styled = apply_handler_style(handler, config.handler_style, stream_arn=stream_arn, contexts=contexts)
     log.info("handler %s is called %s", handler.name,
-             "Lambda-style as handler(event, context)" if style == "lambda" else "as handle(records, ctx)")
+             "as handle(records, ctx)" if styled is handler else "Lambda-style as handler(event, context)")
     policy = DeliveryPolicy(
         max_retry_attempts=config.max_retry_attempts,
         max_record_age_s=config.max_record_age_s,
@@ -120,7 +111,7 @@ def build_deliveries(
     filters = FilterCriteria.parse(config.filter_patterns) if config.filter_patterns else None
     executor = (ThreadPoolExecutor(max_workers=LANE_THREADS, thread_name_prefix="lane")
                 if config.parallelization_factor > 1 else None)
-    return DeliveryFactory(call=call, policy=policy, destination=destination, metrics=metrics, filters=filters,
+    return DeliveryFactory(call=styled.handle, policy=policy, destination=destination, metrics=metrics, filters=filters,
                            executor=executor)
 
 
