@@ -1,6 +1,6 @@
 """Benchmark: serving GetRecords pages vs. decoding them on the client.
 
-Run: ``.venv/bin/python tests/local/bench_getrecords.py [pages]`` (not collected by pytest).
+Run: ``.venv/bin/python bench/local_endpoint.py [pages]`` (not collected by pytest).
 
 Prints, per 1000-record page of ~1.4 KB records: the server-side page build time (model only),
 the HTTP round trip with an orjson decode (keep-alive, http.client), and boto3 end to end
