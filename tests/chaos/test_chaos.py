@@ -1,0 +1,103 @@
+"""Chaos, in CI: real workers, a real Redis and the local endpoint (splits, rollovers, throttling,
+expiring iterators, internal errors) under steady writes, with faults injected at seeded random
+moments.  After each run: nothing lost, order per key, parents before children, no checkpoint
+moved backwards, paused workers fenced off, duplicates bounded.  See docs/chaos.md.
+
+Replay a run with ``CHAOS_SEED=<seed printed by the run>``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.chaos.harness import LEASE_TTL_S, Chaos, assert_duplicates_bounded, chaos
+
+pytestmark = pytest.mark.e2e
+
+WARMUP_S = 3.0
+
+
+def topology_and(c: Chaos, faults: list[tuple[float, str]], end_s: float) -> None:
+    """A split at 2.5 s and a rollover at 7 s (after the first fault), plus ``faults`` at jittered times."""
+    plan = [(2.5, "split"), (7.0, "rollover"), *[(t + c.rng.uniform(-0.5, 0.5), f) for t, f in faults]]
+    for t, action in sorted(plan):
+        c.sleep_until(t)
+        getattr(c, action)()
+    c.sleep_until(end_s)
+
+
+def test_sigkill_workers(tmp_path: Path) -> None:
+    with chaos(tmp_path, "sigkill") as c:
+        topology_and(c, [(5.0, "sigkill"), (10.0, "sigkill")], end_s=14.0)
+        report, _ = c.finish()
+    assert_duplicates_bounded(report, faults=2)
+
+
+def test_sigterm_workers(tmp_path: Path) -> None:
+    with chaos(tmp_path, "sigterm") as c:
+        topology_and(c, [(5.0, "sigterm"), (10.0, "sigterm")], end_s=14.0)
+        report, rows = c.finish()
+    # A SIGTERM hands over after the batch in flight: no duplicates at all.
+    assert report.duplicates == 0, report.dup_per_shard
+
+
+def test_sigstop_past_the_lease_ttl(tmp_path: Path) -> None:
+    """A worker paused 3 lease TTLs wakes up believing it owns its shards: it is fenced off."""
+    with chaos(tmp_path, "sigstop") as c:
+        topology_and(c, [(4.0, "pause")], end_s=15.0)
+        report, _ = c.finish()
+    assert c.pauses and c.pauses[0].continued_at - c.pauses[0].stopped_at >= 3 * LEASE_TTL_S - 0.1
+    assert_duplicates_bounded(report, faults=1)
+
+
+def test_redis_kill9_with_append_only_file(tmp_path: Path) -> None:
+    with chaos(tmp_path, "redis-restart", persistent=True) as c:
+        topology_and(c, [(5.0, "restart_redis"), (10.0, "restart_redis")], end_s=14.0)
+        report, _ = c.finish()
+        logs = "".join(c.fleet.log_text(n) for n in c.fleet.procs)
+    assert "REDIS LOST THE GROUP'S STATE" not in logs
+    # One group epoch throughout: the append-only file kept the group's state.
+    assert len({o.created_ms for o in c.poller.observations} - {''}) == 1
+    assert_duplicates_bounded(report, faults=2)
+
+
+def test_dropped_redis_connections(tmp_path: Path) -> None:
+    with chaos(tmp_path, "proxy-cuts", proxy=True) as c:
+        cuts = sorted(c.rng.uniform(WARMUP_S, 13.0) for _ in range(6))
+        topology_and(c, [(t, "cut") for t in cuts], end_s=14.0)
+        report, _ = c.finish()
+    assert c.proxy is not None and c.proxy.connections_cut > 0
+    assert_duplicates_bounded(report, faults=len(cuts))
+
+
+def test_mixed_random_faults(tmp_path: Path) -> None:
+    with chaos(tmp_path, "mixed", proxy=True) as c:
+        kinds = ["sigkill", "sigterm", "pause", "restart_redis", "cut", "cut"]
+        chosen = [c.rng.choice(kinds) for _ in range(4)]
+        t = WARMUP_S
+        plan: list[tuple[float, str]] = []
+        for kind in chosen:
+            plan.append((t, kind))
+            t += 3.5 + (3 * LEASE_TTL_S if kind == "pause" else 0)
+        topology_and(c, plan, end_s=max(t, 14.0))
+        report, _ = c.finish()
+    assert_duplicates_bounded(report, faults=len(chosen))
+
+
+def test_redis_without_persistence_restarts_empty(tmp_path: Path) -> None:
+    """Redis restarted empty: the group starts over from TRIM_HORIZON (everything handled again),
+    and the workers say so loudly."""
+    with chaos(tmp_path, "redis-empty", persistent=False) as c:
+        topology_and(c, [(6.0, "restart_redis")], end_s=12.0)
+        report, rows = c.finish(group_reset=True)
+        logs = {n: c.fleet.log_text(n) for n in c.fleet.procs}
+    assert any("REDIS LOST THE GROUP'S STATE" in text for text in logs.values()), "no loud log line"
+    assert len({o.created_ms for o in c.poller.observations} - {''}) == 2
+    # Records written before the restart were handled again after it.
+    killed_at = c.started_wall + next(t for t, kind, _ in c.faults if kind == "redis-kill")
+    before = {r.seq for r in rows if r.t < killed_at}
+    again = {r.seq for r in rows if r.t > killed_at}
+    assert before and before <= again, f"{len(before - again)} records not handled again"
+    assert report.duplicates >= len(before)
