@@ -225,6 +225,10 @@ def run_scenario(kind: str, rep: int, server: LocalStreamsServer, redis_url: str
         result["join_first_batch_s"] = min(w3_batches) - fleet.started["w3"] if w3_batches else None
         result["join_log_joining_s"] = log_time(tmp / f"{group}-w3.log", "joining group") - fleet.started["w3"]
     result["owners_before"], result["owners_after"] = before, after
+    # Per-batch timeline for plots (bench/report.py): handler wall time, worker, shard, write times.
+    result["t_event"] = t_event
+    result["batches"] = [{"t": round(b["t"], 4), "w": b["w"], "shard": b["shard"],
+                          "wts": [round(x, 4) for x in b["wts"] if x is not None]} for b in batches]
     return result
 
 
