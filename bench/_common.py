@@ -181,7 +181,7 @@ class CpuSampler(threading.Thread):
             for name, p in self.procs.items():
                 try:
                     row[name] = {"rss_mb": p.memory_info().rss / 2**20, "cpu_pct": p.cpu_percent(None)}
-                except Exception:  # noqa: BLE001 (a process gone)
+                except Exception:
                     row[name] = None
             self.samples.append(row)
 
@@ -192,20 +192,21 @@ def machine_info() -> dict[str, Any]:
     try:
         redis_v = subprocess.run(["redis-server", "--version"], capture_output=True, text=True, timeout=10).stdout
         redis_v = next((p.split("=", 1)[1] for p in redis_v.split() if p.startswith("v=")), redis_v.strip())
-    except Exception:  # noqa: BLE001
+    except Exception:
         redis_v = "?"
     try:
         cpu_model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                          if line.startswith("model name"))
-    except Exception:  # noqa: BLE001
+    except Exception:
         cpu_model = platform.processor() or "?"
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT,
                                 timeout=10).stdout.strip()
-    except Exception:  # noqa: BLE001
+    except Exception:
         commit = "?"
     return {"cpus": os.cpu_count(), "cpu_model": cpu_model, "python": platform.python_version(),
-            "platform": platform.platform(), "redis": redis_v, "mem_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "platform": platform.platform(), "redis": redis_v,
+            "mem_gb": round(psutil.virtual_memory().total / 2**30, 1),
             "loadavg_1m": os.getloadavg()[0], "commit": commit,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 

@@ -35,10 +35,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import ENV, CallCounter, CpuSampler, Fleet, all_held, wait_until, write_json  # noqa: E402
-from leaser.embedded import RedisServer  # noqa: E402
-from worker.discovery import FULL_SYNC_EVERY  # noqa: E402
-from worker.local import LocalStreamsServer  # noqa: E402
+from bench._common import ENV, CallCounter, CpuSampler, Fleet, all_held, wait_until, write_json
+from leaser.embedded import RedisServer
+from worker.discovery import FULL_SYNC_EVERY
+from worker.local import LocalStreamsServer
 
 
 def run_point(server: LocalStreamsServer, redis_url: str, tmp: Path, shards: int, workers: int, window_s: float,
@@ -83,7 +83,8 @@ def run_point(server: LocalStreamsServer, redis_url: str, tmp: Path, shards: int
         "total_calls": len(startup) + len(steady), "peak_calls_in_1s": counter.peak_per_s("DescribeStream", t0, t_end),
         "leaders": leaders, "describe_limit_per_s": describe_limit,
         "throttled": len([e for e in counter.errors if e[2] == "LimitExceededException"]),
-        "workers_alive_at_end": alive, "workers_exited": exited, "pages_per_full_listing": pages, "expected_longrun_per_min": per_min_longrun,
+        "workers_alive_at_end": alive, "workers_exited": exited,
+        "pages_per_full_listing": pages, "expected_longrun_per_min": per_min_longrun,
         "worker_rss_mb_median": sorted(rss)[len(rss) // 2] if rss else None,
         "worker_rss_mb_sum": sum(rss) if rss else None,
         "workers_cpu_pct_sum_mean": (sum(cpu) / max(1, len(sampler.samples) - 1)) if cpu else None,
@@ -115,7 +116,8 @@ def main() -> None:
             results.append(r)
             print(f"{n} workers: start-up {r['startup_s']:.1f} s, {r['startup_calls']} calls; steady "
                   f"{r['steady_calls']} calls in {args.window:.0f} s = {r['steady_calls_per_min']:.2f}/min; peak "
-                  f"{r['peak_calls_in_1s']}/s, throttled {r['throttled']}; leaders {r['leaders']}; exited {r['workers_exited']}; "
+                  f"{r['peak_calls_in_1s']}/s, throttled {r['throttled']}; leaders {r['leaders']}; "
+                  f"exited {r['workers_exited']}; "
                   f"RSS median {r['worker_rss_mb_median']} MB",
                   flush=True)
     print("\n| workers | start-up calls (s) | steady calls / min | peak calls in 1 s | leaders |")

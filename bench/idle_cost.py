@@ -24,9 +24,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import ENV, CallCounter, CpuSampler, Fleet, all_held, wait_until, write_json  # noqa: E402
-from leaser.embedded import RedisServer  # noqa: E402
-from worker.local import LocalStreamsServer  # noqa: E402
+from bench._common import ENV, CallCounter, CpuSampler, Fleet, all_held, wait_until, write_json
+from leaser.embedded import RedisServer
+from worker.local import LocalStreamsServer
 
 LAMBDA_PER_SHARD_PER_MIN = 4 * 60
 

@@ -30,9 +30,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import ENV, CpuSampler, Fleet, all_held, percentile, wait_until, write_json  # noqa: E402
-from leaser.embedded import RedisServer  # noqa: E402
-from worker.local import LocalStreamsServer  # noqa: E402
+from bench._common import ENV, CpuSampler, Fleet, all_held, percentile, wait_until, write_json
+from leaser.embedded import RedisServer
+from worker.local import LocalStreamsServer
 
 PHASES = (("busy", 10.0), ("sparse", 0.4))
 

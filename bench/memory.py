@@ -32,9 +32,9 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import ENV, CallCounter, CpuSampler, Fleet, all_held, wait_until, write_json  # noqa: E402
-from leaser.embedded import RedisServer  # noqa: E402
-from worker.local import LocalStreamsServer  # noqa: E402
+from bench._common import ENV, CallCounter, CpuSampler, Fleet, all_held, wait_until, write_json
+from leaser.embedded import RedisServer
+from worker.local import LocalStreamsServer
 
 PAYLOAD = "x" * 1200
 

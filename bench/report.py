@@ -1,0 +1,671 @@
+"""Run every benchmark and regenerate ``docs/benchmarks.md`` and its plots (``docs/img/*.png``).
+
+    .venv/bin/python bench/report.py [--quick] [--only NAME,...] [--from-results DIR] [--results DIR]
+
+Runs, one after the other (never in parallel: they share the cores), each benchmark as a child
+process with ``--json``: ``leaser_scale``, ``worker_throughput``, ``handoff_pause``,
+``discovery_cost``, ``idle_cost``, ``latency``, ``memory``.  Their JSON and stdout go to
+``--results`` (default: a fresh temporary directory, printed).  Then it writes the report with every
+figure next to its anchor (KCL, Lambda, AWS limits, the issue's targets) and the plots.
+
+``--quick`` (a smoke run, ~3 min): smaller sizes and shorter windows; the report says so.
+``--from-results DIR``: skip running and rebuild the report from a previous run's JSON.
+``--only``: run just these benchmarks (the others are missing from the report).
+
+The full run takes about 15-20 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench._common import machine_info, percentile  # noqa: E402
+
+# name -> (full arguments, quick arguments, timeout s)
+BENCHES: dict[str, tuple[list[str], list[str], int]] = {
+    "leaser_scale": ([], ["--quick"], 900),
+    "worker_throughput": (["--reps", "3"], ["--records", "4000", "--reps", "1"], 900),
+    "handoff_pause": (["--reps", "2"], ["--reps", "1", "--steady", "4"], 1200),
+    "discovery_cost": ([], ["--shards", "500", "--workers", "1,5", "--window", "20", "--shard-sync-interval", "10"],
+                       1800),
+    "idle_cost": ([], ["--window", "15", "--warmup", "5"], 600),
+    "latency": ([], ["--seconds", "10"], 600),
+    "memory": ([], ["--shards", "300", "--seconds", "10"], 900),
+}
+
+KCL_FAILOVER_S = 10.0
+KCL_TAKE_INTERVAL_S = 20.0
+KCL_RENEW_S = 10.0 / 3
+LAMBDA_POLLS_PER_MIN = 240
+TAKEOVER_TARGET_S = 8.0
+THROUGHPUT_TARGET_X = 4.0
+DESCRIBE_LIMIT_PER_S = 10
+
+
+def run_benches(names: list[str], quick: bool, results: Path) -> dict[str, dict[str, Any]]:
+    status: dict[str, dict[str, Any]] = {}
+    for name in names:
+        full, fast, timeout = BENCHES[name]
+        args = [sys.executable, str(ROOT / "bench" / f"{name}.py"), *(fast if quick else full),
+                "--json", str(results / f"{name}.json")]
+        print(f"== {name}: {' '.join(args[1:])}", flush=True)
+        t0 = time.time()
+        with open(results / f"{name}.log", "wb") as log:
+            try:
+                rc = subprocess.run(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, timeout=timeout).returncode
+            except subprocess.TimeoutExpired:
+                rc = "timeout"
+        status[name] = {"rc": rc, "seconds": round(time.time() - t0, 1),
+                        "command": "bench/" + " ".join([f"{name}.py", *(fast if quick else full)])}
+        print(f"   rc {rc} in {status[name]['seconds']:.0f} s; log {results / f'{name}.log'}", flush=True)
+    return status
+
+
+def load(results: Path, name: str) -> Any:
+    path = results / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+# -- plots -------------------------------------------------------------------------------------
+
+
+def plots(data: dict[str, Any], img: Path) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    img.mkdir(parents=True, exist_ok=True)
+    made: dict[str, str] = {}
+    colors = {"w1": "tab:red", "w2": "tab:blue", "w3": "tab:green"}
+    titles = {"term": "SIGTERM 1 of 3 workers", "kill": "SIGKILL 1 of 3 workers", "join": "3rd worker joins 2"}
+
+    handoff = data.get("handoff_pause")
+    if handoff:
+        runs = {k: next((r for r in handoff if r["scenario"] == k and r.get("batches")), None) for k in titles}
+        runs = {k: r for k, r in runs.items() if r}
+        if runs:
+            fig, axes = plt.subplots(len(runs), 1, figsize=(10, 2.6 * len(runs)), sharex=True, squeeze=False)
+            for ax, (kind, r) in zip(axes[:, 0], runs.items(), strict=True):
+                shards = sorted({b["shard"] for b in r["batches"]})
+                moved = {m["shard"] for m in r["moved"]}
+                for i, shard in enumerate(shards):
+                    for w in sorted({b["w"] for b in r["batches"]}):
+                        ts = [b["t"] - r["t_event"] for b in r["batches"] if b["shard"] == shard and b["w"] == w
+                              and -6 <= b["t"] - r["t_event"] <= 10]
+                        ax.scatter(ts, [i] * len(ts), s=6, color=colors.get(w, "gray"),
+                                   label=w if i == 0 or w not in ax.get_legend_handles_labels()[1] else None)
+                ax.set_yticks(range(len(shards)))
+                ax.set_yticklabels([("* " if s in moved else "") + s[-8:] for s in shards], fontsize=7)
+                ax.axvline(0, color="black", lw=1)
+                if kind == "kill":
+                    ax.axvspan(0, 5, color="gray", alpha=0.12, label="lease TTL 5 s")
+                ax.set_title(f"{titles[kind]} at t=0: handled batches per shard (* = shard moved)", fontsize=9)
+                handles, labels = ax.get_legend_handles_labels()
+                uniq = dict(zip(labels, handles, strict=False))
+                ax.legend(uniq.values(), uniq.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+            axes[-1, 0].set_xlabel("seconds from the event (handler wall time)")
+            fig.tight_layout()
+            fig.savefig(img / "handoff_pause_timeline.png", dpi=110)
+            plt.close(fig)
+            made["pause"] = "img/handoff_pause_timeline.png"
+
+            fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.4), sharey=True, squeeze=False)
+            for ax, (kind, r) in zip(axes[0], runs.items(), strict=True):
+                moved = {m["shard"] for m in r["moved"]}
+                first: dict[tuple[str, float], float] = {}
+                for b in sorted(r["batches"], key=lambda b: b["t"]):
+                    for wt in b["wts"]:
+                        first.setdefault((b["shard"], wt), b["t"])
+                for shard in sorted({k[0] for k in first}):
+                    pts = sorted((wt - r["t_event"], t - wt) for (s, wt), t in first.items()
+                                 if s == shard and -6 <= wt - r["t_event"] <= 10)
+                    if shard in moved:
+                        ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.2, label="moved " + shard[-4:])
+                    else:
+                        ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=0.5, color="gray", alpha=0.5,
+                                label="other shards" if "other shards" not in ax.get_legend_handles_labels()[1]
+                                else None)
+                ax.axvline(0, color="black", lw=1)
+                ax.set_title(titles[kind], fontsize=9)
+                ax.set_xlabel("write time, s from the event")
+                ax.set_yscale("log")
+                ax.legend(fontsize=6)
+            axes[0, 0].set_ylabel("write -> handler latency (s, log)")
+            fig.suptitle("Lag per record around a membership change (6 shards x 20 records/s, default settings)",
+                         fontsize=9)
+            fig.tight_layout()
+            fig.savefig(img / "rebalance_lag.png", dpi=110)
+            plt.close(fig)
+            made["lag"] = "img/rebalance_lag.png"
+
+    disc = data.get("discovery_cost")
+    if disc and disc.get("points"):
+        fig, ax = plt.subplots(figsize=(8, 3.4))
+        for p in disc["points"]:
+            ts = sorted(p["call_times"])
+            ax.step(ts, range(1, len(ts) + 1), where="post", label=f"{p['workers']} worker(s)")
+        ax.set_xlabel("seconds from the first worker's Popen")
+        ax.set_ylabel("DescribeStream calls (cumulative)")
+        p0 = disc["points"][0]
+        ax.set_title(f"DescribeStream calls, {p0['shards']:,} shards, shard sync every "
+                     f"{p0['shard_sync_interval_s']:g} s (counted server-side)", fontsize=9)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(img / "discovery_calls.png", dpi=110)
+        plt.close(fig)
+        made["discovery"] = "img/discovery_calls.png"
+
+    idle = data.get("idle_cost")
+    if idle and idle.get("points"):
+        fig, ax = plt.subplots(figsize=(6, 2.8))
+        labels = [f"shardlease, idle poll {p['idle_poll_interval_s']:g} s" for p in idle["points"]]
+        values = [p["per_shard_per_min_median"] for p in idle["points"]]
+        labels.append("Lambda (4 polls/s)")
+        values.append(LAMBDA_POLLS_PER_MIN)
+        ax.barh(labels, values, color=["tab:blue"] * (len(values) - 1) + ["tab:orange"])
+        for i, v in enumerate(values):
+            ax.text(v, i, f" {v:.0f}", va="center", fontsize=8)
+        ax.set_xlabel("GetRecords calls per idle shard per minute")
+        ax.set_xlim(0, max(values) * 1.15)
+        fig.tight_layout()
+        fig.savefig(img / "idle_polls.png", dpi=110)
+        plt.close(fig)
+        made["idle"] = "img/idle_polls.png"
+
+    lat = data.get("latency")
+    if lat and lat.get("phases"):
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+        for ph in lat["phases"]:
+            vals = sorted(s[1] * 1000 for s in ph["samples"])
+            ax.plot(vals, [(i + 1) / len(vals) for i in range(len(vals))],
+                    label=f"{ph['phase']} ({ph['rate_per_shard']:g} records/s per shard)")
+        ax.set_xscale("log")
+        ax.set_xlabel("write -> handler latency (ms, log)")
+        ax.set_ylabel("fraction of records")
+        ax.set_title("End-to-end latency at default settings (1 worker)", fontsize=9)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(img / "latency_cdf.png", dpi=110)
+        plt.close(fig)
+        made["latency"] = "img/latency_cdf.png"
+
+    mem = data.get("memory")
+    if mem and mem.get("timeline"):
+        fig, ax = plt.subplots(figsize=(8, 3.2))
+        tl = mem["timeline"]
+        ax.plot([r[0] for r in tl], [r[1] for r in tl], color="tab:blue", label="RSS (MB)")
+        ax.set_ylabel("RSS (MB)")
+        ax.set_ylim(0, max(r[1] for r in tl) * 1.2)
+        ax2 = ax.twinx()
+        ax2.plot([r[0] for r in tl], [r[2] for r in tl], color="tab:red", alpha=0.6, label="CPU (% of one core)")
+        ax2.set_ylabel("CPU (% of one core)")
+        ax2.set_ylim(0, 210)
+        ph = mem["phases_s"]
+        ax.axvspan(*ph["idle"], color="gray", alpha=0.12)
+        ax.axvspan(*ph["traffic"], color="tab:green", alpha=0.12)
+        ax.set_xlabel(f"seconds from Popen (grey: idle window, green: {mem['rate']:g} records/s)")
+        ax.set_title(f"One worker holding {mem['shards']:,} shards (default settings)", fontsize=9)
+        h1, l1 = ax.get_legend_handles_labels()
+        h2, l2 = ax2.get_legend_handles_labels()
+        ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="lower right")
+        fig.tight_layout()
+        fig.savefig(img / "memory_1000_shards.png", dpi=110)
+        plt.close(fig)
+        made["memory"] = "img/memory_1000_shards.png"
+    return made
+
+
+# -- the report --------------------------------------------------------------------------------
+
+
+def f(x: Any, nd: int = 2) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:,.{nd}f}"
+    return f"{x:,}" if isinstance(x, int) else str(x)
+
+
+def med(vals: list[float]) -> float:
+    return statistics.median(vals) if vals else float("nan")
+
+
+def handoff_stats(handoff: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    rs = [r for r in handoff if r["scenario"] == kind]
+    moved = [m for r in rs for m in r["moved"]]
+    if not moved:
+        return {}
+    out = {
+        "reps": len(rs), "moved": len(moved),
+        "pause_med": med([m["pause_s"] for m in moved]), "pause_max": max(m["pause_s"] for m in moved),
+        "data_med": med([m["data_pause_s"] for m in moved]), "data_max": max(m["data_pause_s"] for m in moved),
+        "new_owner_med": med([m["event_to_new_owner_s"] for m in moved]),
+        "new_owner_max": max(m["event_to_new_owner_s"] for m in moved),
+        "steady_latency_med": med([m["steady_latency_s"] for m in moved]),
+        "duplicates": sum(r["duplicates"] for r in rs), "missing": sum(r["missing"] for r in rs),
+        "balanced_med": med([r["event_to_balanced_s"] for r in rs]),
+    }
+    if kind == "join":
+        out["fair_med"] = med([r["join_fair_share_s"] for r in rs])
+    return out
+
+
+def verdict(ok: bool | None) -> str:
+    return "-" if ok is None else ("met" if ok else "**missed**")
+
+
+def build_markdown(data: dict[str, Any], status: dict[str, Any], made: dict[str, str], info: dict[str, Any],
+                   quick: bool, results: Path, load_end: float | None) -> str:
+    L: list[str] = []
+    add = L.append
+    add("# Benchmarks")
+    add("")
+    add("<!-- Generated by `python bench/report.py`; do not edit by hand. -->")
+    add("")
+    add("Regenerate everything (all benchmarks, this page and the plots in `docs/img/`) with one command from the "
+        "repository root, about 15-20 minutes on 2 cores:")
+    add("")
+    add("```console")
+    add(".venv/bin/python bench/report.py            # full run")
+    add(".venv/bin/python bench/report.py --quick    # smoke run, ~3 min, smaller sizes")
+    add(".venv/bin/python bench/report.py --from-results DIR   # rebuild from a previous run's JSON")
+    add("```")
+    add("")
+    if quick:
+        add("> **This is a `--quick` run**: smaller sizes and shorter windows than described below; do not quote "
+            "these numbers.")
+        add("")
+    add(f"Measured {info['date']} on commit `{info['commit']}`: {info['cpus']} cores ({info['cpu_model']}), "
+        f"{info['mem_gb']} GB RAM, Python {info['python']}, redis-server {info['redis']}, {info['platform']}. "
+        f"**The machine was shared**: other sessions ran test suites on the same 2 cores during the run "
+        f"(1-minute load average {info['loadavg_1m']:.1f} at the start"
+        + (f", {load_end:.1f} at the end" if load_end is not None else "") + "), so wall-clock numbers carry noise; "
+        "where a benchmark repeats, medians are shown. Every benchmark uses its own `redis-server` on a free "
+        "port (never 6379) and the local DynamoDB Streams endpoint (`worker.local`) in the benchmark process; "
+        "worker processes are real `python -m worker run` processes unless stated otherwise.")
+    add("")
+
+    ls = data.get("leaser_scale")
+    tp = data.get("worker_throughput")
+    ho = data.get("handoff_pause")
+    dc = data.get("discovery_cost")
+    ic = data.get("idle_cost")
+    lat = data.get("latency")
+    mem = data.get("memory")
+
+    # ---- headline
+    add("## Headline")
+    add("")
+    add("| What | Measured | Anchor / target | Verdict |")
+    add("|---|---|---|---|")
+    kill = handoff_stats(ho, "kill") if ho else {}
+    term = handoff_stats(ho, "term") if ho else {}
+    join = handoff_stats(ho, "join") if ho else {}
+    if kill:
+        add(f"| Takeover after a crash (SIGKILL 1 of 3 workers, default lease TTL 5 s): first batch of the new "
+            f"owner after the kill | median {kill['new_owner_med']:.2f} s, max {kill['new_owner_max']:.2f} s "
+            f"({kill['moved']} moved shards) | target ≤ {TAKEOVER_TARGET_S:g} s; KCL: {KCL_FAILOVER_S:g} s lease "
+            f"failover + take every {KCL_TAKE_INTERVAL_S:g} s (users report 27-40 s) | "
+            f"{verdict(kill['new_owner_max'] <= TAKEOVER_TARGET_S)} |")
+    if term:
+        add(f"| Planned restart (SIGTERM 1 of 3): processing pause per moved shard | median {term['pause_med']:.2f} s, "
+            f"max {term['pause_max']:.2f} s; duplicates {term['duplicates']} | KCL 3 graceful handoff, 30 s timeout "
+            f"| - |")
+    if join:
+        add(f"| A worker joins: pause per moved shard / newcomer holds its fair share | {join['pause_med']:.2f} s "
+            f"median / {join['fair_med']:.2f} s after Popen | KCL: one lease stolen per {KCL_TAKE_INTERVAL_S:g} s "
+            f"take interval | - |")
+    if tp:
+        reps = tp["reps"]
+        plain = med([r["plain"]["wall_s"] for r in reps])
+        wall = med([r["worker"]["wall_s"] for r in reps])
+        steady = med([r["worker"]["steady_s"] for r in reps])
+        add(f"| Throughput, one worker process vs the plain boto3 loop ({tp['records']:,} records, {tp['shards']} "
+            f"shards) | {plain / wall:.1f}x from Popen, {plain / steady:.1f}x steady ({tp['records'] / steady:,.0f} "
+            f"records/s) | target ≥ {THROUGHPUT_TARGET_X:g}x | "
+            f"{verdict(plain / wall >= THROUGHPUT_TARGET_X)} from Popen, "
+            f"{verdict(plain / steady >= THROUGHPUT_TARGET_X)} steady |")
+    if dc and dc.get("points"):
+        pts = dc["points"]
+        steady = ", ".join(f"{p['workers']}: {p['steady_calls_per_min']:.1f}" for p in pts)
+        grows = any(len(p["leaders"]) != 1 for p in pts) or (
+            max(p["steady_calls"] for p in pts) > min(p["steady_calls"] for p in pts) + 1)
+        add(f"| DescribeStream calls per minute, {pts[0]['shards']:,} shards (workers: calls/min over "
+            f"{pts[0]['window_s']:.0f} s after start-up) | {steady} | must not grow with workers; AWS limit "
+            f"{DESCRIBE_LIMIT_PER_S}/s per account | {verdict(not grows)} |")
+    if ic and ic.get("points"):
+        p = ic["points"][0]
+        add(f"| GetRecords per idle shard per minute (idle poll {p['idle_poll_interval_s']:g} s) | "
+            f"{p['per_shard_per_min_median']:.1f} | Lambda: {LAMBDA_POLLS_PER_MIN} (4 polls/s) | "
+            f"{LAMBDA_POLLS_PER_MIN / p['per_shard_per_min_median']:.0f}x fewer |")
+    if lat and lat.get("phases"):
+        for ph in lat["phases"]:
+            add(f"| Write -> handler latency, {ph['phase']} ({ph['rate_per_shard']:g} records/s per shard) | "
+                f"p50 {ph['p50_ms']:.0f} ms, p99 {ph['p99_ms']:.0f} ms | Lambda: polls 4/s per shard | - |")
+    if mem and mem.get("idle"):
+        add(f"| Memory of one worker holding {mem['shards']:,} shards | RSS {mem['idle']['rss_mb_max']:.0f} MB idle, "
+            f"{mem['traffic']['rss_mb_max']:.0f} MB with {mem['rate']:g} records/s | - | - |")
+    if ls:
+        big = ls["scenarios"][-1]
+        iv = ls["config"]["renew_interval"]
+        add(f"| Coordination, {big['shards']:,} shards x {big['workers']} simulated workers on one Redis: Redis "
+            f"commands/s and CPU (renew interval {iv:g} s) | {big['steady']['redis_total_commands_per_s']:,.0f}/s, "
+            f"{big['steady']['redis_cpu_pct_of_one_core']:.0f}% of one core; 1 round trip per worker per interval | "
+            f"KCL: every worker scans the whole lease table every {KCL_TAKE_INTERVAL_S:g} s | - |")
+    add("")
+    failed = {k: v for k, v in status.items() if v.get("rc") not in (0, None)}
+    if failed:
+        add("**Benchmarks that failed in this run** (their sections are missing or partial): " + ", ".join(
+            f"`{k}` (rc {v['rc']})" for k, v in failed.items()))
+        add("")
+
+    # ---- sections
+    if ls:
+        cfg = ls["config"]
+        iv = cfg["renew_interval"]
+        add("## Coordination at scale (`bench/leaser_scale.py`)")
+        add("")
+        add(f"Simulated workers (`LeaseManager` objects in one process, {cfg['threads']} threads) on a real "
+            f"redis-server. The renew interval is **compressed** to {iv:g} s (lease TTL {cfg['lease_ttl']:g} s) so "
+            f"the run is short: read per-interval numbers; at the default 1.5 s interval, per-second Redis load "
+            f"scales by {iv:g} / 1.5 and convergence times by 1.5 / {iv:g} (crash: the default 5 s TTL instead).")
+        add("")
+        cols = ls["scenarios"]
+        add("| | " + " | ".join(f"{s['shards']:,} x {s['workers']}" for s in cols) + " |")
+        add("|---|" + "---|" * len(cols))
+
+        def row(label: str, fn: Any) -> None:
+            cells = []
+            for s in cols:
+                try:
+                    cells.append(fn(s))
+                except (KeyError, TypeError, ZeroDivisionError):
+                    cells.append("-")
+            add(f"| {label} | " + " | ".join(cells) + " |")
+
+        def conv(c: dict[str, Any]) -> str:
+            if c.get("seconds") is None:
+                return "timed out"
+            return f"{c['seconds']:.2f} s = {c['renew_intervals']:.1f} intervals"
+
+        row("cold start: every lease held, max-min ≤ 1", lambda s: conv(s["cold_start"]))
+        row("steady: Redis commands/s (inside scripts incl.)",
+            lambda s: f"{s['steady']['redis_total_commands_per_s']:,.0f}")
+        row("steady: same at the default 1.5 s interval",
+            lambda s: f"{s['steady']['redis_total_commands_per_s'] * iv / 1.5:,.0f}")
+        row("steady: Redis CPU, % of one core", lambda s: f"{s['steady']['redis_cpu_pct_of_one_core']:.1f}")
+        row("steady: client round trips per worker per interval",
+            lambda s: f"{s['steady']['client_round_trips_per_worker_per_interval']}")
+        row("steady: Redis commands per lease per interval",
+            lambda s: f"{s['steady']['redis_commands_per_lease_per_interval']}")
+        row("steady: bytes out / in per heartbeat",
+            lambda s: f"{s['steady']['redis_bytes_out_per_worker_per_interval']:,}"
+            f" / {s['steady']['redis_bytes_in_per_worker_per_interval']:,}")
+        row("join: time to balance", lambda s: conv(s["join"]))
+        row("join: leases moved (ideal)", lambda s: f"{s['join']['moves']} ({s['join']['ideal_moves']})")
+        row("crash: time to balance (TTL incl.)", lambda s: conv(s["death"]))
+        row("crash: leases moved (ideal)", lambda s: f"{s['death']['moves']} ({s['death']['ideal_moves']})")
+        row("every lease owned by a live worker, tokens unique",
+            lambda s: f"{s['verify']['all_owned_by_live_workers']}, {s['verify']['tokens_unique']}")
+        add("")
+        big = cols[-1]
+        n_sh, n_w = big["shards"], big["workers"]
+        add(f"**Anchor (KCL, computed from its defaults, not measured):** every KCL worker scans the whole lease "
+            f"table every take interval ({KCL_TAKE_INTERVAL_S:g} s) and renews each of its leases every "
+            f"~{KCL_RENEW_S:.1f} s. For {n_sh:,} shards and {n_w} workers that is {n_sh * n_w:,} lease items read "
+            f"per {KCL_TAKE_INTERVAL_S:g} s ({n_sh * n_w / KCL_TAKE_INTERVAL_S:,.0f} items/s) plus "
+            f"{n_sh / KCL_RENEW_S:,.0f} conditional writes/s; a joining KCL worker steals at most one lease per take "
+            f"interval, so reaching a fair share of {n_sh // n_w} leases takes "
+            f"~{n_sh // n_w * KCL_TAKE_INTERVAL_S / 60:.0f} "
+            f"minutes, where shardlease's join converges in {big['join']['renew_intervals']:.1f} renew intervals "
+            f"moving exactly the newcomer's share. shardlease's steady state is one Lua heartbeat per worker per "
+            f"renew interval, which renews only that worker's own leases (about 3 Redis commands per lease inside the "
+            f"script), no scan of the group's leases.")
+        add("")
+
+    if ho:
+        add("## Pause when a lease moves (`bench/handoff_pause.py`)")
+        add("")
+        add("Three real worker processes (two for join) at DEFAULT settings (lease TTL 5 s, renew 1.5 s, idle poll "
+            "1 s), 6 shards x 20 records/s, each record carrying its write time. **pause** = first batch of the new "
+            "owner - last batch of the old owner; **data pause** = worst write->handle latency of records written "
+            "from 2 s before the event, minus the steady median latency.")
+        add("")
+        add("| scenario | reps | moved shards | pause median / max (s) | data pause median / max (s) | event -> new "
+            "owner median / max (s) | steady latency (s) | duplicates | missing |")
+        add("|---|---|---|---|---|---|---|---|---|")
+        for kind, label in (("term", "SIGTERM 1 of 3"), ("kill", "SIGKILL 1 of 3"), ("join", "3rd joins 2")):
+            s = handoff_stats(ho, kind)
+            if s:
+                add(f"| {label} | {s['reps']} | {s['moved']} | {s['pause_med']:.2f} / {s['pause_max']:.2f} | "
+                    f"{s['data_med']:.2f} / {s['data_max']:.2f} | {s['new_owner_med']:.2f} / {s['new_owner_max']:.2f} "
+                    f"| {s['steady_latency_med']:.2f} | {s['duplicates']} | {s['missing']} |")
+        add("")
+        if kill:
+            add(f"After a SIGKILL the dead worker's shards resume {kill['new_owner_med']:.1f} s later (median): the "
+                f"5 s lease TTL plus at most one renew interval until a survivor's heartbeat sees the expired lease. "
+                f"Target ≤ {TAKEOVER_TARGET_S:g} s: {verdict(kill['new_owner_max'] <= TAKEOVER_TARGET_S)}. KCL's "
+                f"equivalent is a {KCL_FAILOVER_S:g} s lease failover plus up to a {KCL_TAKE_INTERVAL_S:g} s take "
+                "interval.")
+            add("")
+        if join:
+            add(f"Join: the newcomer holds its fair share {join['fair_med']:.2f} s after its Popen (median), which "
+                "includes ~0.5 s of process start-up and one renew interval in which its first heartbeat only joins.")
+            add("")
+        if "pause" in made:
+            add(f"![handled batches per shard around the event]({made['pause']})")
+            add("")
+            add("Each dot is one handler call (batch) on one shard, coloured by worker; t=0 is the signal (or the "
+                "newcomer's Popen). After SIGKILL the moved shards are silent for the lease TTL (grey); after "
+                "SIGTERM and on join the handoff is sub-second.")
+            add("")
+        if "lag" in made:
+            add(f"![write to handler latency per record around the event]({made['lag']})")
+            add("")
+            add("Lag over time during a rebalance: write->handler latency of every record, by write time. Records of "
+                "the moved shards written after a SIGKILL wait for the takeover (the latency falls linearly as "
+                "later records wait less); SIGTERM and join add at most a few hundred ms.")
+            add("")
+
+    if tp:
+        reps = tp["reps"]
+        add("## Throughput (`bench/worker_throughput.py`)")
+        add("")
+        add(f"{tp['records']:,} records (~1.4 KB NEW_AND_OLD_IMAGES) over {tp['shards']} shards, median of "
+            f"{len(reps)}: (a) the plain boto3 loop (DescribeStream, then per shard TRIM_HORIZON + GetRecords "
+            "Limit 1000 + `TypeDeserializer`) in-process, vs (b) one `python -m worker run` process with batch size "
+            "1000. Both touch every decoded value.")
+        add("")
+        add("| | wall s (median) | records/s | vs (a) |")
+        add("|---|---|---|---|")
+        plain = med([r["plain"]["wall_s"] for r in reps])
+        wall = med([r["worker"]["wall_s"] for r in reps])
+        steady = med([r["worker"]["steady_s"] for r in reps])
+        n = tp["records"]
+        add(f"| (a) plain boto3 loop | {plain:.2f} | {n / plain:,.0f} | - |")
+        add(f"| (b) worker, from Popen (start-up incl.) | {wall:.2f} | {n / wall:,.0f} | {plain / wall:.1f}x |")
+        add(f"| (b) worker, first batch -> last batch | {steady:.2f} | {n / steady:,.0f} | {plain / steady:.1f}x |")
+        add("")
+        add("Per repetition (wall s, (a) / (b) from Popen / (b) steady): " + "; ".join(
+            f"{r['plain']['wall_s']:.2f} / {r['worker']['wall_s']:.2f} / {r['worker']['steady_s']:.2f}" for r in reps)
+            + f". Target ≥ {THROUGHPUT_TARGET_X:g}x: {verdict(plain / wall >= THROUGHPUT_TARGET_X)} when the "
+            f"worker's ~0.5 s start-up is counted, {verdict(plain / steady >= THROUGHPUT_TARGET_X)} in steady state. "
+            "The worker is CPU-bound in one process, and the handler's touch work (the same on both sides) dilutes "
+            "the ratio.")
+        add("")
+
+    if dc and dc.get("points"):
+        pts = dc["points"]
+        p0 = pts[0]
+        add("## DescribeStream calls vs number of workers (`bench/discovery_cost.py`)")
+        add("")
+        add(f"A stream of {p0['shards']:,} idle shards; 1, 10 and 50 real worker processes started together "
+            f"(default lease settings and the default `--shard-sync-interval {p0['shard_sync_interval_s']:g}`; "
+            f"`--idle-poll-interval {p0['idle_poll_interval_s']:g}` so {p0['shards']:,} idle shards do not saturate "
+            "the 2 cores: idle polling does not touch discovery). DescribeStream is counted server-side; the local "
+            f"server throttles above {DESCRIBE_LIMIT_PER_S} calls/s per stream like AWS's per-account limit. "
+            f"Steady window: {p0['window_s']:.0f} s after every lease is held.")
+        add("")
+        add("| workers | start-up: calls (s until every lease held) | steady: calls in window = per minute | peak "
+            "calls in 1 s | throttled | leaders | worker RSS median (MB) |")
+        add("|---|---|---|---|---|---|---|")
+        for p in pts:
+            add(f"| {p['workers']} | {p['startup_calls']} ({p['startup_s']:.1f} s) | {p['steady_calls']} = "
+                f"{p['steady_calls_per_min']:.2f}/min | {p['peak_calls_in_1s']} | {p['throttled']} | "
+                f"{len(p['leaders'])} | {f(p['worker_rss_mb_median'], 0)} |")
+        add("")
+        add(f"Only the leader lists: the steady rate is the same for every fleet size. A full listing of "
+            f"{p0['shards']:,} shards is {p0['pages_per_full_listing']} pages (100 shards a page); periodic syncs "
+            f"continue from the last known shard (1 page on an unchanged stream) and every 10th is a full listing, "
+            f"so the long-run average at the default 60 s interval is "
+            f"{p0['expected_longrun_per_min']:.1f} calls/min, independent of the number of workers (the window "
+            "above is too short to include a 10th sync). **Start-up grows by one call per worker**: each worker "
+            "calls DescribeStream (Limit 1) once at start to check the stream's status, so 50 workers starting "
+            f"together burst past {DESCRIBE_LIMIT_PER_S}/s and some calls are throttled; botocore's retry absorbs "
+            "them (workers alive at the end: " + ", ".join(
+                f"{p['workers']}: {p.get('workers_alive_at_end', '-')}" for p in pts) + ").")
+        add("")
+        if "discovery" in made:
+            add(f"![cumulative DescribeStream calls]({made['discovery']})")
+            add("")
+
+    if ic and ic.get("points"):
+        add("## Idle cost (`bench/idle_cost.py`)")
+        add("")
+        p = ic["points"][0]
+        add(f"One worker process, {p['shards']} shards that never receive a record, default settings; "
+            f"GetRecords counted server-side per shard over {p['window_s']:.0f} s after the idle back-off (0.1 s "
+            "doubling) reached its ceiling.")
+        add("")
+        add("| idle poll interval | GetRecords per shard per minute (median, min-max) | GetShardIterator | worker CPU "
+            "(% of one core) | Lambda |")
+        add("|---|---|---|---|---|")
+        for p in ic["points"]:
+            add(f"| {p['idle_poll_interval_s']:g} s | {p['per_shard_per_min_median']:.1f} "
+                f"({p['per_shard_per_min_min']:.1f}-{p['per_shard_per_min_max']:.1f}) | "
+                f"{p['get_shard_iterator_calls']} | {f(p['worker_cpu_pct_mean'], 1)} | {LAMBDA_POLLS_PER_MIN} |")
+        add("")
+        add(f"Lambda polls each shard 4 times a second ({LAMBDA_POLLS_PER_MIN}/min); non-Lambda GetRecords calls "
+            "are billed, so at the default idle poll an idle shard costs 4x fewer calls than Lambda's rate, and "
+            "`--idle-poll-interval` trades idle cost for the latency of the first record after a quiet period.")
+        add("")
+        if "idle" in made:
+            add(f"![GetRecords per idle shard per minute]({made['idle']})")
+            add("")
+
+    if lat and lat.get("phases"):
+        add("## End-to-end latency (`bench/latency.py`)")
+        add("")
+        ph0 = lat["phases"][0]
+        add(f"One worker process at default settings, {ph0['shards']} shards, records carrying their write time; "
+            "latency = handler wall time - write time (same host clock; the local endpoint adds ~1 ms per call, "
+            "AWS's own propagation delay is not included).")
+        add("")
+        add("| traffic | records | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) |")
+        add("|---|---|---|---|---|---|")
+        for ph in lat["phases"]:
+            add(f"| {ph['phase']}: {ph['rate_per_shard']:g} records/s per shard | {ph['records']:,} | "
+                f"{ph['p50_ms']:.0f} | {ph['p90_ms']:.0f} | {ph['p99_ms']:.0f} | {ph['max_ms']:.0f} |")
+        add("")
+        add("Busy shards are re-polled at once after a non-empty page and 0.1-0.2 s after an empty one; a record "
+            "landing on a shard that has been quiet for a while waits for the next idle poll (≤ 1 s, 0.5 s on "
+            "average). Lambda's 4 polls/s bound that wait at 0.25 s.")
+        add("")
+        if "latency" in made:
+            add(f"![latency distribution]({made['latency']})")
+            add("")
+
+    if mem and mem.get("idle"):
+        add("## Memory of one worker holding many shards (`bench/memory.py`)")
+        add("")
+        add(f"One worker process, default settings (idle poll 1 s, 32 shard threads), {mem['shards']:,} shards; RSS "
+            "sampled with psutil every second.")
+        add("")
+        add("| phase | RSS (MB) | worker CPU (% of one core) | GetRecords/s (server-side) | "
+            "local server process CPU (%) |")
+        add("|---|---|---|---|---|")
+        add(f"| just started (before leases) | {f(mem['start_rss_mb'], 0)} | | | |")
+        add(f"| idle, every lease held (held {mem['all_held_after_s']:.1f} s after Popen) | "
+            f"{mem['idle']['rss_mb_max']:.0f} | {mem['idle']['cpu_pct_mean']:.0f} | "
+            f"{mem['idle']['get_records_per_s']:.0f} | {mem['idle']['bench_process_cpu_pct_mean']:.0f} |")
+        t = mem["traffic"]
+        add(f"| traffic: {t['records_per_s_written']:.0f} records/s on random keys ({t['records']:,} records; drained "
+            f"{t['drain_after_writer_s']:.1f} s after the writer stopped) | {t['rss_mb_max']:.0f} | "
+            f"{t['cpu_pct_mean']:.0f} | {t['get_records_per_s']:.0f} | {t['bench_process_cpu_pct_mean']:.0f} |")
+        add("")
+        ms = mem["idle"]["cpu_pct_mean"] * 10 / max(1.0, mem["idle"]["get_records_per_s"])
+        add(f"Memory is not the limit (a few MB above a freshly started worker). **CPU is**: at the default 1 s idle "
+            f"poll every idle shard costs one GetRecords call per second, {ms:.1f} ms of worker CPU per call here "
+            f"(botocore), so {mem['shards']:,} idle shards keep one worker at "
+            f"{mem['idle']['cpu_pct_mean']:.0f}% of a core. A worker meant to hold ~1,000 "
+            "shards should raise `--idle-poll-interval` (or the group should have more workers).")
+        add("")
+        if "memory" in made:
+            add(f"![RSS and CPU over time]({made['memory']})")
+            add("")
+
+    add("## How each benchmark was run")
+    add("")
+    add("| benchmark | command | exit | seconds |")
+    add("|---|---|---|---|")
+    for name, s in status.items():
+        add(f"| {name} | `.venv/bin/python {s['command']}` | {s['rc']} | {s['seconds']:.0f} |")
+    add("")
+    add("Raw JSON and logs of the run that produced this page were written to a temporary directory; rerun "
+        "`bench/report.py` to reproduce. Each script can also be run alone (see `bench/README.md`).")
+    add("")
+    return "\n".join(L)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run: small sizes, short windows (~3 min)")
+    ap.add_argument("--only", help="comma-separated benchmark names: " + ",".join(BENCHES))
+    ap.add_argument("--results", help="directory for the JSON and logs (default: a new temporary directory)")
+    ap.add_argument("--from-results", metavar="DIR", help="do not run anything; rebuild from this directory")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    args = ap.parse_args()
+    names = args.only.split(",") if args.only else list(BENCHES)
+    unknown = set(names) - set(BENCHES)
+    if unknown:
+        ap.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
+    if args.from_results:
+        results = Path(args.from_results)
+        meta = json.loads((results / "meta.json").read_text())
+        info, status, quick, load_end = meta["info"], meta["status"], meta["quick"], meta.get("load_end")
+    else:
+        results = Path(args.results) if args.results else Path(tempfile.mkdtemp(prefix="shardlease-report-"))
+        results.mkdir(parents=True, exist_ok=True)
+        print(f"results and logs in {results}", flush=True)
+        info = machine_info()
+        quick = args.quick
+        status = run_benches(names, quick, results)
+        load_end = os.getloadavg()[0]
+        (results / "meta.json").write_text(json.dumps({"info": info, "status": status, "quick": quick,
+                                                       "load_end": load_end}, indent=2))
+    data = {name: load(results, name) for name in BENCHES}
+    out = Path(args.out)
+    made = plots(data, out.parent / "img")
+    out.write_text(build_markdown(data, status, made, info, quick, results, load_end))
+    print(f"wrote {out} and {len(made)} plots in {out.parent / 'img'}", flush=True)
+    return 0 if all(s["rc"] == 0 for s in status.values()) else 1
+
+
+__all__ = ["percentile"]
+
+if __name__ == "__main__":
+    sys.exit(main())
