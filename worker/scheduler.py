@@ -1,8 +1,10 @@
 """Scheduler: runs the steps of many shard consumers on a bounded thread pool.
 
-Each consumer has at most one step running at a time; between steps it waits in
-a heap keyed by when it is due.  Hundreds of shards share ``threads`` threads:
-an idle shard costs a heap entry, not a thread.
+Each consumer has at most one step running at a time, and so has each shard: a
+consumer added for a shard whose previous consumer is still finishing (a lease
+lost and re-acquired at once) waits for that one's last step.  Between steps a
+consumer waits in a heap keyed by when it is due.  Hundreds of shards share
+``threads`` threads: an idle shard costs a heap entry, not a thread.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ log = logging.getLogger("shardlease.scheduler")
 DEFAULT_THREADS = 32
 """Threads that run consumer steps (GetRecords, the handler, the checkpoint) in one process."""
 
+_RUNNING = float("inf")
+"""The due time of a consumer whose step is running: it is pushed again when the step returns."""
+
 
 class Scheduler:
     def __init__(self, threads: int = DEFAULT_THREADS) -> None:
@@ -28,9 +33,12 @@ class Scheduler:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="shard")
         self._cv = threading.Condition()
         self._heap: list[tuple[float, int, ShardConsumer]] = []
-        self._due: dict[str, float] = {}
-        self._consumers: dict[str, ShardConsumer] = {}
+        self._due: dict[ShardConsumer, float] = {}
+        """Every consumer not finished yet (current or retiring) -> when its next step is due."""
+        self._current: dict[str, ShardConsumer] = {}
+        """The consumer of each shard that stop() and get() address."""
         self._running: set[str] = set()
+        """Shards with a step in flight."""
         self._counter = itertools.count()
         self._closed = False
         self._dispatcher = threading.Thread(target=self._dispatch, name="scheduler", daemon=True)
@@ -39,38 +47,45 @@ class Scheduler:
     # -- what runs ---------------------------------------------------------------------------
 
     def add(self, consumer: ShardConsumer) -> None:
+        """Run a consumer; a previous consumer of the same shard finishes its last step first."""
         with self._cv:
-            self._consumers[consumer.shard_id] = consumer
+            self._current[consumer.shard_id] = consumer
             self._push(consumer, time.monotonic())
 
     def get(self, shard_id: str) -> ShardConsumer | None:
         with self._cv:
-            return self._consumers.get(shard_id)
+            return self._current.get(shard_id)
 
     def shard_ids(self) -> list[str]:
         with self._cv:
-            return list(self._consumers)
+            return sorted({c.shard_id for c in self._due})
 
     def stop(self, shard_id: str, reason: str, handoff_to: str = "", detail: str = "") -> bool:
-        """Ask one consumer to stop after its step in flight; False if it is not running here."""
+        """Ask a shard's consumer to stop after its step in flight; False if it is not running here."""
         with self._cv:
-            consumer = self._consumers.get(shard_id)
+            consumer = self._current.get(shard_id)
             if consumer is None:
                 return False
             consumer.request_stop(reason, handoff_to, detail)
-            if shard_id not in self._running:
+            if self._due.get(consumer) != _RUNNING:  # a running step sees the stop when it returns
                 self._push(consumer, time.monotonic())
             return True
 
     def stop_all(self, reason: str) -> None:
-        for shard_id in self.shard_ids():
-            self.stop(shard_id, reason)
+        with self._cv:
+            consumers = list(self._due)
+        for consumer in consumers:
+            consumer.request_stop(reason)
+        with self._cv:
+            for consumer in consumers:
+                if consumer in self._due and self._due[consumer] != _RUNNING:
+                    self._push(consumer, time.monotonic())
 
     def wait_idle(self, timeout_s: float) -> bool:
-        """Wait until no consumer is left (all finished); False on timeout."""
+        """Wait until every consumer has finished; False on timeout."""
         deadline = time.monotonic() + timeout_s
         with self._cv:
-            while self._consumers:
+            while self._due:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -86,7 +101,7 @@ class Scheduler:
     # -- the dispatcher ----------------------------------------------------------------------
 
     def _push(self, consumer: ShardConsumer, due: float) -> None:
-        self._due[consumer.shard_id] = due
+        self._due[consumer] = due
         heapq.heappush(self._heap, (due, next(self._counter), consumer))
         self._cv.notify_all()
 
@@ -94,21 +109,25 @@ class Scheduler:
         with self._cv:
             while not self._closed:
                 now = time.monotonic()
-                if self._heap and len(self._running) < self._threads:
-                    due, _, consumer = self._heap[0]
-                    sid = consumer.shard_id
-                    stale = self._due.get(sid) != due or self._consumers.get(sid) is not consumer
-                    if stale:
-                        heapq.heappop(self._heap)
-                        continue
-                    if due <= now and sid not in self._running:
-                        heapq.heappop(self._heap)
-                        self._running.add(sid)
-                        self._pool.submit(self._run_step, consumer)
-                        continue
-                    self._cv.wait(max(due - now, 0.001) if due > now else 0.01)
-                else:
+                if not self._heap or len(self._running) >= self._threads:
                     self._cv.wait(0.1 if not self._heap else 0.01)
+                    continue
+                due, _, consumer = self._heap[0]
+                if self._due.get(consumer) != due:  # superseded by a later push, or finished
+                    heapq.heappop(self._heap)
+                    continue
+                if due > now:
+                    self._cv.wait(due - now)
+                    continue
+                heapq.heappop(self._heap)
+                if consumer.shard_id in self._running:
+                    # Another consumer of this shard is mid-step: try again once it is done.
+                    self._due[consumer] = now + 0.01
+                    heapq.heappush(self._heap, (now + 0.01, next(self._counter), consumer))
+                    continue
+                self._running.add(consumer.shard_id)
+                self._due[consumer] = _RUNNING
+                self._pool.submit(self._run_step, consumer)
 
     def _run_step(self, consumer: ShardConsumer) -> None:
         delay: float | None
@@ -118,14 +137,14 @@ class Scheduler:
             log.exception("unexpected error in a consumer step; retrying in 1 s", extra={"shard_id": consumer.shard_id})
             delay = 1.0
         with self._cv:
-            sid = consumer.shard_id
-            self._running.discard(sid)
-            if delay is not None and consumer.stop_reason is not None:
-                delay = 0.0  # a stop asked for during the step takes effect at once
+            shard_id = consumer.shard_id
+            self._running.discard(shard_id)
             if delay is None or consumer.finished:
-                if self._consumers.get(sid) is consumer:
-                    del self._consumers[sid]
-                    self._due.pop(sid, None)
+                self._due.pop(consumer, None)
+                if self._current.get(shard_id) is consumer:
+                    del self._current[shard_id]
                 self._cv.notify_all()
-            else:
-                self._push(consumer, time.monotonic() + delay)
+                return
+            if consumer.stop_reason is not None:
+                delay = 0.0  # a stop asked for during the step takes effect at once
+            self._push(consumer, time.monotonic() + delay)

@@ -1,13 +1,11 @@
-"""Product bugs found by the chaos tests, each pinned by a test that fails until it is fixed.
+"""Regression tests for product bugs the chaos tests found.
 
-Scheduler: a shard re-acquired while its previous consumer's step is still running is never
-stepped again.  ``Scheduler.add`` registers the new consumer and pushes it; when the old step
-returns a delay (a stop was requested, so the delay becomes 0), ``_run_step`` pushes the *old*
-consumer again, overwriting ``_due[shard]``.  The dispatcher then drops the new consumer's heap
-entry (its due time no longer matches ``_due``) and the old one's (it is no longer the shard's
-consumer): the new consumer stays registered, its lease is renewed by every heartbeat, and the
-shard is never read again.  Seen in the chaos run of Redis restarted without persistence (every
-lease lost, then re-acquired by the same worker while a slow batch was in flight).
+Scheduler: a shard re-acquired while its previous consumer's step was still running was never
+stepped again: ``_run_step`` re-pushed the *old* consumer, overwriting the shard's due time, and
+the dispatcher then dropped both heap entries; the lease kept being renewed while the shard
+stalled.  Seen when Redis restarted without persistence (every lease lost, then re-acquired by the
+same worker while a slow batch was in flight).  The scheduler now keeps due times per consumer and
+runs one step at a time per shard, so the new consumer starts once the old one's last step ends.
 """
 
 from __future__ import annotations
@@ -22,10 +20,6 @@ import pytest
 from tests.chaos.harness import Chaos, chaos_seed
 from worker.consumer import StopReason
 from worker.scheduler import Scheduler
-
-BUG = ("worker/scheduler.py Scheduler._run_step re-pushes a stopped consumer whose step returned a delay, "
-       "overwriting _due for the shard: a consumer added for the same shard meanwhile (lease re-acquired) is "
-       "dropped from the heap and never stepped; the shard stalls while its lease is renewed")
 
 
 class FakeConsumer:
@@ -53,7 +47,6 @@ class FakeConsumer:
         return 0.05
 
 
-@pytest.mark.xfail(strict=True, reason=BUG)
 def test_scheduler_steps_a_consumer_added_while_the_previous_one_is_mid_step() -> None:
     scheduler = Scheduler(threads=4)
     try:
@@ -75,7 +68,6 @@ def test_scheduler_steps_a_consumer_added_while_the_previous_one_is_mid_step() -
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(strict=True, reason=BUG)
 def test_worker_keeps_consuming_after_redis_restarts_empty_mid_batch(tmp_path: Path) -> None:
     """One worker whose every batch takes 2 s; Redis restarts empty: the worker loses every lease and
     takes them all back while the old batches are in flight.  Every record must still be handled."""
