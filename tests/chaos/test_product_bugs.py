@@ -73,11 +73,11 @@ def test_worker_keeps_consuming_after_redis_restarts_empty_mid_batch(tmp_path: P
     takes them all back while the old batches are in flight.  Every record must still be handled."""
     seed = chaos_seed()
     c = Chaos(tmp_path, seed, "bug-readd", persistent=False, workers=1,
-              handler_env={"CHAOS_SLOW_P": "1", "CHAOS_SLOW_S": "2"}, writes_per_s=30)
+              handler_env={"CHAOS_SLOW_P": "1", "CHAOS_SLOW_S": "3"}, writes_per_s=20)
     with c:
-        c.sleep_until(5.0)
+        c.sleep_until(6.0)
         if os.environ.get("CHAOS_BUG_BASELINE") != "1":  # =1: the same run without the fault passes
-            c.restart_redis(down_s=0.3)
-        c.sleep_until(8.0)
-        c.drain_timeout_s = 8.0
+            c.restart_redis(down_s=0.05)
+        c.sleep_until(9.0)
+        c.drain_timeout_s = 10.0
         c.finish(group_reset=True)
