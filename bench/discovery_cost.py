@@ -19,7 +19,8 @@ calls are counted server-side (``server._ops`` wrapped) from the first Popen:
 Each worker also calls DescribeStream once (Limit 1) at start to check the stream's status, so
 start-up calls grow by one per worker.  The server throttles DescribeStream above
 ``--describe-limit`` calls/s per stream (default 10, AWS's per-account limit), and throttled calls
-are counted.
+are counted.  Workers that exit (e.g. a throttled start-up check) are recorded, not fatal.
+``--also-unthrottled 50`` runs that point once more without the throttle.
 """
 
 from __future__ import annotations
@@ -102,6 +103,8 @@ def main() -> None:
     ap.add_argument("--describe-limit", type=float, default=10.0,
                     help="server-side DescribeStream calls/s per stream before LimitExceededException "
                          "(AWS: 10/s per account and region); 0 disables")
+    ap.add_argument("--also-unthrottled", metavar="N", default="",
+                    help="comma-separated worker counts to run once more with the throttle off (--describe-limit 0)")
     ap.add_argument("--json", metavar="PATH")
     args = ap.parse_args()
     for k, v in ENV.items():
@@ -110,9 +113,11 @@ def main() -> None:
     print(f"worker logs in {tmp}", flush=True)
     results = []
     with LocalStreamsServer(port=0, empty_page_probability=0.0) as server, RedisServer() as rs:
-        for n in (int(x) for x in args.workers.split(",")):
+        points = [(int(x), args.describe_limit or None) for x in args.workers.split(",")]
+        points += [(int(x), None) for x in args.also_unthrottled.split(",") if x]
+        for n, limit in points:
             r = run_point(server, rs.url, tmp, args.shards, n, args.window, args.shard_sync_interval,
-                          args.idle_poll_interval, args.describe_limit or None)
+                          args.idle_poll_interval, limit)
             results.append(r)
             print(f"{n} workers: start-up {r['startup_s']:.1f} s, {r['startup_calls']} calls; steady "
                   f"{r['steady_calls']} calls in {args.window:.0f} s = {r['steady_calls_per_min']:.2f}/min; peak "
@@ -120,11 +125,14 @@ def main() -> None:
                   f"exited {r['workers_exited']}; "
                   f"RSS median {r['worker_rss_mb_median']} MB",
                   flush=True)
-    print("\n| workers | start-up calls (s) | steady calls / min | peak calls in 1 s | leaders |")
-    print("|---|---|---|---|---|")
+    print("\n| workers | throttle /s | start-up calls (s) | steady calls / min | peak calls in 1 s | throttled | "
+          "exited | leaders |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['workers']} | {r['startup_calls']} ({r['startup_s']:.1f} s) | {r['steady_calls_per_min']:.2f} | "
-              f"{r['peak_calls_in_1s']} | {len(r['leaders'])} |")
+        print(f"| {r['workers']} | {r['describe_limit_per_s'] or 'off'} | "
+              f"{r['startup_calls']} ({r['startup_s']:.1f} s) | {r['steady_calls_per_min']:.2f} | "
+              f"{r['peak_calls_in_1s']} | {r['throttled']} | "
+              f"{len(r['workers_exited'])} | {len(r['leaders'])} |")
     write_json(args.json, {"benchmark": "discovery_cost", "points": results})
 
 
