@@ -44,7 +44,7 @@ from worker.local import LocalStreamsServer
 
 def run_point(server: LocalStreamsServer, redis_url: str, tmp: Path, shards: int, workers: int, window_s: float,
               sync_s: float, idle_s: float, describe_limit: float | None) -> dict[str, Any]:
-    name = f"d{workers}-{os.getpid()}"
+    name = f"d{workers}{'' if describe_limit else 'u'}-{os.getpid()}"
     table = server.create_table(f"t-{name}", [("pk", "S")], view_type="NEW_IMAGE", shards=shards)
     server.model.set_faults(describe_stream_per_s=describe_limit)
     counter = CallCounter(server, ("DescribeStream",))
@@ -119,6 +119,7 @@ def main() -> None:
             r = run_point(server, rs.url, tmp, args.shards, n, args.window, args.shard_sync_interval,
                           args.idle_poll_interval, limit)
             results.append(r)
+            write_json(args.json, {"benchmark": "discovery_cost", "points": results})  # keep what is done
             print(f"{n} workers: start-up {r['startup_s']:.1f} s, {r['startup_calls']} calls; steady "
                   f"{r['steady_calls']} calls in {args.window:.0f} s = {r['steady_calls_per_min']:.2f}/min; peak "
                   f"{r['peak_calls_in_1s']}/s, throttled {r['throttled']}; leaders {r['leaders']}; "

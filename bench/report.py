@@ -10,7 +10,8 @@ figure next to its anchor (KCL, Lambda, AWS limits, the issue's targets) and the
 
 ``--quick`` (a smoke run, ~3 min): smaller sizes and shorter windows; the report says so.
 ``--from-results DIR``: skip running and rebuild the report from a previous run's JSON.
-``--only``: run just these benchmarks (the others are missing from the report).
+``--only``: run just these benchmarks (the others are missing from the report), or, with
+``--results DIR`` of an earlier run, rerun these into it and rebuild the report from all of them.
 
 The full run takes about 15-20 minutes on 2 cores.
 """
@@ -293,7 +294,8 @@ def build_markdown(data: dict[str, Any], status: dict[str, Any], made: dict[str,
             "these numbers.")
         add("")
     add(f"Measured {info['date']} on commit `{info['commit']}`: {info['cpus']} cores ({info['cpu_model']}), "
-        f"{info['mem_gb']} GB RAM, Python {info['python']}, redis-server {info['redis']}, {info['platform']}. "
+        f"{info['mem_gb']} GB RAM, Python {info['python']}, redis-server {info['redis']}, {info['platform']}"
+        + (f" ({info['rerun']})" if info.get("rerun") else "") + ". "
         f"**The machine was shared**: other sessions ran test suites on the same 2 cores during the run "
         f"(1-minute load average {info['loadavg_1m']:.1f} at the start"
         + (f", {load_end:.1f} at the end" if load_end is not None else "") + "), so wall-clock numbers carry noise; "
@@ -429,6 +431,10 @@ def build_markdown(data: dict[str, Any], status: dict[str, Any], made: dict[str,
         row("join: time to balance", lambda s: conv(s["join"]))
         row("join: leases moved (ideal)", lambda s: f"{s['join']['moves']} ({s['join']['ideal_moves']})")
         row("crash: time to balance (TTL incl.)", lambda s: conv(s["death"]))
+        row("join: estimated at the defaults (intervals x 1.5 s)",
+            lambda s: f"~{s['join']['renew_intervals'] * 1.5:.1f} s")
+        row(f"crash: estimated at the defaults (5 s TTL + (measured - {cfg['lease_ttl']:g} s) x 1.5 / {iv:g})",
+            lambda s: f"~{5 + (s['death']['seconds'] - cfg['lease_ttl']) * 1.5 / iv:.1f} s")
         row("crash: leases moved (ideal)", lambda s: f"{s['death']['moves']} ({s['death']['ideal_moves']})")
         row("every lease owned by a live worker, tokens unique",
             lambda s: f"{s['verify']['all_owned_by_live_workers']}, {s['verify']['tokens_unique']}")
@@ -698,6 +704,11 @@ def main() -> int:
         quick = args.quick
         status = run_benches(names, quick, results)
         load_end = os.getloadavg()[0]
+        old = results / "meta.json"
+        if args.only and old.exists():  # a subset rerun into an earlier run's directory: keep the rest
+            prev = json.loads(old.read_text())
+            status = {**prev["status"], **status}
+            info = {**prev["info"], "rerun": f"{', '.join(names)} rerun {info['date']}"}
         (results / "meta.json").write_text(json.dumps({"info": info, "status": status, "quick": quick,
                                                        "load_end": load_end}, indent=2))
     data = {name: load(results, name) for name in BENCHES}
