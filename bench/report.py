@@ -659,7 +659,7 @@ def build_markdown(data: dict[str, Any], status: dict[str, Any], made: dict[str,
         ms = mem["idle"]["cpu_pct_mean"] * 10 / max(1.0, mem["idle"]["get_records_per_s"])
         add(f"Memory is not the limit (a few MB above a freshly started worker). **CPU is**: at the default 1 s idle "
             f"poll every idle shard costs one GetRecords call per second, {ms:.1f} ms of worker CPU per call here "
-            f"(botocore), so {mem['shards']:,} idle shards keep one worker at "
+            f"(worker CPU / server-side call rate), so {mem['shards']:,} idle shards keep one worker at "
             f"{mem['idle']['cpu_pct_mean']:.0f}% of a core. A worker meant to hold ~1,000 "
             "shards should raise `--idle-poll-interval` (or the group should have more workers).")
         add("")
