@@ -617,8 +617,8 @@ def build_markdown(data: dict[str, Any], status: dict[str, Any], made: dict[str,
         add("")
         ph0 = lat["phases"][0]
         add(f"One worker process at default settings, {ph0['shards']} shards, records carrying their write time; "
-            "latency = handler wall time - write time (same host clock; the local endpoint adds ~1 ms per call, "
-            "AWS's own propagation delay is not included).")
+            "latency = handler wall time - write time (same host clock; AWS's own delay from the table write to "
+            "the stream record is not included).")
         add("")
         add("| traffic | records | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) |")
         add("|---|---|---|---|---|---|")
