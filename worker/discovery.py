@@ -30,6 +30,9 @@ FULL_SYNC_EVERY = 10
 """Every N-th periodic sync lists the whole stream instead of continuing from the last shard."""
 CHILD_LOOKUP_DELAYS_S = (0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0)
 """Waits between child lookups after a shard ends (its children may not be listed yet)."""
+DESCRIBE_STREAM_PER_S = 5.0
+"""Most DescribeStream calls one process makes per second: half the account-wide limit of 10/s,
+so a full listing of thousands of shards never throttles the account's other readers."""
 
 _SHARD_TIME = re.compile(r"^shardId-(\d{1,20})-")
 
@@ -57,7 +60,18 @@ class ShardDiscovery:
         self._last_shard_id: str | None = None
         self._syncs = 0
         self._lock = threading.Lock()
+        self._pace_lock = threading.Lock()
+        self._next_call_at = 0.0
         self.last_status = ""
+
+    def _pace(self) -> None:
+        """Wait for this process's next DescribeStream slot (at most DESCRIBE_STREAM_PER_S a second)."""
+        with self._pace_lock:
+            now = time.monotonic()
+            wait = self._next_call_at - now
+            self._next_call_at = max(now, self._next_call_at) + 1.0 / DESCRIBE_STREAM_PER_S
+        if wait > 0:
+            time.sleep(wait)
 
     def sync(self, *, full: bool = False) -> int:
         """List shards (continuing from the last known one unless ``full``) and register them.
@@ -73,6 +87,7 @@ class ShardDiscovery:
             attempt = 0
             while True:
                 try:
+                    self._pace()
                     self._metrics.describe_stream_call()
                     page = self._streams.describe_stream_page(self._stream_arn, cursor)
                 except (StreamThrottled, StreamServerError) as exc:
@@ -102,6 +117,7 @@ class ShardDiscovery:
         for delay in (0.0, *CHILD_LOOKUP_DELAYS_S):
             time.sleep(delay)
             try:
+                self._pace()
                 self._metrics.describe_stream_call()
                 children = self._streams.child_shards(self._stream_arn, shard_id)
             except (StreamThrottled, StreamServerError) as exc:

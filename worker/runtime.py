@@ -20,6 +20,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import FrameType
@@ -36,12 +37,13 @@ from leaser import (
     TickResult,
 )
 from leaser.store import RedisClient
+from worker.backoff import backoff_s
 from worker.config import RunConfig
 from worker.consumer import ConsumerSettings, ShardConsumer, StopReason
 from worker.delivery import DeliveryFactory, DeliveryPolicy
 from worker.destinations import open_destination
 from worker.discovery import ShardDiscovery
-from worker.errors import StreamDisabled, StreamNotFound
+from worker.errors import StreamDisabled, StreamNotFound, StreamServerError, StreamThrottled
 from worker.filters import FilterCriteria
 from worker.handler import Handler, load_handler
 from worker.lambda_compat import ContextFactory, apply_handler_style
@@ -68,6 +70,27 @@ class Resolved:
     redis_shown: str
 
 
+STARTUP_RETRY_S = 60.0
+"""Seconds a starting worker keeps retrying a throttled or failing DescribeTable/DescribeStream."""
+
+
+def _retrying(call: Callable[[], Any], what: str) -> Any:
+    """``call()``, retried with backoff and jitter while AWS throttles or fails (many pods starting
+    at once share the account's 10 DescribeStream calls per second)."""
+    deadline = time.monotonic() + STARTUP_RETRY_S
+    attempt = 0
+    while True:
+        try:
+            return call()
+        except (StreamThrottled, StreamServerError) as exc:
+            attempt += 1
+            delay = backoff_s(attempt + 3)
+            if time.monotonic() + delay > deadline:
+                raise
+            log.info("%s: %s; retrying in %.1f s", what, exc, delay)
+            time.sleep(delay)
+
+
 def resolve_stream(streams: StreamsClient, config: RunConfig) -> str:
     """The stream ARN to consume: given, or the table's latest; a disabled stream is refused."""
     if config.stream_arn:
@@ -76,13 +99,14 @@ def resolve_stream(streams: StreamsClient, config: RunConfig) -> str:
         setting = "stream_arn (--stream-arn / SHARDLEASE_STREAM_ARN)"
     else:
         assert config.table
+        table = config.table
         try:
-            arn = streams.latest_stream_arn(config.table)
+            arn = _retrying(lambda: streams.latest_stream_arn(table), "DescribeTable")
         except StreamDisabled as exc:
             raise ConfigError("table (--table / SHARDLEASE_TABLE)", str(exc), "enable the table's stream") from exc
         setting = "table (--table / SHARDLEASE_TABLE)"
     try:
-        status = streams.stream_status(arn)
+        status = _retrying(lambda: streams.stream_status(arn), "DescribeStream")
     except StreamNotFound as exc:
         raise ConfigError(setting, f"stream {arn} does not exist", "check the ARN, region and account") from exc
     if status == "DISABLED":

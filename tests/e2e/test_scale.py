@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from leaser import LeaseStore, connect
 from tests.e2e.fleet import Fleet
 from worker.local import LocalStreamsServer
 
@@ -80,3 +81,23 @@ def test_one_worker_holds_hundreds_of_shards_with_bounded_threads(tmp_path: Path
         assert len({r.shard for r in rows}) > 250
         print("peak threads for 300 shards:", peak)
         assert peak < 50, f"{peak} threads for 300 shards"
+
+
+def test_workers_started_together_survive_describe_stream_throttling(
+    tmp_path: Path, redis_url: str, group: str
+) -> None:
+    # Far below the account's 10 calls/s: every worker's start-up check is throttled at first.
+    with LocalStreamsServer(port=0, describe_stream_per_s=2) as server:
+        table = server.create_table("orders", shards=250)  # a full listing is 3 pages
+        fleet = Fleet(tmp_path, redis_url, server.endpoint_url, table.stream_arn, group)
+        names = [f"w{i}" for i in range(6)]
+        for name in names:
+            fleet.start(name)
+        store = LeaseStore(connect(redis_url), group)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(store.members()) < len(names):
+            time.sleep(0.5)
+        members = store.members()
+        codes = fleet.stop_all()
+        assert set(members) == set(names), {n: fleet.log_text(n)[-300:] for n in names if n not in members}
+        assert set(codes.values()) == {0}
