@@ -560,7 +560,9 @@ def build_markdown(data: dict[str, Any], status: dict[str, Any], made: dict[str,
             f"{p0['expected_longrun_per_min']:.1f} calls/min, independent of the number of workers (the window "
             "above is too short to include a 10th sync). **Start-up grows by one call per worker**: each worker "
             "calls DescribeStream (Limit 1) once at start to check the stream's status, so 50 workers starting "
-            f"together burst past {DESCRIBE_LIMIT_PER_S}/s and calls are throttled.")
+            f"together burst past {DESCRIBE_LIMIT_PER_S}/s and calls are throttled; each worker retries its check "
+            "with backoff and jitter (for up to 60 s) until it gets through, and the leader paces its own listing "
+            "to 5 calls/s.")
         add("")
         dead = [p for p in pts if p.get("workers_exited")]
         if dead:
