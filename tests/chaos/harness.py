@@ -27,7 +27,7 @@ from leaser.embedded import RedisServer, free_port
 from leaser.keys import GroupKeys
 from leaser.lease import SHARD_END
 from tests.chaos.proxy import CuttableProxy
-from tests.e2e.fleet import Fleet, check_order_per_key
+from tests.e2e.fleet import Fleet, Handled, check_order_per_key
 from worker.local import LocalStreamsServer
 
 LEASE_TTL_S = 2.0
@@ -52,18 +52,8 @@ def chaos_seed(default_rng: random.Random | None = None) -> int:
     return seed
 
 
-@dataclass
-class Row:
-    """One record handled (a line of the recording handler's output)."""
-
-    index: int
-    worker: str
-    shard: str
-    seq: str
-    pk: str
-    n: int
-    token: int
-    t: float
+Row = Handled
+"""One record handled (a line of the recording handler's output, with its wall time)."""
 
 
 @dataclass
@@ -374,14 +364,7 @@ class Chaos:
     # -- the end -------------------------------------------------------------------------------
 
     def rows(self) -> list[Row]:
-        out = self.fleet.out
-        if not out.exists():
-            return []
-        rows = []
-        for i, line in enumerate(out.read_bytes().splitlines()):
-            d = orjson.loads(line)
-            rows.append(Row(i, d["w"], d["shard"], d["seq"], d["pk"], d["n"], d["token"], d["t"]))
-        return rows
+        return self.fleet.handled()
 
     def log_lines(self, name: str) -> list[dict[str, Any]]:
         lines = []
@@ -412,7 +395,7 @@ class Chaos:
 
         missing = written - {r.seq for r in rows}
         assert not missing, f"{len(missing)} of {len(written)} records never handled (seed {self.seed})"
-        check_order_per_key(rows)  # type: ignore[arg-type]
+        check_order_per_key(rows)
         parent_of = {sid: s.parent_id for sid, s in self.server.model.stream(self.table.stream_arn).shards.items()}
         check_parents_before_children_first_handling(rows, parent_of)
         zombie = self.check_pauses(rows)

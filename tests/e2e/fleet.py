@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ class Handled:
     pk: str
     n: int
     token: int
+    t: float
+    """Wall time the handler wrote the line (seconds since the epoch)."""
 
 
 class Fleet:
@@ -81,7 +84,7 @@ class Fleet:
         rows = []
         for i, line in enumerate(self.out.read_bytes().splitlines()):
             d: dict[str, Any] = orjson.loads(line)
-            rows.append(Handled(i, d["w"], d["shard"], d["seq"], d["pk"], d["n"], d["token"]))
+            rows.append(Handled(i, d["w"], d["shard"], d["seq"], d["pk"], d["n"], d["token"], d["t"]))
         return rows
 
     def wait_for(self, sequence_numbers: set[str], timeout_s: float = 60) -> list[Handled]:
@@ -94,6 +97,34 @@ class Fleet:
 
     def log_text(self, name: str) -> str:
         return (self.logs / f"{name}.log").read_text(errors="replace")
+
+
+class Writer:
+    """Writes items ``{"pk": k<n mod keys>, "n": n}`` in the background, 20 every 0.1 s, until stopped."""
+
+    def __init__(self, table: Any, keys: int) -> None:
+        self.table, self.keys = table, keys
+        self.written: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="writer")
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            for _ in range(20):
+                seq = self.table.put_item({"pk": f"k{n % self.keys:02d}", "n": n})
+                assert seq is not None
+                self.written.append(str(seq))
+                n += 1
+            time.sleep(0.1)
+
+    def __enter__(self) -> Writer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def check_order_per_key(rows: list[Handled]) -> None:

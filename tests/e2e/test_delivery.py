@@ -8,7 +8,6 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import pytest
 import redis
 
 from leaser import GroupKeys, LeaseStore, connect
-from tests.e2e.fleet import ROOT, Fleet, check_order_per_key
+from tests.e2e.fleet import ROOT, Fleet, Writer, check_order_per_key
 from worker.local import LocalStreamsServer
 
 pytestmark = pytest.mark.e2e
@@ -229,26 +228,11 @@ def test_parallel_lanes_keep_per_key_order_under_a_kill(tmp_path: Path, redis_ur
                       **{"parallelization-factor": "4", "batch-size": "40"})
         for name in ("w1", "w2"):
             fleet.start(name, SHARDLEASE_TEST_SLOW_S="0.05", SHARDLEASE_TEST_CALLS=str(tmp_path / "calls.jsonl"))
-        written: list[str] = []
-        stop = threading.Event()
-
-        def write() -> None:
-            n = 0
-            while not stop.is_set():
-                for _ in range(20):
-                    written.append(str(table.put_item({"pk": f"k{n % 23:02d}", "n": n})))
-                    n += 1
-                time.sleep(0.1)
-
-        writer = threading.Thread(target=write)
-        writer.start()
-        try:
+        with Writer(table, keys=23) as writer:
             time.sleep(4)
             fleet.signal("w2", signal.SIGKILL)
             time.sleep(4)
-        finally:
-            stop.set()
-            writer.join()
+        written = writer.written
         rows = fleet.wait_for(set(written), 60)
         fleet.stop_all()
         assert set(written) <= {r.seq for r in rows}

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import collections
 import signal
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.fleet import Fleet, check_order_per_key, check_parents_before_children
+from tests.e2e.fleet import Fleet, Writer, check_order_per_key, check_parents_before_children
 from worker.local import LocalStreamsServer
 
 pytestmark = pytest.mark.e2e
@@ -26,22 +25,7 @@ def test_fleet_loses_nothing_and_keeps_order_through_splits_rollovers_and_kills(
         for name in ("w1", "w2", "w3"):
             fleet.start(name)
 
-        written: list[str] = []
-        stop_writing = threading.Event()
-
-        def write() -> None:
-            n = 0
-            while not stop_writing.is_set():
-                for _ in range(20):
-                    seq = table.put_item({"pk": f"k{n % 40:02d}", "n": n})
-                    assert seq is not None
-                    written.append(seq)
-                    n += 1
-                time.sleep(0.1)
-
-        writer = threading.Thread(target=write)
-        writer.start()
-        try:
+        with Writer(table, keys=40) as writer:
             time.sleep(3)
             open_shards = model.shard_ids(table, open_only=True)
             model.split_shard(table, open_shards[0])
@@ -57,9 +41,7 @@ def test_fleet_loses_nothing_and_keeps_order_through_splits_rollovers_and_kills(
             time.sleep(1)
             model.split_shard(table, model.shard_ids(table, open_only=True)[-1])
             time.sleep(2)
-        finally:
-            stop_writing.set()
-            writer.join()
+        written = writer.written
         rows = fleet.wait_for(set(written), timeout_s=60)
         codes = fleet.stop_all()
 
