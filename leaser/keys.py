@@ -16,7 +16,8 @@ script touches hashes to the same Redis Cluster slot::
     shardlease:{<group>}:asks:<worker>      HASH   handoff asks to <worker>: taker -> count
     shardlease:{<group>}:grants:<worker>    ZSET   shards handed off to <worker> -> reservation end
     shardlease:{<group>}:leader             HASH   leader lease: owner, token, expires_ms
-    shardlease:{<group>}:meta               HASH   group facts: created_ms
+    shardlease:{<group>}:report:<worker>    HASH   a worker's notes per shard it runs (for status tools)
+    shardlease:{<group>}:meta               HASH   group facts: created_ms, listed_ms
     shardlease:{<group>}:wake               pub/sub channel: a lease was released, look now
 """
 
@@ -114,6 +115,9 @@ class GroupKeys:
 
     def grants(self, worker_id: str) -> str:
         return f"{self.base}:grants:{worker_id}"
+
+    def report(self, worker_id: str) -> str:
+        return f"{self.base}:report:{worker_id}"
 
     @property
     def leader(self) -> str:

@@ -45,6 +45,11 @@ class ShardSpec:
     shard_id: str
     parent_ids: tuple[str, ...] = ()
     order: float = 0.0
+    read_from_start: bool | None = None
+    """Where the shard starts while it has no checkpoint: True, from its first record (it was created
+    after the group started); False, from the group's initial position; None (the default) decides
+    at registration: the initial position until :meth:`LeaseStore.mark_listed` was called once for
+    the group, from the start after that."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +78,10 @@ class Lease:
     reserved_for: str
     """Worker a handoff reserved this lease for, until ``reserved_until_ms``."""
     reserved_until_ms: int
+    offered_to: str
+    """Taker its owner is handing it over to ('' if none): only an offered lease can be taken by force."""
+    read_from_start: bool
+    """Without a checkpoint, read the shard from its first record, not the group's initial position."""
     created_ms: int
     acquired_ms: int
     checkpoint_ms: int
@@ -100,6 +109,8 @@ class Lease:
             owner_switches=num("switches"),
             reserved_for=fields.get("reserved_for", ""),
             reserved_until_ms=num("reserved_until_ms"),
+            offered_to=fields.get("offered_to", ""),
+            read_from_start=fields.get("start") == "beginning",
             created_ms=num("created_ms"),
             acquired_ms=num("acquired_ms"),
             checkpoint_ms=num("checkpoint_ms"),
@@ -117,4 +128,8 @@ class Acquired:
     """Where to resume: after this sequence number; '' means the initial position."""
     previous_owner: str
     how: str
-    """free | expired | handoff | takeover"""
+    """free | expired | handoff | takeover | reclaimed (already the caller's: an acquire whose reply was
+    lost; the new token fences writes still using the old one)"""
+    read_from_start: bool = False
+    """With no checkpoint: read from the shard's first record (it was created after the group started),
+    not from the group's initial position."""

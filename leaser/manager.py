@@ -3,7 +3,8 @@
 The worker's coordinator thread calls :meth:`LeaseManager.tick` every
 ``renew_interval_s`` (sooner when woken by a release).  Shard threads call the
 fenced writes (:meth:`checkpoint`, :meth:`end_shard`, :meth:`release`) with the
-manager's token for their shard.  All methods are thread-safe.
+token of the acquisition they serve, and ask :meth:`may_act` right before every
+handler call.  All methods are thread-safe.
 
 A handoff, seen from both sides::
 
@@ -15,19 +16,23 @@ A handoff, seen from both sides::
     poll_grants(): acquire the reserved  <--  (lease reserved for the taker; wake published)
     shard and resume after the checkpoint
 
-If the owner has not handed over within ``handoff_timeout_s``, the taker takes
-leases from it by force; the new token fences the old owner's writes.
+The owner marks each lease it gives as offered to the taker (a fenced write) before it
+stops the shard.  If the owner has not handed over within ``handoff_timeout_s``, the
+taker takes exactly the leases offered to it by force; the new token fences the old
+owner's writes, and the owner's late release is refused by the same token, so a give
+is settled one way only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from leaser.balancer import plan
-from leaser.errors import LeaseLostError
+from leaser.errors import LeaseLostError, RetryableError
 from leaser.lease import Acquired
 from leaser.store import Heartbeat, LeaseStore
 
@@ -45,12 +50,17 @@ class TickResult:
     is_leader: bool = False
     group_reset: bool = False
     """Redis lost the group's state (restarted empty): the group starts over."""
+    error: str = ""
+    """Why the tick stopped part-way ('' if it completed).  What it did before that is in the other
+    fields all the same: leases in ``gained`` are held and renewed from now on, so act on them."""
 
 
 class LeaseManager:
     def __init__(
         self, store: LeaseStore, worker_id: str, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
+        """``clock`` is monotonic seconds: it keeps counting while the process is paused, so a paused
+        worker sees on waking that its leases may have expired."""
         self.store = store
         self.worker_id = worker_id
         self.config = store.config
@@ -70,6 +80,11 @@ class LeaseManager:
         with self._lock:
             return dict(self._held)
 
+    def giving(self) -> dict[str, str]:
+        """Leases being handed over: shard id -> taker (offered; released once the batch is done)."""
+        with self._lock:
+            return dict(self._giving)
+
     def token(self, shard_id: str) -> int:
         """The caller's token for ``shard_id``; raises LeaseLostError if it no longer holds it."""
         with self._lock:
@@ -78,10 +93,53 @@ class LeaseManager:
             raise LeaseLostError(shard_id, 0, "not held by this worker")
         return acquired.token
 
-    def _forget(self, shard_id: str) -> None:
+    def _token_for(self, shard_id: str, token: int | None) -> int:
+        """``token`` if given (a consumer's own), else the current one; LeaseLostError if not held."""
+        held = self.token(shard_id)
+        return held if token is None else token
+
+    def _forget(self, shard_id: str, token: int | None = None) -> None:
+        """Forget a lease; with ``token``, only if it is still the held acquisition (a newer one stays)."""
         with self._lock:
-            self._held.pop(shard_id, None)
+            acquired = self._held.get(shard_id)
+            if acquired is None or (token is not None and acquired.token != token):
+                return
+            del self._held[shard_id]
             self._giving.pop(shard_id, None)
+
+    @property
+    def safety_margin_s(self) -> float:
+        """Seconds kept between the last renewal and the lease's expiry: a worker stops acting on a
+        lease once its last renewal is older than ``lease_ttl_s - safety_margin_s``."""
+        return min(1.0, 0.2 * self.config.lease_ttl_s)
+
+    def why_not_held(self, shard_id: str, token: int) -> str | None:
+        """Why this worker no longer holds the lease with ``token`` (lost, ended, released, or acquired
+        again with a newer token), or None while it does."""
+        with self._lock:
+            acquired = self._held.get(shard_id)
+        if acquired is None:
+            return "lease not held by this worker"
+        if acquired.token != token:
+            return f"token {token} superseded by {acquired.token}"
+        return None
+
+    def may_act(self, shard_id: str, token: int) -> str | None:
+        """Why the holder of ``token`` must not call its handler or checkpoint now, or None if it may.
+
+        It may while this worker still holds the lease with that very token (not a newer
+        acquisition of the same shard) and its last renewal was sent less than
+        ``lease_ttl_s - safety_margin_s`` ago on the monotonic clock.  Check it immediately before
+        acting: a process paused in between (GC, SIGSTOP, a frozen VM) finds out here on waking.
+        """
+        why = self.why_not_held(shard_id, token)
+        if why is not None:
+            return why
+        age = self.renewal_age_s()
+        limit = self.config.lease_ttl_s - self.safety_margin_s
+        if age >= limit:
+            return f"last renewal {age:.1f} s ago (limit {limit:.1f} s): the lease may have expired"
+        return None
 
     @property
     def waiting_for_handoff(self) -> bool:
@@ -100,35 +158,46 @@ class LeaseManager:
 
     # -- fenced writes ----------------------------------------------------------------------------
 
-    def checkpoint(self, shard_id: str, sequence_number: str) -> bool:
-        """Checkpoint, fenced by this worker's token; LeaseLostError forgets the lease."""
-        token = self.token(shard_id)
+    def checkpoint(self, shard_id: str, sequence_number: str, *, token: int | None = None) -> bool:
+        """Checkpoint, fenced by ``token`` (the caller's acquisition; default: the current one).
+
+        LeaseLostError forgets that acquisition; CoordinationUnavailable changes nothing here.
+        """
+        token = self._token_for(shard_id, token)
         try:
             return self.store.checkpoint(self.worker_id, shard_id, token, sequence_number)
         except LeaseLostError:
-            self._forget(shard_id)
+            self._forget(shard_id, token)
             raise
 
-    def end_shard(self, shard_id: str) -> list[str]:
-        """Checkpoint SHARD_END and let go of the lease; returns the children now acquirable."""
-        token = self.token(shard_id)
-        try:
-            return self.store.end_shard(self.worker_id, shard_id, token)
-        finally:
-            self._forget(shard_id)
+    def end_shard(self, shard_id: str, *, token: int | None = None) -> list[str]:
+        """Checkpoint SHARD_END and let go of the lease; returns the children now acquirable.
 
-    def release(self, shard_id: str, *, to: str = "") -> None:
-        """Release after the final checkpoint; with ``to``, hand it to that worker."""
+        On CoordinationUnavailable the lease stays held (and renewed): call again.  A call that ran
+        in Redis but whose reply was lost answers ``[]`` when repeated.
+        """
+        token = self._token_for(shard_id, token)
         try:
-            token = self.token(shard_id)
+            children = self.store.end_shard(self.worker_id, shard_id, token)
+        except LeaseLostError:
+            self._forget(shard_id, token)
+            raise
+        self._forget(shard_id, token)
+        return children
+
+    def release(self, shard_id: str, *, to: str = "", token: int | None = None) -> None:
+        """Release after the final checkpoint; with ``to``, hand it to that worker.
+
+        A lease no longer held is nothing to release.  On CoordinationUnavailable the lease stays
+        held (and renewed): call again, or let it expire.
+        """
+        try:
+            token = self._token_for(shard_id, token)
         except LeaseLostError:
             return
-        try:
+        with contextlib.suppress(LeaseLostError):  # someone else holds it: nothing left to release
             self.store.release(self.worker_id, shard_id, token, to=to)
-        except LeaseLostError:
-            pass
-        finally:
-            self._forget(shard_id)
+        self._forget(shard_id, token)
 
     # -- the heartbeat ----------------------------------------------------------------------------
 
@@ -138,16 +207,25 @@ class LeaseManager:
             self._leaving = True
 
     def tick(self) -> TickResult:
-        """One heartbeat: renew, learn what was lost, then balance (take, ask, give)."""
+        """One heartbeat: renew, learn what was lost, then balance (take, ask, give).
+
+        Raises CoordinationUnavailable only when the heartbeat itself failed (nothing changed).
+        A later call that fails leaves the result partial, with ``error`` set: every lease in
+        ``gained`` is held all the same, and ``give`` lists the offers made.
+        """
         with self._lock:
             tokens = {s: a.token for s, a in self._held.items()}
             leaving = self._leaving
         sent_at = self._clock()
         hb = self.store.heartbeat(self.worker_id, tokens, leaving=leaving)
-        self._renewed_at = sent_at
+        with self._lock:
+            # Forget the lost leases before the renewal time moves on, so no check in between
+            # finds a lost lease freshly renewed.
+            for shard, token in tokens.items():
+                if shard in hb.lost:
+                    self._forget(shard, token)
+            self._renewed_at = sent_at
         result = TickResult(heartbeat=hb, lost=dict(hb.lost), is_leader=hb.leader == self.worker_id)
-        for shard in hb.lost:
-            self._forget(shard)
         if self._created_ms and hb.created_ms != self._created_ms:
             result.group_reset = True
         self._created_ms = hb.created_ms
@@ -158,7 +236,17 @@ class LeaseManager:
             # anyone takes leases, instead of the first one taking everything.
             self._joined = True
             return result
+        try:
+            self._balance(hb, result)
+        except RetryableError as exc:
+            result.error = str(exc)
+        return result
 
+    def _balance(self, hb: Heartbeat, result: TickResult) -> None:
+        """The tick after the heartbeat; adds to ``result`` as it goes, so a failure keeps what was done."""
+        if hb.unclaimed:
+            # Acquired by this worker, but the reply was lost: reclaim them with a new token.
+            result.gained += self._acquire(hb.unclaimed)
         if hb.grants:
             result.gained += self._acquire(hb.grants)
         with self._lock:
@@ -172,13 +260,12 @@ class LeaseManager:
         )
         if moves.take:
             gained = self._acquire(self.store.candidates(moves.take, moves.take_offset))
+            result.gained += gained
             if len(gained) < moves.take:
                 # Raced with another worker for some of them: try the rest of the pool once more.
-                gained += self._acquire(self.store.candidates(moves.take - len(gained)))
-            result.gained += gained
+                result.gained += self._acquire(self.store.candidates(moves.take - len(gained)))
         self._send_asks(moves.asks, result)
-        result.give = self._choose_gives(moves.gives)
-        return result
+        self._choose_gives(moves.gives, result)
 
     def poll_grants(self) -> list[Acquired]:
         """Acquire leases handed over to this worker (cheap: call often while asks are out)."""
@@ -188,6 +275,8 @@ class LeaseManager:
     def _acquire(self, shard_ids: list[str], take_from: str = "") -> list[Acquired]:
         with self._lock:
             wanted = [s for s in shard_ids if s not in self._held]
+        if not wanted:
+            return []
         acquired, _refused = self.store.acquire(self.worker_id, wanted, take_from=take_from)
         with self._lock:
             for a in acquired:
@@ -205,22 +294,33 @@ class LeaseManager:
         for owner, count in asks.items():
             with self._lock:
                 first = self._asked.setdefault(owner, now)
+            self.store.ask(self.worker_id, owner, count)
             if now - first >= self.config.handoff_timeout_s:
-                taken = self.store.held_by(owner)[:count]
-                result.gained += self._acquire(taken, take_from=owner)
+                # The owner had its time: take by force exactly what it offered to this worker
+                # (nothing if it offered nothing: it does not see itself above its share yet).
+                offered = self.store.offered(owner, self.worker_id)[:count]
+                result.gained += self._acquire(offered, take_from=owner)
                 with self._lock:
                     self._asked[owner] = now
-            else:
-                self.store.ask(self.worker_id, owner, count)
 
-    def _choose_gives(self, gives: dict[str, int]) -> list[tuple[str, str]]:
-        """Pick which leases go to each taker: the most recently acquired ones first."""
-        out: list[tuple[str, str]] = []
+    def _choose_gives(self, gives: dict[str, int], result: TickResult) -> None:
+        """Offer leases to each taker, the most recently acquired first, and add them to ``result.give``.
+
+        Each offer is marked in Redis (fenced) before the worker stops the shard, so a forced
+        take-over after ``handoff_timeout_s`` takes exactly these leases.
+        """
         with self._lock:
-            spare = [s for s in reversed(self._held) if s not in self._giving]
-            for taker, count in gives.items():
-                for shard in spare[:count]:
+            spare = [(s, a.token) for s, a in reversed(self._held.items()) if s not in self._giving]
+        for taker, count in gives.items():
+            chosen, spare = spare[:count], spare[count:]
+            for shard, token in chosen:
+                try:
+                    self.store.offer(self.worker_id, shard, token, taker)
+                except LeaseLostError:
+                    self._forget(shard, token)
+                    continue
+                with self._lock:
+                    if shard not in self._held or self._held[shard].token != token:
+                        continue
                     self._giving[shard] = taker
-                    out.append((shard, taker))
-                spare = spare[count:]
-        return out
+                result.give.append((shard, taker))

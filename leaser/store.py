@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -75,6 +75,13 @@ def translate_redis_errors() -> Iterator[None]:
         raise
 
 
+def _start(spec: ShardSpec) -> str:
+    """register.lua's ARGV[4]: where the shard starts while it has no checkpoint."""
+    if spec.read_from_start is None:
+        return "auto"
+    return "beginning" if spec.read_from_start else "initial"
+
+
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -105,6 +112,9 @@ class Heartbeat:
     leader: str
     """The worker holding the leader lease ('' if none); members run for it at each heartbeat."""
     leader_token: int
+    unclaimed: list[str] = field(default_factory=list)
+    """Shards in the caller's held index it did not name: acquired, but the reply was lost.  Reclaim
+    them (acquire again: a new token) or they stay unrenewed until they expire."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +200,7 @@ class LeaseStore:
 
         Idempotent: a shard registered before keeps its state.  Parents in the same batch are
         registered before their children.  A parent unknown to the group does not block its child.
+        Each shard's start (see :attr:`ShardSpec.read_from_start`) is fixed at its registration.
         """
         k = self.keys
         ordered = order_for_registration(specs)
@@ -203,7 +214,7 @@ class LeaseStore:
             answers = self._pipelined("register", [
                 ([k.lease(spec.shard_id), k.shards, k.free, k.tombstones, k.meta]
                  + [k.lease(p) for p in spec.parent_ids],
-                 [spec.shard_id, repr(float(spec.order)), ",".join(spec.parent_ids)])
+                 [spec.shard_id, repr(float(spec.order)), ",".join(spec.parent_ids), _start(spec)])
                 for spec in chunk
             ])
             for spec, answer in zip(chunk, answers, strict=True):
@@ -225,6 +236,15 @@ class LeaseStore:
                 pipe.hgetall(self.keys.lease(shard))
             rows = pipe.execute()
         return [Lease.from_hash({_s(a): _s(b) for a, b in row.items()}) for row in rows if row]
+
+    def mark_listed(self) -> bool:
+        """Record that the group's first complete listing is registered; True the first time.
+
+        From then on a shard registered with ``read_from_start=None`` was created after the group
+        started, so it is read from its first record whatever the group's initial position.
+        """
+        with translate_redis_errors():
+            return bool(self.client.hsetnx(self.keys.meta, "listed_ms", self.server_time_ms()))
 
     def shard_ids(self) -> list[str]:
         """Every registered shard id, oldest first."""
@@ -266,6 +286,30 @@ class LeaseStore:
             owners = pipe.execute()
         return [shard for shard, owner in zip(ids, owners, strict=True) if owner is not None and _s(owner) == worker_id]
 
+    def offered(self, owner: str, taker: str) -> list[str]:
+        """Shards ``owner`` holds and has offered to ``taker`` (see :meth:`offer`), by id."""
+        with translate_redis_errors():
+            ids = sorted(_s(x) for x in self.client.smembers(self.keys.held(owner)))
+            if not ids:
+                return []
+            pipe = self.client.pipeline(transaction=False)
+            for shard in ids:
+                pipe.hmget(self.keys.lease(shard), ["owner", "offered_to"])
+            rows = pipe.execute()
+        return [shard for shard, (o, t) in zip(ids, rows, strict=True)
+                if o is not None and _s(o) == owner and t is not None and _s(t) == taker]
+
+    def offer(self, worker_id: str, shard_id: str, token: int, taker: str) -> None:
+        """Mark a lease the caller is handing over to ``taker`` ('' withdraws), fenced by ``token``.
+
+        Only an offered lease can be taken by force (``acquire(..., take_from=owner)``) when the
+        handoff times out, so a forced take-over takes exactly the lease under handoff.
+        Raises LeaseLostError (nothing changed) when the token is stale or the lease expired.
+        """
+        answer = self._run("offer", [self.keys.lease(shard_id)], [worker_id, token, taker])
+        if _s(answer[0]) == "lost":
+            raise LeaseLostError(shard_id, token, _s(answer[1]))
+
     def server_time_ms(self) -> int:
         """Redis server time; on a cluster, the clock of the primary serving the group's slot (the scripts' clock)."""
         with translate_redis_errors():
@@ -284,8 +328,9 @@ class LeaseStore:
         """Try to acquire each shard's lease in one pipelined round trip.
 
         Returns (acquired, refused) where refused maps shard id -> reason.  A lease is acquired
-        only if it is free, expired, reserved for the caller, or (with ``take_from``) still held
-        by that worker: a hard take-over after a handoff timed out.
+        only if it is free, expired, reserved for the caller, already the caller's (a retry after a
+        lost reply: reacquired with a new token), or (with ``take_from``) still held by that worker
+        and offered to the caller: a hard take-over after a handoff timed out.
         """
         k = self.keys
         if not shard_ids:
@@ -299,7 +344,8 @@ class LeaseStore:
         refused: dict[str, str] = {}
         for shard, answer in zip(shard_ids, answers, strict=True):
             if _s(answer[0]) == "ok":
-                acquired.append(Acquired(shard, int(answer[1]), _s(answer[2]), _s(answer[3]), _s(answer[4])))
+                acquired.append(Acquired(shard, int(answer[1]), _s(answer[2]), _s(answer[3]), _s(answer[4]),
+                                         read_from_start=_s(answer[5]) == "beginning"))
             else:
                 refused[shard] = _s(answer[1])
         return acquired, refused
@@ -332,6 +378,7 @@ class LeaseStore:
             created_ms=int(raw[8] or 0),
             leader=_s(raw[9]),
             leader_token=int(raw[10] or 0),
+            unclaimed=sorted(_s(x) for x in raw[11]),
         )
 
     def checkpoint(self, worker_id: str, shard_id: str, token: int, sequence_number: str) -> bool:
@@ -408,6 +455,32 @@ class LeaseStore:
             ids = [_s(x) for x in self.client.zrangebyscore(self.keys.members, t, "+inf")]
             loads = self.client.hmget(self.keys.load, ids) if ids else []
         return {w: int(_s(n)) if n is not None else 0 for w, n in zip(ids, loads, strict=True)}
+
+    def report(self, worker_id: str, notes: Mapping[str, Any], *, ttl_s: float) -> None:
+        """Replace ``worker_id``'s report: one opaque note per shard it runs, kept ``ttl_s`` seconds.
+
+        Not lease state (nothing is fenced by it): status tools read it with :meth:`reports`.
+        """
+        key = self.keys.report(worker_id)
+        with translate_redis_errors():
+            pipe = self.client.pipeline(transaction=True)
+            pipe.delete(key)
+            if notes:
+                pipe.hset(key, mapping={str(k): str(v) for k, v in notes.items()})
+                pipe.pexpire(key, int(ttl_s * 1000))
+            pipe.execute()
+
+    def reports(self, worker_ids: Iterable[str]) -> dict[str, dict[str, str]]:
+        """The reports of ``worker_ids`` (see :meth:`report`); a worker without one maps to {}."""
+        ids = list(worker_ids)
+        if not ids:
+            return {}
+        with translate_redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for worker in ids:
+                pipe.hgetall(self.keys.report(worker))
+            rows = pipe.execute()
+        return {w: {_s(a): _s(b) for a, b in row.items()} for w, row in zip(ids, rows, strict=True)}
 
     def leader(self, worker_id: str, ttl_ms: int) -> Leader:
         """Take or keep the leader lease; the caller leads when ``result.owner == worker_id``."""

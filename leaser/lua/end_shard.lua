@@ -8,12 +8,16 @@
 -- ARGV[6..] other-parent count per child
 -- Returns {'ok', children made ready (comma-separated)}, {'lost', reason}, or {'retry', why} when
 -- the children changed since the caller read them (read again and call again).
+-- Idempotent: a second call with the same owner and token (a retry after a lost reply) answers
+-- {'ok', ''} and changes nothing.
 local now = now_ms()
+local done = redis.call('HMGET', KEYS[1], 'state', 'last_owner', 'token')
+if done[1] == 'ended' and done[2] == ARGV[1] and done[3] == ARGV[2] then return {'ok', ''} end
 local why = fence(KEYS[1], ARGV[1], ARGV[2], now)
 if why then return {'lost', why} end
 if redis.call('HGET', KEYS[1], 'children') ~= ARGV[4] then return {'retry', 'children changed'} end
 redis.call('HSET', KEYS[1], 'state', 'ended', 'checkpoint', 'SHARD_END', 'checkpoint_ms', now,
-           'ended_ms', now, 'owner', '', 'expires_ms', 0, 'switches', 0)
+           'ended_ms', now, 'owner', '', 'expires_ms', 0, 'switches', 0, 'offered_to', '')
 redis.call('ZREM', KEYS[3], ARGV[3])
 redis.call('ZADD', KEYS[4], now, ARGV[3])
 redis.call('SREM', KEYS[5], ARGV[3])

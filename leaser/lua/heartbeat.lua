@@ -7,16 +7,20 @@
 -- ARGV[1] worker id   ARGV[2] lease ttl (ms)   ARGV[3] member ttl (ms)
 -- ARGV[4] 1 to stay a member (and run for leader), 0 to leave (and resign the leadership)
 -- ARGV[5..] the caller's token for each lease in KEYS[11..], in order
--- Returns {now, lost, members, ready, free, expired, asks, grants, created_ms, leader, leader_token}:
+-- Returns {now, lost, members, ready, free, expired, asks, grants, created_ms, leader, leader_token,
+--          unclaimed}:
 --   lost: flat list of shard id, reason;  members: flat list of worker id, load (leases renewed);
 --   ready: leases not ended whose parents have ended;  free / expired: how many of them can be
 --   taken now;  asks: flat list of taker, count;  grants: shard ids handed to the caller;
 --   created_ms: when the group's state was first written (changes if Redis lost it);
---   leader: the worker holding the leader lease (the caller takes it when it is free or expired).
+--   leader: the worker holding the leader lease (the caller takes it when it is free or expired);
+--   unclaimed: shards in the caller's held index that it did not name (an acquire whose reply was
+--   lost: the caller reclaims them with a new token; empty when leaving).
 local now = now_ms()
 local me, ttl, member_ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local lost, kept = {}, 0
+local lost, kept, named = {}, 0, {}
 for i = 11, #KEYS do
+  named[string.match(KEYS[i], ':lease:(.*)$')] = true
   local token = ARGV[i - 6]
   local f = redis.call('HMGET', KEYS[i], 'shard', 'owner', 'token', 'expires_ms', 'state')
   local why = nil
@@ -79,6 +83,12 @@ elseif leader == me then
   leader, leader_token = '', 0
 end
 if not leader_alive and leader ~= me then leader = '' end
+local unclaimed = {}
+if ARGV[4] == '1' then
+  for _, shard in ipairs(redis.call('SMEMBERS', KEYS[7])) do
+    if not named[shard] then unclaimed[#unclaimed + 1] = shard end
+  end
+end
 return {now, lost, members, free + owned, free, expired,
         redis.call('HGETALL', KEYS[5]), redis.call('ZRANGE', KEYS[6], 0, -1),
-        redis.call('HGET', KEYS[8], 'created_ms'), leader, leader_token}
+        redis.call('HGET', KEYS[8], 'created_ms'), leader, leader_token, unclaimed}

@@ -162,15 +162,24 @@ def test_handoff_reserves_the_lease_for_the_taker(store: LeaseStore) -> None:
 
 
 def test_hard_takeover_from_a_live_owner_fences_it(store: LeaseStore) -> None:
-    store.register_shards([ShardSpec("a")])
-    [a], _ = store.acquire("w1", ["a"])
-    assert store.held_by("w1") == ["a"]
+    store.register_shards([ShardSpec("a"), ShardSpec("b")])
+    [a, other], _ = store.acquire("w1", ["a", "b"])
+    assert store.held_by("w1") == ["a", "b"]
+    # Only a lease its owner offered to the taker can be taken by force, and only that one.
+    assert store.acquire("w2", ["a"], take_from="w1") == ([], {"a": "not offered to w2"})
+    store.offer("w1", "a", a.token, "w2")
+    assert store.offered("w1", "w2") == ["a"] and store.offered("w1", "w3") == []
+    assert store.acquire("w2", ["b"], take_from="w1") == ([], {"b": "not offered to w2"})
     [b], _ = store.acquire("w2", ["a"], take_from="w1")
     assert b.how == "takeover" and b.token > a.token
-    assert store.held_by("w1") == [] and store.held_by("w2") == ["a"]
-    assert store.heartbeat("w1", {"a": a.token}).lost == {"a": "taken by w2"}
+    assert store.held_by("w1") == ["b"] and store.held_by("w2") == ["a"]
+    assert store.heartbeat("w1", {"a": a.token, "b": other.token}).lost == {"a": "taken by w2"}
     with pytest.raises(LeaseLostError):
         store.checkpoint("w1", "a", a.token, "1")
+    # The owner's late cooperative release is refused by the token: the give settles one way only.
+    with pytest.raises(LeaseLostError):
+        store.release("w1", "a", a.token, to="w2")
+    assert store.lease("a").owner == "w2"  # type: ignore[union-attr]
 
 
 def test_heartbeat_renews_on_redis_time_not_the_worker_clock(
