@@ -113,14 +113,22 @@ def _run(args: argparse.Namespace) -> int:
     config = load_run_config(args)
     configure_logging(config.log_format, config.log_level,
                       context={"worker_id": config.worker_id, "group": config.group})
-    from worker.runtime import Worker
+    from worker.runtime import EXIT_ABANDONED, Worker
 
     if config.redis_url is None:
         logging.getLogger("shardlease").warning(
             "no --redis-url: using an embedded Redis under %s (fit for one host only)", config.data_dir)
     worker = Worker(config)
     worker.install_signal_handlers()
-    return worker.run()
+    code = worker.run()
+    if code == EXIT_ABANDONED:
+        # A handler call is still running and cannot be cancelled: exit now, without waiting for
+        # its thread (interpreter shutdown would), so its lease expires with this process gone.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -329,8 +329,13 @@ RUN_SETTINGS: tuple[Setting, ...] = (
        "Batches of one shard handled at once (1-10), each item key always in the same lane, so per-key order "
        "holds.", metavar="N"),
     _s("handler_timeout_s", "--handler-timeout", _ranged(parse_duration, 0, 900, low_open=True), 300.0,
-       "Seconds a Lambda-style context reports as the invocation's budget (get_remaining_time_in_millis); "
-       "informational.", metavar="SECONDS"),
+       "Seconds a handler call may run before it counts as hung (logged, counted, shown by status, then "
+       "--on-handler-timeout applies); also a Lambda-style context's budget (get_remaining_time_in_millis).",
+       metavar="SECONDS"),
+    _s("on_handler_timeout", "--on-handler-timeout", _choice("exit", "warn", upper=False), "exit",
+       "What a hung handler call leads to: exit (hand the other shards back, keep the hung shard's lease "
+       "unreleased and exit with code 3, so a healthy worker takes it over once it expires) or warn "
+       "(report it and keep waiting).", metavar="ACTION"),
     _s("lease_ttl_s", "--lease-ttl", _ranged(parse_duration, 1, 300), 5.0,
        "Seconds a lease lives without renewal; a crashed worker's shards move after about this long.",
        metavar="SECONDS"),
@@ -399,6 +404,7 @@ class RunConfig:
     filter_patterns: str | None = None
     parallelization_factor: int = 1
     handler_timeout_s: float = 300.0
+    on_handler_timeout: str = "exit"
     lease_ttl_s: float = 5.0
     renew_interval_s: float = 1.5
     worker_id: str = field(default_factory=default_worker_id)

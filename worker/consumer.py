@@ -12,9 +12,18 @@ Invariants:
 * Records reach the handler in shard order; a batch is retried until the handler
   succeeds, and the checkpoint never passes a batch the handler has not finished
   (at-least-once, the shard waits as Lambda's does by default).
+* Every fenced write (checkpoint, SHARD_END, release) carries this consumer's own
+  token, never a newer acquisition's, and :meth:`LeaseManager.may_act` is asked
+  immediately before every handler call and checkpoint: a consumer whose lease is
+  gone, superseded, or not renewed for ``lease_ttl_s`` minus a safety margin (a
+  paused process waking up) hands its handler nothing more.
 * A stop (lost lease, handoff, shutdown) takes effect between steps; a step in
-  flight finishes first, and a lost lease's checkpoint is refused by the token.
-* The shard is marked ended only after the handler finished its last record.
+  flight finishes first, so a lease is released only once no handler call of
+  its consumer is running.  A lost lease's checkpoint is refused by the token.
+* The shard is marked ended only after the handler finished its last record;
+  ``on_shard_end`` runs once, even when SHARD_END has to be retried.
+* Whatever the handler or a hook raises (``BaseException`` included) is caught
+  at the step's boundary: the shard is never left wedged.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from typing import Any
 
 from leaser import Acquired, CoordinationUnavailable, LeaseLostError, LeaseManager
 from worker.backoff import backoff_s
-from worker.delivery import BatchDelivery, DeliveryFactory
+from worker.delivery import BatchDelivery, DeliveryFactory, HandlerCalls
 from worker.errors import ExpiredIterator, ShardNotFound, StreamServerError, StreamThrottled, TrimmedData
 from worker.handler import Handler, ShardContext
 from worker.observability import Metrics
@@ -40,6 +49,8 @@ log = logging.getLogger("shardlease.consumer")
 
 FIRST_IDLE_DELAY_S = 0.1
 """Seconds before the first re-poll after an empty page; doubles up to ``idle_poll_interval_s``."""
+RENEWAL_WAIT_S = 0.2
+"""Seconds between checks while the worker's renewals are late (nothing is handed to the handler)."""
 
 class StopReason:
     LOST = "lost"
@@ -54,7 +65,8 @@ class ConsumerSettings:
     worker_id: str
     batch_size: int
     initial_position: str
-    """TRIM_HORIZON or LATEST; applies only to shards the group has never checkpointed."""
+    """TRIM_HORIZON or LATEST; applies only to shards open when the group first listed the stream and
+    never checkpointed since.  Shards created later (children) always start at TRIM_HORIZON."""
     idle_poll_interval_s: float
     lease_ttl_s: float
     batching_window_s: float = 0.0
@@ -78,6 +90,8 @@ class ShardConsumer:
     ) -> None:
         self.shard_id = acquired.shard_id
         self.token = acquired.token
+        """The token of the acquisition this consumer serves: every fenced write carries it."""
+        self._read_from_start = acquired.read_from_start
         self.settings = settings
         self._streams = streams
         self._manager = manager
@@ -101,6 +115,10 @@ class ShardConsumer:
         self._stop_reason: str | None = None
         self._handoff_to = ""
         self._stop_detail = ""
+        self._end_hook_called = False
+        self.calls = HandlerCalls()
+        """Handler calls (and hooks) of this shard in flight, for the hang watchdog."""
+        self._stuck: tuple[str, float] | None = None
         self.finished = False
         self.ctx = ShardContext(
             shard_id=self.shard_id,
@@ -125,19 +143,36 @@ class ShardConsumer:
         with self._lock:
             return self._stop_reason
 
+    def stuck(self) -> tuple[str, float] | None:
+        """(state, since) while the shard makes no progress, else None.  ``since`` is monotonic seconds;
+        the state is one of :data:`worker.observability.STUCK_STATES` (``hung`` is judged by the runtime
+        from :attr:`calls`)."""
+        with self._lock:
+            return self._stuck
+
+    def _set_stuck(self, state: str | None) -> None:
+        with self._lock:
+            if state is None:
+                self._stuck = None
+            elif self._stuck is None or self._stuck[0] != state:
+                self._stuck = (state, time.monotonic())
+
     # -- one step (the scheduler guarantees one at a time) ------------------------------------
 
     def step(self) -> float | None:
         """Advance the shard; returns seconds until the next step, or None when finished."""
         if self.stop_reason is not None:
             return self._finish()
+        if not self._holds_lease():
+            return self._finish()
         if not self._started:
             self._started = True
             self._call_hook(self._handler.on_lease_gained)
-        if self._manager.renewal_age_s() > self.settings.lease_ttl_s:
+        if self._manager.may_act(self.shard_id, self.token) is not None:
             # The lease may have expired while this process could not renew it (a pause, a
             # partition): hand nothing more to the handler until a heartbeat gets through.
-            return 0.2
+            self._set_stuck("renewal_late")
+            return RENEWAL_WAIT_S
         try:
             return self._advance()
         except LeaseLostError as exc:
@@ -171,14 +206,31 @@ class ShardConsumer:
         except StreamThrottled:
             self._metrics.throttle("GetRecords")
             self._failures += 1
+            self._set_stuck("read_failing")
             return backoff_s(self._failures)
         except (StreamServerError, CoordinationUnavailable) as exc:
             if isinstance(exc, CoordinationUnavailable):
                 self._metrics.checkpoint_failure()
             self._failures += 1
+            self._set_stuck("read_failing")
             delay = backoff_s(self._failures)
             log.warning("retrying in %.1f s: %s", delay, exc, extra={"shard_id": self.shard_id})
             return delay
+
+    def _holds_lease(self) -> bool:
+        """False (and a stop for a lost lease) once this worker no longer holds this consumer's token."""
+        why = self._manager.why_not_held(self.shard_id, self.token)
+        if why is None:
+            return True
+        log.warning("lease lost (%s); stopping the shard", why, extra={"shard_id": self.shard_id})
+        self.request_stop(StopReason.LOST, detail=why)
+        return False
+
+    def _guard(self) -> str | None:
+        """Asked immediately before each handler call: why it must not start, or None."""
+        if self.stop_reason is not None:
+            return f"stopping ({self.stop_reason})"
+        return self._manager.may_act(self.shard_id, self.token)
 
     def _advance(self) -> float | None:
         if self._delivery is None:
@@ -186,21 +238,30 @@ class ShardConsumer:
             if wait is not None:
                 return wait
             if self._gathered:
-                self._delivery = self._deliveries.new(self._gathered, self.ctx)
+                self._delivery = self._deliveries.new(self._gathered, self.ctx, self.calls)
                 self._gathered = []
                 self._delivered_prefix = 0
             elif self._at_end:
                 self._end_shard()
                 return None
-        assert self._delivery is not None
-        delay = self._delivery.run_round(self.stop_requested)
-        self._checkpoint_progress(self._delivery)
-        if not self._delivery.finished:
+            else:
+                self._set_stuck(None)
+        delivery = self._delivery
+        assert delivery is not None
+        self._metrics.pending_since(self.shard_id, self._oldest_unfinished(delivery))
+        delay = delivery.run_round(self._guard)
+        self._checkpoint_progress(delivery)
+        if not delivery.finished:
+            if not self._holds_lease():
+                return 0.0
+            self._metrics.pending_since(self.shard_id, self._oldest_unfinished(delivery))
+            self._set_stuck("retrying" if delivery.retrying else None)
             return delay
-        last = self._delivery.records[-1]
+        last = delivery.records[-1]
         self._metrics.iterator_age(
             self.shard_id, (datetime.now(UTC) - last.approximate_creation_time).total_seconds()
         )
+        self._set_stuck(None)
         self._delivery = None
         self._failures = 0
         if self._at_end:
@@ -208,9 +269,11 @@ class ShardConsumer:
             return None
         return 0.0
 
-    def stop_requested(self) -> bool:
-        """True once a stop was asked for: no new handler call starts."""
-        return self.stop_reason is not None
+    @staticmethod
+    def _oldest_unfinished(delivery: BatchDelivery) -> float:
+        """Creation time (Unix seconds) of the batch's first record not yet done."""
+        prefix = min(delivery.done_prefix(), len(delivery.records) - 1)
+        return delivery.records[prefix].approximate_creation_time.timestamp()
 
     def _gather(self) -> float | None:
         """Read pages into the next batch.  None when the batch is ready (or the shard ended);
@@ -231,6 +294,7 @@ class ShardConsumer:
         if not self._gathered:
             if self._at_end:
                 return None
+            self._metrics.iterator_age(self.shard_id, 0.0)  # caught up: nothing waits to be read
             self._empty_polls += 1
             return float(min(FIRST_IDLE_DELAY_S * 2 ** (self._empty_polls - 1), settings.idle_poll_interval_s))
         full = len(self._gathered) >= settings.batch_size
@@ -244,11 +308,12 @@ class ShardConsumer:
         return 0.0 if more_waiting else None
 
     def _checkpoint_progress(self, delivery: BatchDelivery) -> None:
-        """Checkpoint the end of the batch's done prefix, if it moved."""
+        """Checkpoint the end of the batch's done prefix, if it moved (and the lease may be acted on:
+        otherwise the progress stays in the delivery and is checkpointed at a later step)."""
         prefix = delivery.done_prefix()
-        if prefix > self._delivered_prefix:
+        if prefix > self._delivered_prefix and self._manager.may_act(self.shard_id, self.token) is None:
             sequence_number = delivery.records[prefix - 1].sequence_number
-            self._manager.checkpoint(self.shard_id, sequence_number)
+            self._manager.checkpoint(self.shard_id, sequence_number, token=self.token)
             self.checkpoint = sequence_number
             self._delivered_prefix = prefix
 
@@ -267,14 +332,20 @@ class ShardConsumer:
         arn = self.settings.stream_arn
         if self.checkpoint and not self._from_trim_horizon:
             return self._streams.get_shard_iterator(arn, self.shard_id, "AFTER_SEQUENCE_NUMBER", self.checkpoint)
+        # LATEST only for a shard open when the group first listed the stream and never
+        # checkpointed since: never for one it is resuming, one created later (a child: records
+        # written to it before its first read would be skipped), or after trimmed data.
+        fresh = not self.checkpoint and not self._read_from_start and not self._from_trim_horizon
         self._from_trim_horizon = False
-        # LATEST only for a shard the group never checkpointed, never for one it is resuming.
-        kind = self.settings.initial_position if not self.checkpoint else "TRIM_HORIZON"
+        kind = self.settings.initial_position if fresh else "TRIM_HORIZON"
         return self._streams.get_shard_iterator(arn, self.shard_id, kind)
 
     def _end_shard(self) -> None:
-        self._call_hook(self._handler.on_shard_end)
-        children = self._manager.end_shard(self.shard_id)
+        if not self._end_hook_called:
+            self._end_hook_called = True
+            self._call_hook(self._handler.on_shard_end)
+        # A CoordinationUnavailable here leaves the lease held and renewed: the step retries.
+        children = self._manager.end_shard(self.shard_id, token=self.token)
         log.info("shard ended (SHARD_END checkpointed)%s",
                  f"; children ready: {', '.join(children)}" if children else "", extra={"shard_id": self.shard_id})
         self._metrics.lease_lost("shard_end")
@@ -293,12 +364,12 @@ class ShardConsumer:
         self._gathered = []
         try:
             if reason == StopReason.HANDOFF:
-                self._manager.release(self.shard_id, to=self._handoff_to)
+                self._manager.release(self.shard_id, to=self._handoff_to, token=self.token)
                 self._metrics.lease_lost("handoff")
                 log.info("handed over to %s after checkpoint %s", self._handoff_to, self.checkpoint or "(none)",
                          extra={"shard_id": self.shard_id})
             elif reason == StopReason.SHUTDOWN:
-                self._manager.release(self.shard_id)
+                self._manager.release(self.shard_id, token=self.token)
                 self._metrics.lease_lost("shutdown")
                 log.info("released for shutdown after checkpoint %s", self.checkpoint or "(none)",
                          extra={"shard_id": self.shard_id})
@@ -313,7 +384,9 @@ class ShardConsumer:
         return None
 
     def _call_hook(self, hook: Callable[[ShardContext], Any]) -> None:
+        """Call a lease hook of the handler; whatever it raises is logged, never propagated."""
         try:
-            hook(self.ctx)
-        except Exception:
+            with self.calls.running():
+                hook(self.ctx)
+        except BaseException:
             log.exception("handler hook %s failed", getattr(hook, "__name__", hook), extra={"shard_id": self.shard_id})

@@ -25,11 +25,15 @@ lowest failed record) is, in this order:
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import itertools
 import logging
+import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -50,6 +54,37 @@ log = logging.getLogger("shardlease.delivery")
 HandlerCall = Callable[[Sequence[Record]], Any]
 """Calls the user's handler on one sub-batch; returns its response (a partial batch response or None)."""
 Backoff = Callable[[int], float]
+Guard = Callable[[], str | None]
+"""Asked immediately before each handler call: why the call must not start now, or None."""
+
+
+class HandlerCalls:
+    """The handler calls in flight for one shard (several at once with lanes), for the hang watchdog.
+
+    Thread-safe.  Times are ``time.monotonic()`` seconds.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._started: dict[int, float] = {}
+        self._ids = itertools.count()
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """Mark one call in flight for the duration of the ``with`` block."""
+        call_id = next(self._ids)
+        with self._lock:
+            self._started[call_id] = time.monotonic()
+        try:
+            yield
+        finally:
+            with self._lock:
+                del self._started[call_id]
+
+    def oldest_start(self) -> float | None:
+        """When the oldest call in flight started, or None if none is."""
+        with self._lock:
+            return min(self._started.values(), default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +160,7 @@ class BatchDelivery:
     backoff: Backoff
     executor: Executor | None = None
     filters: FilterCriteria | None = None
+    calls: HandlerCalls = field(default_factory=HandlerCalls)
     done: list[bool] = field(default_factory=list)
     lanes: list[deque[_Unit]] = field(default_factory=list)
     handled: int = 0
@@ -152,6 +188,11 @@ class BatchDelivery:
     def finished(self) -> bool:
         return not any(self.lanes)
 
+    @property
+    def retrying(self) -> bool:
+        """True while a unit that failed waits for its next attempt (the batch is not moving)."""
+        return any(lane[0].attempts > 0 or lane[0].last_error for lane in self.lanes if lane)
+
     def done_prefix(self) -> int:
         """How many records from the start are done: the checkpoint may move to the last of them."""
         for i, is_done in enumerate(self.done):
@@ -161,33 +202,48 @@ class BatchDelivery:
 
     # -- one round --------------------------------------------------------------------------------
 
-    def run_round(self, should_stop: Callable[[], bool] = lambda: False) -> float:
+    def run_round(self, guard: Guard = lambda: None) -> float:
         """Deliver the head unit of every lane that is due; returns seconds until the next round
-        (0 when work is ready now), or 0 when the batch is finished."""
+        (0 when work is ready now), or 0 when the batch is finished.
+
+        ``guard`` is asked immediately before each handler call; a unit it refuses is not attempted
+        (no attempt is counted) and stays at the head of its lane.
+        """
         now = time.monotonic()
         due = [lane[0] for lane in self.lanes if lane and lane[0].not_before <= now]
-        if due and not should_stop():
+        if due:
+            deliver = functools.partial(self._deliver, guard=guard)
             if self.executor is not None and len(due) > 1:
-                outcomes = list(self.executor.map(self._deliver, due))
+                outcomes = list(self.executor.map(deliver, due))
             else:
-                outcomes = [self._deliver(unit) for unit in due]
+                outcomes = [deliver(unit) for unit in due]
             for outcome in outcomes:
-                self._settle(outcome)
+                if outcome is not None:
+                    self._settle(outcome)
         self.lanes = [lane for lane in self.lanes if lane]
         if self.finished:
             return 0.0
         now = time.monotonic()
         return max(0.0, min(lane[0].not_before for lane in self.lanes) - now)
 
-    def _deliver(self, unit: _Unit) -> _Outcome:
+    def _deliver(self, unit: _Unit, guard: Guard) -> _Outcome | None:
+        """One handler call on one unit; None if ``guard`` refused it (nothing was called)."""
         batch = [self.records[i] for i in unit.indexes]
+        if guard() is not None:
+            return None
+        started = time.monotonic()
         try:
-            response = self.call(batch)
-        except Exception as exc:
+            with self.calls.running():
+                response = self.call(batch)
+        except BaseException as exc:
+            # The boundary of user code: whatever it raises (SystemExit and asyncio's CancelledError
+            # are BaseExceptions) is a failed call under the failure policy, never the end of the shard.
+            self.metrics.handler_duration(time.monotonic() - started)
             log.warning("handler failed on %d records (%s..%s): %s: %s", len(batch), batch[0].sequence_number,
                         batch[-1].sequence_number, type(exc).__name__, exc,
                         extra={"shard_id": self.failure.shard_id}, exc_info=True)
-            return _Outcome(unit, 0, type(exc).__name__, one_line(str(exc)))
+            return _Outcome(unit, 0, type(exc).__name__, one_line(str(exc)) or type(exc).__name__)
+        self.metrics.handler_duration(time.monotonic() - started)
         outcome = parse_batch_response(response, batch)
         if outcome.failed_index is None:
             return _Outcome(unit, None)
@@ -286,7 +342,8 @@ class DeliveryFactory:
     """Runs the lanes of one batch at once (parallelization_factor > 1)."""
     backoff: Backoff = backoff_s
 
-    def new(self, records: list[Record], ctx: ShardContext) -> BatchDelivery:
+    def new(self, records: list[Record], ctx: ShardContext, calls: HandlerCalls | None = None) -> BatchDelivery:
+        """A delivery of ``records`` (one shard, in order); ``calls`` tracks its handler calls in flight."""
         call = self.call
         return BatchDelivery(
             records=records,
@@ -298,6 +355,7 @@ class DeliveryFactory:
             backoff=self.backoff,
             executor=self.executor,
             filters=self.filters,
+            calls=calls or HandlerCalls(),
         )
 
     @classmethod

@@ -43,10 +43,13 @@ def shard_order(shard_id: str, fallback: float) -> float:
     return float(match.group(1)) if match else fallback
 
 
-def shard_specs(shards: list[Shard]) -> list[ShardSpec]:
+def shard_specs(shards: list[Shard], *, read_from_start: bool | None = None) -> list[ShardSpec]:
+    """Specs to register; ``read_from_start`` as in :class:`leaser.ShardSpec` (None: decided by whether
+    the group's first listing is complete)."""
     now_ms = time.time() * 1000
     return [
-        ShardSpec(s.shard_id, (s.parent_shard_id,) if s.parent_shard_id else (), shard_order(s.shard_id, now_ms + i))
+        ShardSpec(s.shard_id, (s.parent_shard_id,) if s.parent_shard_id else (), shard_order(s.shard_id, now_ms + i),
+                  read_from_start=read_from_start)
         for i, s in enumerate(shards)
     ]
 
@@ -106,6 +109,9 @@ class ShardDiscovery:
                 self._last_shard_id = shards[-1].shard_id
             self._note_open_parents(shards)
             result = self._store.register_shards(shard_specs(shards))
+            if full and self._store.mark_listed():
+                log.info("the group's first listing is registered (%d shards): those without a checkpoint start at "
+                         "the initial position; every shard created from now on starts at TRIM_HORIZON", len(shards))
             new = sum(1 for state in result.values() if state in ("ready", "blocked"))
             if new:
                 log.info("registered %d new shards (%s listing, %d listed)", new, "full" if full else "incremental",
@@ -124,7 +130,8 @@ class ShardDiscovery:
                 log.info("child lookup for %s failed (%s); retrying", shard_id, exc)
                 continue
             if children:
-                self._store.register_shards(shard_specs(children))
+                # A child of a shard the group has read: read it whole, whatever the initial position.
+                self._store.register_shards(shard_specs(children, read_from_start=True))
                 return [c.shard_id for c in children]
         log.info("shard %s ended but no child is listed yet (the stream may be disabled, or the children "
                  "appear later); the periodic sync will pick them up", shard_id)

@@ -62,6 +62,16 @@ FAILURE_REASONS = ("retries_exhausted", "record_too_old")
 """Why records were sent to the on-failure destination."""
 
 GETRECORDS_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+HANDLER_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
+
+STUCK_STATES: tuple[str, ...] = (
+    "retrying",  # the handler keeps failing on a batch (retried under the failure policy)
+    "hung",  # a handler call has run longer than --handler-timeout
+    "read_failing",  # GetRecords or a checkpoint keeps failing (throttled, server errors, Redis)
+    "no_consumer",  # a lease is held but no consumer runs for it (repaired at the next heartbeat)
+    "renewal_late",  # the worker's lease renewals are late: it hands its handler nothing for now
+)
+"""Allowed ``state`` labels of ``shardlease_shards_stuck``: why a held shard makes no progress."""
 
 
 def _package_version() -> str:
@@ -103,7 +113,22 @@ class Metrics:
         )
         self._iterator_age = gauge(
             "shardlease_iterator_age_seconds",
-            "Seconds from the newest processed record's creation to now; the maximum over this worker's shards.",
+            "Seconds from the creation of the oldest record read but not yet finished (handled, filtered or "
+            "sent to the on-failure destination) to now, or, with nothing pending, of the newest record "
+            "finished to when it finished; the maximum over this worker's shards.  It grows while a batch "
+            "keeps failing or a handler hangs.",
+        )
+        self._handler_duration = Histogram(
+            "shardlease_handler_duration_seconds",
+            "Duration of each handler call in seconds (returned or raised).",
+            buckets=HANDLER_BUCKETS_S,
+            registry=r,
+        )
+        self._stuck = Gauge(
+            "shardlease_shards_stuck",
+            "Held shards making no progress, by state (retrying, hung, read_failing, no_consumer, renewal_late).",
+            ("state",),
+            registry=r,
         )
         self._leases_held = gauge("shardlease_leases_held", "Shard leases this worker holds.")
         self._gained = counter("shardlease_leases_gained", "Leases this worker gained.", ("reason",))
@@ -136,9 +161,12 @@ class Metrics:
             self._throttles.labels(api=api)
         for reason in FAILURE_REASONS:
             self._failed.labels(reason=reason)
+        for state in STUCK_STATES:
+            self._stuck.labels(state=state)
 
         self._ages_lock = threading.Lock()
         self._ages: dict[str, float] = {}
+        self._pending_since: dict[str, float] = {}
         self._iterator_age.set_function(self._max_age)
 
     # -- processing --------------------------------------------------------
@@ -158,18 +186,37 @@ class Metrics:
         self._failed.labels(reason=_check("failure reason", reason, FAILURE_REASONS)).inc(n)
 
     def iterator_age(self, shard_id: str, seconds: float) -> None:
-        """Report a shard's iterator age; the gauge shows the maximum over reported shards."""
+        """Report a shard's iterator age once its pending records are finished (0 when caught up)."""
         with self._ages_lock:
             self._ages[shard_id] = max(0.0, float(seconds))
+            self._pending_since.pop(shard_id, None)
+
+    def pending_since(self, shard_id: str, created_epoch_s: float) -> None:
+        """The shard's oldest unfinished record was created at ``created_epoch_s`` (Unix seconds): its
+        iterator age grows from there, at every scrape, until :meth:`iterator_age` reports it done."""
+        with self._ages_lock:
+            self._pending_since[shard_id] = created_epoch_s
 
     def forget_shard(self, shard_id: str) -> None:
         """Stop counting a shard in the iterator age (its lease was lost or it ended)."""
         with self._ages_lock:
             self._ages.pop(shard_id, None)
+            self._pending_since.pop(shard_id, None)
 
     def _max_age(self) -> float:
+        now = time.time()
         with self._ages_lock:
-            return max(self._ages.values(), default=0.0)
+            pending = (now - since for since in self._pending_since.values())
+            return max([0.0, *self._ages.values(), *pending])
+
+    def handler_duration(self, seconds: float) -> None:
+        """Observe one handler call's duration in seconds."""
+        self._handler_duration.observe(seconds)
+
+    def shards_stuck(self, counts: dict[str, int]) -> None:
+        """Set the stuck-shard gauge: state -> how many held shards are in it now (others 0)."""
+        for state in STUCK_STATES:
+            self._stuck.labels(state=state).set(counts.get(state, 0))
 
     # -- leases ------------------------------------------------------------
     def leases_held(self, n: int) -> None:

@@ -6,10 +6,19 @@ heartbeat through the :class:`~leaser.LeaseManager`, starts consumers for leases
 gained, stops those lost or handed over, and, while it holds the leader lease,
 lets discovery sync the shard graph in a thread of its own.
 
-Shutdown (first SIGTERM or SIGINT): leave the group's membership, stop polling,
-let in-flight batches finish and checkpoint (at most ``shutdown_grace_s``),
-release every lease so other workers take over at once, exit 0.  A second
-signal exits at once.
+Every tick also reconciles: each lease held has a consumer (or a handoff being
+released), and each consumer's lease is still held with its token; what does not
+match is repaired and logged.  A tick that failed part-way is applied for what it
+did.  A watchdog marks handler calls older than ``handler_timeout_s`` as hung.
+
+Shutdown (first SIGTERM or SIGINT, or a hung handler with ``on_handler_timeout =
+exit``): leave the group's membership, stop polling, let in-flight batches finish
+and checkpoint (at most ``shutdown_grace_s``), release every lease whose batch is
+not in flight, so other workers take over at once.  A lease whose handler call is
+still running is never released: :meth:`Worker.run` returns
+:data:`EXIT_ABANDONED` and the command exits at once without ``close()``, so the
+lease expires with the process gone and the call cannot overlap the next owner's.
+A second signal exits at once.
 """
 
 from __future__ import annotations
@@ -47,7 +56,7 @@ from worker.errors import StreamDisabled, StreamNotFound, StreamServerError, Str
 from worker.filters import FilterCriteria
 from worker.handler import Handler, load_handler
 from worker.lambda_compat import ContextFactory, apply_handler_style
-from worker.observability import HealthServer, HealthState, Metrics
+from worker.observability import STUCK_STATES, HealthServer, HealthState, Metrics
 from worker.redis_setup import open_redis
 from worker.scheduler import Scheduler
 from worker.streams import StreamsClient, parse_stream_arn
@@ -62,6 +71,9 @@ GRANT_POLL_S = 0.2
 """Seconds between polls for handed-over leases while this worker waits for a handoff."""
 LANE_THREADS = 32
 """Threads that run the extra lanes of batches when --parallelization-factor is above 1."""
+EXIT_ABANDONED = 3
+"""Exit code when the worker stops with a handler call still running (hung, or past the shutdown grace):
+its lease was left to expire, and the process must exit at once (the call cannot be cancelled)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +199,11 @@ class Worker:
         self._leader_thread: threading.Thread | None = None
         self._sync_now = False
         self._http: HealthServer | None = None
+        self._hung: set[ShardConsumer] = set()
+        """Consumers whose handler call passed handler_timeout_s (reported once each)."""
+        self._hung_exit = False
+        self._repaired = 0
+        self._reported: dict[str, str] = {}
 
     # -- signals -------------------------------------------------------------------------------
 
@@ -221,13 +238,19 @@ class Worker:
         try:
             while not self._stopping.is_set():
                 self._heartbeat()
+                self._watch_handlers()
                 self._wait_until_next_tick()
             return self._shutdown()
         finally:
             if self._http is not None:
                 self._http.stop()
+            in_flight = self.scheduler.in_flight()
             self.scheduler.close()
-            self.handler.close()
+            if in_flight:
+                log.error("handler.close() not called: a handler call is still running on %s",
+                          ", ".join(sorted(in_flight)))
+            else:
+                self.handler.close()
             self.streams.close()
 
     def _heartbeat(self) -> TickResult | None:
@@ -236,24 +259,35 @@ class Worker:
         except CoordinationUnavailable as exc:
             log.warning("heartbeat failed: %s", exc)
             self.health.set_ready(False, "Redis unreachable")
+            self._reconcile()
             return None
         self.health.beat()
         self.health.set_ready(True)
+        if result.error:
+            log.warning("heartbeat done, the rest of the tick failed: %s (what it did is applied; the next "
+                        "tick tries again)", result.error)
         self._apply(result)
+        self._reconcile()
+        self._report()
         return result
 
     def _apply(self, result: TickResult) -> None:
         if result.group_reset:
+            if self.config.initial_position == "LATEST":
+                consequence = ("every shard open now restarts at LATEST: records written since the last checkpoints "
+                               "and not handled yet are SKIPPED (lost to this group)")
+            else:
+                consequence = ("every shard restarts at TRIM_HORIZON: records still in the stream are handled "
+                               "again (up to 24 h of them)")
             log.error("REDIS LOST THE GROUP'S STATE (restarted without persistence?): every lease and checkpoint "
-                      "is gone; the group starts over from its initial position (%s); records will be handled "
-                      "again. Run Redis with append-only persistence to avoid this.", self.config.initial_position)
+                      "is gone; %s. Run Redis with append-only persistence to avoid this.", consequence)
         for shard, reason in result.lost.items():
             if self.scheduler.stop(shard, StopReason.LOST, detail=reason):
                 log.warning("lease lost (%s); stopping the shard", reason, extra={"shard_id": shard})
         self._start(result.gained)
         for shard, taker in result.give:
             if not self.scheduler.stop(shard, StopReason.HANDOFF, handoff_to=taker):
-                self.manager.release(shard, to=taker)
+                self._release_given(shard, taker)
         self.metrics.leases_held(len(self.manager.held()))
         hb = result.heartbeat
         if result.is_leader != self._leader:
@@ -269,6 +303,93 @@ class Worker:
             self.metrics.shards_unowned(hb.free + hb.expired)
             if result.group_reset:
                 self._sync_now = True
+
+    def _release_given(self, shard: str, taker: str) -> None:
+        """Hand over a lease that has no consumer; on a Redis error the next tick's reconcile retries."""
+        try:
+            self.manager.release(shard, to=taker)
+        except CoordinationUnavailable as exc:
+            log.warning("could not hand over to %s yet (%s); retrying at the next heartbeat", taker, exc,
+                        extra={"shard_id": shard})
+
+    def _reconcile(self) -> None:
+        """Make the consumers match the leases: every lease held has a consumer (or is being handed
+        over), every consumer's lease is still held with its token.  Repairs are logged and counted."""
+        held = self.manager.held()
+        giving = self.manager.giving()
+        repaired = 0
+        for consumer in self.scheduler.consumers():
+            if consumer.stop_reason is None:
+                why = self.manager.why_not_held(consumer.shard_id, consumer.token)
+                if why is not None:
+                    consumer.request_stop(StopReason.LOST, detail=why)
+                    self.scheduler.stop(consumer.shard_id, StopReason.LOST, detail=why)
+        for shard, acquired in held.items():
+            current = self.scheduler.get(shard)
+            if current is not None and current.token == acquired.token:
+                continue
+            if shard in giving:
+                if current is None:
+                    self._release_given(shard, giving[shard])
+                continue
+            repaired += 1
+            log.warning("lease held (token %d) with no consumer for it; starting one", acquired.token,
+                        extra={"shard_id": shard})
+            self._start([acquired])
+        self._repaired = repaired
+
+    def _watch_handlers(self) -> None:
+        """Mark handler calls older than handler_timeout_s as hung; with on_handler_timeout=exit, stop."""
+        now = time.monotonic()
+        timeout = self.config.handler_timeout_s
+        counts = dict.fromkeys(STUCK_STATES, 0)
+        counts["no_consumer"] = self._repaired
+        for consumer in self.scheduler.consumers():
+            started = consumer.calls.oldest_start()
+            if started is not None and now - started > timeout:
+                counts["hung"] += 1
+                if consumer not in self._hung:
+                    self._hung.add(consumer)
+                    self._on_hung(consumer, now - started)
+                continue
+            stuck = consumer.stuck()
+            if stuck is not None:
+                counts[stuck[0]] += 1
+        self._hung = {c for c in self._hung if c.calls.oldest_start() is not None}
+        self.metrics.shards_stuck(counts)
+
+    def _on_hung(self, consumer: ShardConsumer, running_s: float) -> None:
+        exits = self.config.on_handler_timeout == "exit"
+        action = ("the worker hands its other shards back and exits (code 3) without releasing this lease, "
+                  "so a healthy worker takes the shard over once it expires"
+                  if exits else "the call is left running (--on-handler-timeout warn)")
+        log.error("handler call has run %.0f s, past --handler-timeout %.0f s: it is hung; %s", running_s,
+                  self.config.handler_timeout_s, action, extra={"shard_id": consumer.shard_id})
+        if self.config.on_handler_timeout == "exit" and not self._hung_exit:
+            self._hung_exit = True
+            self.stop()
+
+    def _report(self) -> None:
+        """Publish this worker's shards and how they fare, for ``shardlease status`` (only on change)."""
+        now = time.monotonic()
+        wall_ms = int(time.time() * 1000)
+        report: dict[str, str] = {}
+        for consumer in self.scheduler.consumers():
+            if consumer.stop_reason is not None:
+                continue
+            started = consumer.calls.oldest_start()
+            if started is not None and now - started > self.config.handler_timeout_s:
+                state, since = "hung", started
+            else:
+                stuck = consumer.stuck()
+                state, since = stuck if stuck is not None else ("ok", now)
+            report[consumer.shard_id] = "ok" if state == "ok" else f"{state}:{wall_ms - int((now - since) * 1000)}"
+        if report != self._reported:
+            try:
+                self.store.report(self.config.worker_id, report, ttl_s=max(30.0, 10 * self.config.renew_interval_s))
+                self._reported = report
+            except CoordinationUnavailable as exc:
+                log.debug("could not publish the shard report: %s", exc)
 
     def _start(self, gained: list[Any]) -> None:
         for acquired in gained:
@@ -356,7 +477,9 @@ class Worker:
 
     def _shutdown(self) -> int:
         grace = self.config.shutdown_grace_s
-        log.info("shutting down: %d shards to hand back", len(self.scheduler.shard_ids()))
+        hung = {c.shard_id for c in self._hung}
+        log.info("shutting down: %d shards to hand back%s", len(self.scheduler.shard_ids()),
+                 f" (a hung handler call keeps {', '.join(sorted(hung))})" if hung else "")
         self._leader = False
         self.manager.leave()
         self.health.set_ready(False, "shutting down")
@@ -370,23 +493,32 @@ class Worker:
         self.scheduler.stop_all(StopReason.SHUTDOWN)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
-            # Keep renewing (without membership) until every consumer has released its lease.
-            if self.scheduler.wait_idle(min(self.config.renew_interval_s, max(deadline - time.monotonic(), 0))):
+            # Keep renewing (without membership) until every consumer has released its lease; a hung
+            # call is not waited for.
+            if not set(self.scheduler.shard_ids()) - hung:
                 break
+            self.scheduler.wait_idle(min(self.config.renew_interval_s, max(deadline - time.monotonic(), 0)))
             try:
                 self.manager.tick()
             except CoordinationUnavailable as exc:
                 log.warning("heartbeat during shutdown failed: %s", exc)
-        left = self.scheduler.shard_ids()
-        if left:
-            log.warning("grace period over with %d batches still in flight; releasing without their checkpoint "
-                        "(the next owner re-reads them): %s", len(left), ", ".join(left))
+        in_flight = self.scheduler.in_flight()
+        if in_flight:
+            log.error("grace period over with handler calls still running on %s: their leases are NOT released "
+                      "(the next owner must not start while a call runs); they expire %.0f s after this process "
+                      "exits, and the next owner re-reads their batches", ", ".join(sorted(in_flight)),
+                      self.config.lease_ttl_s)
         for shard in list(self.manager.held()):
+            if shard in in_flight:
+                continue
             try:
                 self.manager.release(shard)
             except CoordinationUnavailable as exc:
                 log.warning("could not release %s (%s); it expires in %.0f s", shard, exc, self.config.lease_ttl_s)
         with contextlib.suppress(CoordinationUnavailable):
-            self.manager.tick()  # leave the membership; resign the leadership
+            self.manager.tick()  # leave the membership; resign the leadership; renew what is in flight once more
+        if in_flight or self._hung_exit:
+            log.error("stopped with a handler call abandoned; exiting with code %d", EXIT_ABANDONED)
+            return EXIT_ABANDONED
         log.info("stopped")
         return 0

@@ -57,8 +57,19 @@ class Scheduler:
             return self._current.get(shard_id)
 
     def shard_ids(self) -> list[str]:
+        """Shards with a consumer not finished yet (current or retiring)."""
         with self._cv:
             return sorted({c.shard_id for c in self._due})
+
+    def consumers(self) -> list[ShardConsumer]:
+        """Every consumer not finished yet (current or retiring)."""
+        with self._cv:
+            return list(self._due)
+
+    def in_flight(self) -> set[str]:
+        """Shards with a step running now (a GetRecords, handler call or checkpoint in flight)."""
+        with self._cv:
+            return set(self._running)
 
     def stop(self, shard_id: str, reason: str, handoff_to: str = "", detail: str = "") -> bool:
         """Ask a shard's consumer to stop after its step in flight; False if it is not running here."""
@@ -133,7 +144,8 @@ class Scheduler:
         delay: float | None
         try:
             delay = consumer.step()
-        except Exception:
+        except BaseException:
+            # The boundary of a step: nothing that escapes it may leave the shard marked running.
             log.exception("unexpected error in a consumer step; retrying in 1 s", extra={"shard_id": consumer.shard_id})
             delay = 1.0
         with self._cv:
