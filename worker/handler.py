@@ -14,7 +14,10 @@ the runtime never checks what the user wrote.
 ``records`` is a sequence of :class:`worker.records.Record`; ``ctx`` is a
 :class:`ShardContext`.  Its ``lease_token`` is the lease's fencing token: a sink
 that stores the highest token it has seen per shard can reject writes from a
-worker that lost the lease without knowing it.
+worker that lost the lease without knowing it.  Tokens follow Redis server time
+in microseconds (64-bit integers near 1.7e15), so they keep growing across a Redis
+failover or an empty restart as long as the Redis servers' clocks agree to within
+the failover time (docs/lease-protocol.md, "Fencing tokens and Redis clocks").
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ class ShardContext:
     stream_arn: str
     group: str
     lease_token: int
-    """The lease's fencing token: larger for every new owner of the shard."""
+    """The lease's fencing token: larger for every new owner of the shard (across Redis failovers and restarts too)."""
 
 
 def _noop(ctx: ShardContext) -> None:

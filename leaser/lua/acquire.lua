@@ -38,7 +38,7 @@ if how ~= 'takeover' and f[4] ~= '' and tonumber(f[5]) > now then
   if f[4] ~= ARGV[1] then return refuse('reserved for ' .. f[4]) end
   how = 'handoff'
 end
-local token = redis.call('INCR', KEYS[4])
+local token = next_token(KEYS[4])
 local expires_ms = now + tonumber(ARGV[2])
 local previous = owner
 if previous == '' then previous = f[8] end

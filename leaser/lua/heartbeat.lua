@@ -75,7 +75,7 @@ if ARGV[4] == '1' then
   if leader == me and leader_alive then
     redis.call('HSET', KEYS[9], 'expires_ms', now + ttl)
   elseif not leader_alive then
-    leader, leader_token = me, redis.call('INCR', KEYS[10])
+    leader, leader_token = me, next_token(KEYS[10])
     redis.call('HSET', KEYS[9], 'owner', me, 'token', leader_token, 'expires_ms', now + ttl)
   end
 elseif leader == me then

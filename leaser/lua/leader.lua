@@ -14,6 +14,6 @@ if f[1] == ARGV[1] and tonumber(f[3]) > now then
   return {f[1], f[2], now + ttl}
 end
 if f[1] and f[1] ~= '' and tonumber(f[3]) > now then return {f[1], f[2], f[3]} end
-local token = redis.call('INCR', KEYS[2])
+local token = next_token(KEYS[2])
 redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'token', token, 'expires_ms', now + ttl)
 return {ARGV[1], token, now + ttl}

@@ -35,7 +35,7 @@ WORKER_ACL_COMMANDS = (
     "-@all +ping +time +evalsha +script|load +script|exists "
     "+hget +hgetall +hmget +hset +hsetnx +hdel +hexists +hincrby +sadd +srem +smembers "
     "+zadd +zrem +zrange +zrangebyscore +zremrangebyscore +zscore +zcard +zcount "
-    "+incr +del +exists +pexpire +publish +subscribe +unsubscribe +xadd +xrange +xlen +xdel "
+    "+incr +incrby +del +exists +pexpire +publish +subscribe +unsubscribe +xadd +xrange +xlen +xdel "
     "+cluster|slots +command +asking"
 )
 WORKER_ACL = ("on", f">{WORKER_PASSWORD}", "resetkeys", "~shardlease:{*}:*", "resetchannels",
