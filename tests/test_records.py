@@ -265,6 +265,29 @@ def test_empty_page_and_shard_end() -> None:
     assert decode_get_records(b'{"Records":[]}', SHARD) == ([], None)
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{}",
+        b'{"NextShardIterator":"x"}',
+        b'{"Records":null}',
+        b'{"Records":{}}',
+        b'{"Records":"x"}',
+        b'{"Records":[],"NextShardIterator":5}',
+        b"[]",
+        b"null",
+        b'"Records"',
+        b"1",
+    ],
+)
+def test_body_without_records_list_is_refused(body: bytes) -> None:
+    """Nothing but a JSON object with a Records list is a page: anything else must not read as a
+    shard end (``([], None)``)."""
+    with pytest.raises(TypeError, match="GetRecords response"):
+        decode_get_records(body, SHARD)
+    assert gc.isenabled()
+
+
 def test_decode_restores_gc_state() -> None:
     body = orjson.dumps({"Records": [wire("INSERT", "NEW_IMAGE")]})
     assert gc.isenabled()

@@ -7,7 +7,9 @@ handlers per operation (``X-Amz-Target``) and can read the requests it got.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
+import logging
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -16,10 +18,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import boto3
+import botocore
 import orjson
 import pytest
 from boto3.dynamodb.types import Binary, TypeDeserializer
 from botocore.config import Config
+from botocore.stub import Stubber
 
 from leaser.errors import ConfigError, FatalError, RetryableError
 from worker.errors import (
@@ -34,6 +38,8 @@ from worker.errors import (
     StreamThrottled,
     TrimmedData,
 )
+from worker.local import LocalStreamsServer
+from worker.records import Record
 from worker.streams import GetRecordsPage, Shard, StreamArn, StreamsClient, parse_stream_arn
 
 ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/Orders/stream/2024-01-01T00:00:00.000"
@@ -284,6 +290,188 @@ def test_garbled_200_body_is_retryable(stub: Stub, client: StreamsClient) -> Non
     stub.routes["GetRecords"] = lambda p: (200, b'{"Records": [')
     with pytest.raises(StreamServerError):
         client.get_records("it-1", shard_id=SHARD)
+
+
+# --- the fast path's guard: a page it cannot read is an error, never a shard end ---------------------
+
+FAST_PATH_EVENT = "before-parse.dynamodb-streams.GetRecords"
+
+
+def lose_stash(client: StreamsClient) -> None:
+    """Simulate a botocore that no longer merges ``customized_response_dict`` into the parsed result.
+
+    A before-parse handler registered after the fast path's empties the dict; the fast path has
+    already swapped the body for ``b"{}"``, so botocore's parse is ``{}`` plus ResponseMetadata.
+    """
+
+    def drop(customized_response_dict: dict[str, Any], **_: Any) -> None:
+        customized_response_dict.clear()
+
+    client.boto_client.meta.events.register(FAST_PATH_EVENT, drop, unique_id="test-lose-stash")
+
+
+def break_fast_path(client: StreamsClient) -> None:
+    """Lose the stash and let one GetRecords call notice it (the client then parses through botocore)."""
+    lose_stash(client)
+    with pytest.raises(StreamServerError):
+        client.get_records("it-broken", shard_id=SHARD)
+
+
+def fields(record: Record) -> tuple[Any, ...]:
+    """Everything of a record but ``raw`` (the wire dict, or botocore's parse of it on the slow path)."""
+    return tuple(
+        exact(getattr(record, f.name)) for f in dataclasses.fields(record) if f.name != "raw"
+    )
+
+
+def test_lost_stash_is_an_error_then_botocore_parses(
+    stub: Stub, client: StreamsClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = page_body(5, next_iterator="it-next")
+    stub.routes["GetRecords"] = lambda p: (200, body)
+    fast = client.get_records("it-0", shard_id=SHARD)
+    assert len(fast.records) == 5
+    lose_stash(client)
+    with caplog.at_level(logging.INFO, logger="shardlease"):
+        with pytest.raises(StreamServerError) as info:  # not an empty page with next_iterator None
+            client.get_records("it-1", shard_id=SHARD)
+        assert info.value.operation == "GetRecords"
+        # The same iterator again: now parsed by botocore's own parser, same page.
+        again = client.get_records("it-1", shard_id=SHARD)
+        later = client.get_records("it-2", shard_id=SHARD)
+    assert not client.fast_path
+    assert again.next_iterator == "it-next" and not again.shard_end
+    assert [fields(r) for r in again.records] == [fields(r) for r in fast.records]
+    assert [fields(r) for r in later.records] == [fields(r) for r in fast.records]
+    assert [p["ShardIterator"] for p in stub.ops("GetRecords")] == ["it-0", "it-1", "it-1", "it-2"]
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, [r.getMessage() for r in errors]  # once per client, not per call
+    message = errors[0].getMessage()
+    assert botocore.__version__ in message and "_ShardleaseRawBody" in message
+    # The before-parse handler is unregistered: the boto3 client parses GetRecords normally again.
+    assert len(client.boto_client.get_records(ShardIterator="x")["Records"]) == 5
+
+
+def test_stash_lost_while_botocore_parse_has_records(stub: Stub, client: StreamsClient) -> None:
+    """Even if botocore's parse of the swapped-in ``{}`` grew a ``Records: []`` default, a stash that
+    went missing is an error, not the last page of the shard."""
+
+    def add_default(parsed: dict[str, Any], **_: Any) -> None:
+        parsed.setdefault("Records", [])
+
+    lose_stash(client)
+    events = client.boto_client.meta.events
+    events.register("after-call.dynamodb-streams.GetRecords", add_default, unique_id="test-default")
+    stub.routes["GetRecords"] = lambda p: (200, page_body(3, next_iterator="it-next"))
+    with pytest.raises(StreamServerError):
+        client.get_records("it-1", shard_id=SHARD)
+    page = client.get_records("it-1", shard_id=SHARD)
+    assert len(page.records) == 3 and page.next_iterator == "it-next"
+
+
+def test_handler_not_firing_falls_back_quietly(
+    stub: Stub, client: StreamsClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An event botocore no longer emits (renamed): botocore parses the body itself; one WARNING."""
+    client.boto_client.meta.events.unregister(FAST_PATH_EVENT, unique_id="shardlease-fast-getrecords")
+    stub.routes["GetRecords"] = lambda p: (200, page_body(4, next_iterator="it-next"))
+    with caplog.at_level(logging.INFO, logger="shardlease"):
+        pages = [client.get_records(f"it-{i}", shard_id=SHARD) for i in range(3)]
+    assert all(len(p.records) == 4 and p.next_iterator == "it-next" for p in pages)
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+    assert botocore.__version__ in warnings[0].getMessage()
+
+
+BAD_BODIES = [
+    b"{}",
+    b'{"NextShardIterator": "it-2"}',
+    b'{"Records": null}',
+    b'{"Records": {}}',
+    b'{"Records": "x"}',
+    b"[]",
+    b"null",
+    b'"Records"',
+    b"1",
+]
+
+
+@pytest.mark.parametrize("path", ["fast", "botocore"])
+@pytest.mark.parametrize("body", BAD_BODIES, ids=[b.decode() for b in BAD_BODIES])
+def test_200_body_without_records_is_an_error(stub: Stub, client: StreamsClient, body: bytes, path: str) -> None:
+    if path == "botocore" and body == b'{"Records": {}}':
+        pytest.skip("botocore's own parser turns this into Records: [] (a plain boto3 client reads it so too)")
+    stub.routes["GetRecords"] = lambda p: (200, page_body(1))
+    if path == "botocore":
+        break_fast_path(client)
+    stub.routes["GetRecords"] = lambda p: (200, body)
+    with pytest.raises(StreamServerError) as info:
+        client.get_records("it-1", shard_id=SHARD)
+    assert info.value.operation == "GetRecords"
+    assert isinstance(info.value, RetryableError)
+
+
+@pytest.mark.parametrize("path", ["fast", "botocore"])
+def test_genuine_shard_end(stub: Stub, client: StreamsClient, path: str) -> None:
+    stub.routes["GetRecords"] = lambda p: (200, page_body(1))
+    if path == "botocore":
+        break_fast_path(client)
+    stub.routes["GetRecords"] = lambda p: (200, page_body(2, next_iterator=None))
+    last = client.get_records("it-1", shard_id=SHARD)
+    assert len(last.records) == 2 and last.records[1].event_id == "e1"
+    assert last.next_iterator is None and last.shard_end
+    stub.routes["GetRecords"] = lambda p: (200, b'{"Records":[]}')
+    empty = client.get_records("it-2", shard_id=SHARD)
+    assert empty.records == [] and empty.shard_end
+    stub.routes["GetRecords"] = lambda p: (200, page_body(0, next_iterator="it-3"))
+    more = client.get_records("it-2", shard_id=SHARD)
+    assert more.records == [] and more.next_iterator == "it-3" and not more.shard_end
+    assert client.fast_path == (path == "fast")  # a genuine shard end does not switch the fast path off
+
+
+def test_stubber_answers(client: StreamsClient, caplog: pytest.LogCaptureFixture) -> None:
+    """Answers without HTTP (botocore's Stubber) are read from the generic parse, quietly."""
+    with Stubber(client.boto_client) as stubber:
+        stubber.add_response("get_records", {"Records": [], "NextShardIterator": "it-2"})
+        stubber.add_response("get_records", {"Records": []})
+        stubber.add_response("get_records", {})
+        with caplog.at_level(logging.INFO, logger="shardlease"):
+            assert client.get_records("it-1", shard_id=SHARD).next_iterator == "it-2"
+            assert client.get_records("it-2", shard_id=SHARD).shard_end
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        with pytest.raises(StreamServerError):  # no Records at all: never a shard end
+            client.get_records("it-3", shard_id=SHARD)
+
+
+def test_every_record_read_when_fast_path_breaks_mid_shard() -> None:
+    """End to end on the local endpoint: read a closed shard as the consumer does (retry the same
+    iterator on a retryable error, stop when there is no next iterator); the fast path breaks
+    after two pages and every record is still read, in order."""
+    with LocalStreamsServer(port=0, empty_page_probability=0.0, seed=7) as server:
+        table = server.create_table("orders", shards=1)
+        for i in range(40):
+            table.put_item({"pk": f"k{i}", "n": i})
+        (shard_id,) = server.model.shard_ids(table)
+        server.model.rollover_shard(table, shard_id)
+        with StreamsClient(region_name="us-east-1", endpoint_url=server.endpoint_url, max_attempts=1) as c:
+            iterator: str | None = c.get_shard_iterator(table.stream_arn, shard_id, "TRIM_HORIZON")
+            got: list[Record] = []
+            pages = retries = 0
+            while iterator is not None:
+                if pages == 2 and retries == 0:
+                    lose_stash(c)
+                try:
+                    page = c.get_records(iterator, 7, shard_id=shard_id)
+                except RetryableError:
+                    retries += 1
+                    assert retries < 5
+                    continue
+                pages += 1
+                got.extend(page.records)
+                iterator = page.next_iterator
+    assert [r.new_image["n"] for r in got if r.new_image] == list(range(40))
+    assert len(got) == 40 and len({r.sequence_number for r in got}) == 40
+    assert retries == 1
 
 
 def test_limit_validated_locally(client: StreamsClient) -> None:

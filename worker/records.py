@@ -202,15 +202,30 @@ def decode_get_records(body: bytes, shard_id: str) -> tuple[list[Record], str | 
     bench/decode_throughput.py).  It is re-enabled afterwards only if this call disabled it, so
     an application that keeps GC off stays so; concurrent decodes in other threads merely
     shorten or lengthen the pause.
+
+    Only a JSON object with a ``Records`` list is a page (a closed shard's last page is
+    ``{"Records": []}``); anything else raises :class:`TypeError` (``orjson.JSONDecodeError`` if
+    it is not JSON), so a malformed body can never read as ``([], None)``, the end of the shard.
     """
     paused = gc.isenabled()
     if paused:
         gc.disable()
     try:
         doc = orjson.loads(body)
+        if not isinstance(doc, dict):
+            raise TypeError(f"GetRecords response body is a JSON {type(doc).__name__}, not an object")
+        wire = doc.get("Records")
+        if not isinstance(wire, list):
+            problem = "has no Records" if wire is None else f"has Records of type {type(wire).__name__}"
+            raise TypeError(f"GetRecords response body {problem} (expected a list; keys: {sorted(doc)[:5]})")
+        next_iterator = doc.get("NextShardIterator")
+        if next_iterator is not None and not isinstance(next_iterator, str):
+            raise TypeError(
+                f"GetRecords response body has NextShardIterator of type {type(next_iterator).__name__}"
+            )
         times: dict[Any, datetime] = {}
-        records = [_from_wire(r, shard_id, times) for r in doc.get("Records") or ()]
-        return records, doc.get("NextShardIterator")
+        records = [_from_wire(r, shard_id, times) for r in wire]
+        return records, next_iterator
     finally:
         if paused:
             gc.enable()

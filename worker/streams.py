@@ -12,9 +12,25 @@ boto3 keeps doing credentials, signing, endpoint resolution and retries; this mo
   turns into ``{}`` at once.  :func:`worker.records.decode_get_records` then decodes the bytes with
   orjson.  Non-200 responses are left alone, so botocore still parses error codes, raises
   ``ClientError`` and its retry handler (which looks at the parsed error only on failures, and
-  at the CRC32 header of ``http_response.content``, untouched) still works.  If the raw body is
-  missing (e.g. botocore's ``Stubber`` answered without HTTP), the normally parsed ``Records``
-  are used instead.
+  at the CRC32 header of ``http_response.content``, untouched) still works.
+* **The fast path's guard.**  The hook above relies on botocore internals (the event's name,
+  the merge of ``customized_response_dict``, the body's type), and a fast path that silently
+  stopped working would return ``{}``: no ``Records``, no ``NextShardIterator``, which reads as
+  the end of the shard and would skip the rest of it.  So a page is only a page if it
+  demonstrably came from a real body: the raw body is decoded when present (and
+  :func:`~worker.records.decode_get_records` accepts only a JSON object with a ``Records``
+  list); otherwise botocore's own parse is used only if the handler did not take this
+  response's body (a thread-local flag the handler sets) and the parse has a ``Records`` list
+  (a closed shard's genuine last page is ``{"Records": []}``).  Anything else means the fast
+  path is broken: the client logs one ERROR (botocore version, what was missing), switches to
+  botocore's own parser for good (the handler is unregistered by its ``unique_id`` and inert
+  anyway) and raises :class:`StreamServerError`, so the consumer retries the same iterator
+  (valid for 15 minutes) through the slower parser; an empty page without a next iterator is
+  never made up.  Answers without HTTP (botocore's ``Stubber``) take the same generic route.
+  There is no start-up probe (it would need a signed call); instead the first page a client
+  reads over HTTP checks that the handler ran, and logs one WARNING if it did not (correct
+  but slower: the event was not emitted, e.g. renamed).  :attr:`StreamsClient.fast_path`
+  tells whether the fast path is still on.
 * **Error translation.**  ``ClientError``/``BotoCoreError`` never escape: they become the classes
   of :mod:`worker.errors` (original chained as ``__cause__``).
 * **Small helpers**: shard pagination, child-shard lookup with fallback, stream-ARN validation,
@@ -26,13 +42,16 @@ own backoff), bounded connect/read timeouts and a connection pool sized for many
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
 import boto3
+import botocore
 import orjson
 from botocore.config import Config
 from botocore.exceptions import (
@@ -72,6 +91,7 @@ __all__ = [
 
 ITERATOR_TYPES: Final = frozenset({"TRIM_HORIZON", "LATEST", "AT_SEQUENCE_NUMBER", "AFTER_SEQUENCE_NUMBER"})
 _RAW_BODY_KEY: Final = "_ShardleaseRawBody"
+_FAST_PATH_ID: Final = "shardlease-fast-getrecords"  # unique_id of the before-parse handler
 _PARTITIONS: Final = (
     "aws",
     "aws-cn",
@@ -82,6 +102,8 @@ _PARTITIONS: Final = (
     "aws-iso-f",
     "aws-eusc",
 )
+
+log = logging.getLogger("shardlease.streams")
 
 # ---------------------------------------------------------------------------------------------
 # Value types
@@ -293,8 +315,9 @@ def translate_error(
         return InvalidRequest(f"{operation}: {exc}", operation=operation)
     if isinstance(exc, HTTPClientError | BotoConnectionError):
         return StreamServerError(f"{operation}: {type(exc).__name__}: {exc}", operation=operation)
-    if isinstance(exc, BotoCoreError | orjson.JSONDecodeError | KeyError | TypeError):
-        # Unexpected low-level failure (unparseable response, credential refresh, ...): retryable.
+    if isinstance(exc, BotoCoreError | orjson.JSONDecodeError | KeyError | TypeError | AttributeError):
+        # Unexpected low-level failure (unparseable response, credential refresh, botocore's parser
+        # choking on a malformed body, ...): retryable.
         return StreamServerError(f"{operation}: {type(exc).__name__}: {exc}", operation=operation)
     raise TypeError(f"cannot translate {type(exc).__name__}") from exc
 
@@ -309,15 +332,15 @@ def _boundary(
         raise translate_error(exc, operation, shard_id=shard_id, stream_arn=stream_arn) from exc
 
 
-def _stash_raw_body(
-    response_dict: dict[str, Any], customized_response_dict: dict[str, Any], **_: Any
-) -> None:
-    """before-parse handler: keep a 200 body for orjson, hand the generic parser an empty object."""
+def _stash_raw_body(response_dict: dict[str, Any], customized_response_dict: dict[str, Any]) -> bool:
+    """Keep a 200 body for orjson, hand the generic parser an empty object; True if it did."""
     if response_dict.get("status_code") == 200:
         body = response_dict.get("body")
         if isinstance(body, bytes | bytearray):
             customized_response_dict[_RAW_BODY_KEY] = body
             response_dict["body"] = b"{}"
+            return True
+    return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,15 +387,24 @@ class StreamsClient:
             )
         self._dynamodb: Any = None
         service_id = self._client.meta.service_model.service_id.hyphenize()
-        self._client.meta.events.register(
-            f"before-parse.{service_id}.GetRecords", _stash_raw_body, unique_id="shardlease-fast-getrecords"
-        )
+        self._fast_event = f"before-parse.{service_id}.GetRecords"
+        self._fast_lock = threading.Lock()
+        self._fast_on = True  # False once the fast path failed: botocore's parser from then on
+        self._fast_checked = False  # the first page read over HTTP checks that the handler runs
+        self._stash_state = threading.local()  # .stashed: the handler took this thread's current body
+        self._client.meta.events.register(self._fast_event, self._before_parse, unique_id=_FAST_PATH_ID)
         self._shard_filter_supported = True
 
     @property
     def boto_client(self) -> Any:
-        """The underlying ``dynamodbstreams`` client (its GetRecords answers carry only the raw body)."""
+        """The underlying ``dynamodbstreams`` client (its GetRecords answers carry only the raw body
+        while the fast path is on)."""
         return self._client
+
+    @property
+    def fast_path(self) -> bool:
+        """False once the fast GetRecords path failed and this client switched to botocore's parser."""
+        return self._fast_on
 
     def close(self) -> None:
         self._client.close()
@@ -483,27 +515,102 @@ class StreamsClient:
         return str(iterator)
 
     def get_records(self, iterator: str, limit: int = 1000, *, shard_id: str = "") -> GetRecordsPage:
-        """One GetRecords call through the fast path.
+        """One GetRecords call through the fast path (or botocore's parser once it failed).
 
         ``shard_id`` is stamped on each :class:`Record` (and on ShardNotFound/TrimmedData
-        errors); pass it, iterators do not reveal it.
+        errors); pass it, iterators do not reveal it.  A response that cannot be read as a page
+        raises :class:`StreamServerError` (retry the same iterator), never an empty shard end.
         """
         if not 1 <= limit <= 1000:
             raise InvalidRequest(f"GetRecords: limit must be 1..1000, got {limit}", operation="GetRecords")
         sid = shard_id or None
+        state = self._stash_state
+        state.stashed = False
         try:
             with _boundary("GetRecords", shard_id=sid):
                 parsed = self._client.get_records(ShardIterator=iterator, Limit=limit)
             raw = parsed.get(_RAW_BODY_KEY)
             if raw is not None:
                 records, next_iterator = decode_get_records(raw, shard_id)
-            else:  # answered without HTTP (e.g. botocore Stubber): use the generic parse
-                times: dict[Any, Any] = {}
-                records = [_from_wire(r, shard_id, times) for r in parsed.get("Records") or ()]
-                next_iterator = parsed.get("NextShardIterator")
-        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+                self._fast_checked = True
+            else:
+                records, next_iterator = self._generic_page(parsed, shard_id, bool(state.stashed))
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            # AttributeError/TypeError: also botocore's own parser on a 200 body of the wrong shape.
             raise translate_error(exc, "GetRecords") from exc
         return GetRecordsPage(records, next_iterator)
+
+    def _before_parse(
+        self, response_dict: dict[str, Any], customized_response_dict: dict[str, Any], **_: Any
+    ) -> None:
+        """The before-parse handler of this client's GetRecords (inert once the fast path is off)."""
+        if self._fast_on and _stash_raw_body(response_dict, customized_response_dict):
+            self._stash_state.stashed = True
+
+    def _generic_page(
+        self, parsed: dict[str, Any], shard_id: str, stashed: bool
+    ) -> tuple[list[Record], str | None]:
+        """A page from botocore's own parse, accepted only if it demonstrably came from a real body.
+
+        ``stashed``: the fast path took this response's body (so the parse is of ``b"{}"``).  A page
+        is accepted only if the handler did not take the body and the parse has a ``Records``
+        list; anything else is a retryable error (and, the first time, switches the fast path
+        off), never an empty page without a next iterator, which would end the shard.
+        """
+        wire = parsed.get("Records")
+        if stashed or not isinstance(wire, list):
+            if stashed:
+                missing = (
+                    f"the raw body its before-parse handler stashed in customized_response_dict"
+                    f"[{_RAW_BODY_KEY!r}] is missing from the parsed response (not merged any more?)"
+                )
+            else:
+                missing = (
+                    f"the response carries neither the raw body (customized_response_dict"
+                    f"[{_RAW_BODY_KEY!r}]) nor a Records list (keys: {sorted(parsed)})"
+                )
+            switched = self._switch_to_botocore_parser(missing)
+            raise StreamServerError(
+                f"GetRecords: unreadable response: {missing}"
+                + ("; switched to botocore's own parser, retry the same iterator" if switched else ""),
+                operation="GetRecords",
+            )
+        if not self._fast_checked and "HTTPHeaders" in (parsed.get("ResponseMetadata") or {}):
+            # First page read over HTTP (Stubber answers have no HTTPHeaders): the handler did not run.
+            self._fast_checked = True
+            if self._fast_on:
+                log.warning(
+                    "GetRecords fast path not in effect with botocore %s: its before-parse handler (%s) "
+                    "did not run, so pages are parsed by botocore's own (slower) parser",
+                    botocore.__version__,
+                    self._fast_event,
+                )
+        next_iterator = parsed.get("NextShardIterator")
+        if next_iterator is not None and not isinstance(next_iterator, str):
+            raise TypeError(
+                f"GetRecords response has NextShardIterator of type {type(next_iterator).__name__}"
+            )
+        times: dict[Any, Any] = {}
+        return [_from_wire(r, shard_id, times) for r in wire], next_iterator
+
+    def _switch_to_botocore_parser(self, missing: str) -> bool:
+        """Turn the fast path off for good (ERROR logged once); False if it was already off."""
+        with self._fast_lock:
+            if not self._fast_on:
+                return False
+            self._fast_on = False
+        try:
+            self._client.meta.events.unregister(self._fast_event, unique_id=_FAST_PATH_ID)
+        except Exception as exc:  # the handler is inert anyway once _fast_on is False
+            log.warning("could not unregister the GetRecords before-parse handler: %r", exc)
+        log.error(
+            "GetRecords fast path failed with botocore %s: %s; this client now parses GetRecords with "
+            "botocore's own (slower) parser. This call fails as retryable, so its iterator is read again "
+            "and no record is skipped",
+            botocore.__version__,
+            missing,
+        )
+        return True
 
     # -- tables -----------------------------------------------------------------------------
 
