@@ -143,6 +143,8 @@ def _status(args: argparse.Namespace) -> int:
     leases = store.leases()
     members = store.members()
     leader = store.current_leader()
+    reports = store.reports(members)
+    health = {lease.shard_id: _health(lease, now, reports, members) for lease in leases}
     if args.json:
         print(json.dumps({
             "group": group,
@@ -153,21 +155,52 @@ def _status(args: argparse.Namespace) -> int:
                 "shard_id": lease.shard_id, "state": _state(lease, now), "owner": lease.owner or None,
                 "token": lease.token, "checkpoint": lease.checkpoint or None, "parents": list(lease.parent_ids),
                 "checkpoint_age_s": _age(now, lease.checkpoint_ms), "owner_switches": lease.owner_switches,
+                "health": health[lease.shard_id][0], "stuck_for_s": health[lease.shard_id][1],
             } for lease in leases],
         }, indent=2))
         return 0
     print(f"group {group!r} on {shown}; leader: {leader.owner if leader else '(none)'}")
     print(f"{len(members)} workers: " + ", ".join(f"{w} ({n} leases)" for w, n in sorted(members.items())))
     print()
-    rows = [("SHARD", "STATE", "OWNER", "CHECKPOINT", "AGE")]
+    rows = [("SHARD", "STATE", "OWNER", "CHECKPOINT", "AGE", "HEALTH")]
     for lease in leases:
         age = _age(now, lease.checkpoint_ms)
+        state, stuck_for = health[lease.shard_id]
+        shown = "-" if state is None else state if stuck_for is None else f"{state.upper()} {stuck_for:.0f}s"
         rows.append((lease.shard_id, _state(lease, now), lease.owner or "-", lease.checkpoint or "-",
-                     "-" if age is None else f"{age:.0f}s"))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+                     "-" if age is None else f"{age:.0f}s", shown))
+    stuck = sum(1 for state, _ in health.values() if state not in (None, "ok"))
+    if stuck:
+        print(f"{stuck} shards stuck (marked in capitals below): see HEALTH")
+        print()
+    widths = [max(len(r[i]) for r in rows) for i in range(6)]
     for row in rows:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
     return 0
+
+
+NO_CONSUMER_AFTER_MS = 10_000
+"""A lease held this long with no consumer in its owner's report counts as stuck (``no_consumer``)."""
+
+
+def _health(lease: Any, now_ms: int, reports: dict[str, dict[str, str]],
+            members: dict[str, int]) -> tuple[str | None, float | None]:
+    """How an owned shard fares, from its owner's report: (state, seconds stuck or None).
+
+    ``ok``; ``retrying``, ``hung``, ``read_failing`` or ``renewal_late`` with how long; ``no_consumer``
+    when its live owner reports no consumer for it; (None, None) for a shard nobody holds.
+    """
+    if _state(lease, now_ms) != "owned":
+        return None, None
+    note = reports.get(lease.owner, {}).get(lease.shard_id)
+    if note is None:
+        if lease.owner in members and now_ms - lease.acquired_ms > NO_CONSUMER_AFTER_MS:
+            return "no_consumer", round((now_ms - lease.acquired_ms) / 1000, 1)
+        return "ok", None
+    if note == "ok":
+        return "ok", None
+    state, _, since = note.partition(":")
+    return state, round(max(0, now_ms - int(since or now_ms)) / 1000, 1)
 
 
 def _state(lease: Any, now_ms: int) -> str:

@@ -204,6 +204,7 @@ class Worker:
         self._hung_exit = False
         self._repaired = 0
         self._reported: dict[str, str] = {}
+        self._reported_at = 0.0
 
     # -- signals -------------------------------------------------------------------------------
 
@@ -370,7 +371,8 @@ class Worker:
             self.stop()
 
     def _report(self) -> None:
-        """Publish this worker's shards and how they fare, for ``shardlease status`` (only on change)."""
+        """Publish this worker's shards and how they fare, for ``shardlease status`` (on change, and
+        often enough to outlive the report's TTL).  Notes: ``ok`` or ``<state>:<since, Unix ms>``."""
         now = time.monotonic()
         wall_ms = int(time.time() * 1000)
         report: dict[str, str] = {}
@@ -384,10 +386,11 @@ class Worker:
                 stuck = consumer.stuck()
                 state, since = stuck if stuck is not None else ("ok", now)
             report[consumer.shard_id] = "ok" if state == "ok" else f"{state}:{wall_ms - int((now - since) * 1000)}"
-        if report != self._reported:
+        ttl_s = max(30.0, 10 * self.config.renew_interval_s)
+        if report != self._reported or now - self._reported_at > ttl_s / 3:
             try:
-                self.store.report(self.config.worker_id, report, ttl_s=max(30.0, 10 * self.config.renew_interval_s))
-                self._reported = report
+                self.store.report(self.config.worker_id, report, ttl_s=ttl_s)
+                self._reported, self._reported_at = report, now
             except CoordinationUnavailable as exc:
                 log.debug("could not publish the shard report: %s", exc)
 
