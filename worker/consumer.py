@@ -251,6 +251,9 @@ class ShardConsumer:
         self._metrics.pending_since(self.shard_id, self._oldest_unfinished(delivery))
         delay = delivery.run_round(self._guard)
         self._checkpoint_progress(delivery)
+        if delivery.finished and self._delivered_prefix < len(delivery.records):
+            # Done, but the checkpoint waits until the lease may be acted on again: keep the batch.
+            return RENEWAL_WAIT_S
         if not delivery.finished:
             if not self._holds_lease():
                 return 0.0
