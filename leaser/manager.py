@@ -26,6 +26,7 @@ is settled one way only.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +36,8 @@ from leaser.balancer import plan
 from leaser.errors import LeaseLostError, RetryableError
 from leaser.lease import Acquired
 from leaser.store import Heartbeat, LeaseStore
+
+log = logging.getLogger("shardlease.leaser")
 
 
 @dataclass(slots=True)
@@ -73,6 +76,9 @@ class LeaseManager:
         self._created_ms = 0
         self._joined = False
         self._renewed_at = clock()
+        self._uncertain: set[str] = set()
+        """Shards whose acquire call failed: acquired or not, the next heartbeat tells (``unclaimed``)."""
+        self._reported_foreign: set[str] = set()
 
     # -- what the worker holds ------------------------------------------------------------------
 
@@ -245,8 +251,7 @@ class LeaseManager:
     def _balance(self, hb: Heartbeat, result: TickResult) -> None:
         """The tick after the heartbeat; adds to ``result`` as it goes, so a failure keeps what was done."""
         if hb.unclaimed:
-            # Acquired by this worker, but the reply was lost: reclaim them with a new token.
-            result.gained += self._acquire(hb.unclaimed)
+            self._reclaim(hb.unclaimed, result)
         if hb.grants:
             result.gained += self._acquire(hb.grants)
         with self._lock:
@@ -272,12 +277,36 @@ class LeaseManager:
         grants = self.store.grants(self.worker_id)
         return self._acquire(grants) if grants else []
 
+    def _reclaim(self, unclaimed: list[str], result: TickResult) -> None:
+        """Acquire again (new token) the leases this worker acquired without seeing the reply.
+
+        Only shards whose acquire call failed are reclaimed: others in the held index belong to
+        another process using this worker id (a misconfiguration, reported once), never taken from it.
+        """
+        with self._lock:
+            uncertain, self._uncertain = self._uncertain, set()
+        mine = [s for s in unclaimed if s in uncertain]
+        foreign = sorted(set(unclaimed) - uncertain - self._reported_foreign)
+        if foreign:
+            self._reported_foreign.update(foreign)
+            log.error("worker id %r holds leases this process never acquired (%s): is another process running "
+                      "with the same --worker-id? Give every process its own id", self.worker_id,
+                      ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else ""))
+        if mine:
+            result.gained += self._acquire(mine)
+
     def _acquire(self, shard_ids: list[str], take_from: str = "") -> list[Acquired]:
         with self._lock:
             wanted = [s for s in shard_ids if s not in self._held]
         if not wanted:
             return []
-        acquired, _refused = self.store.acquire(self.worker_id, wanted, take_from=take_from)
+        try:
+            acquired, _refused = self.store.acquire(self.worker_id, wanted, take_from=take_from)
+        except RetryableError:
+            # The scripts may have run with the reply lost: the next heartbeat names the ones that did.
+            with self._lock:
+                self._uncertain.update(wanted)
+            raise
         with self._lock:
             for a in acquired:
                 self._held[a.shard_id] = a

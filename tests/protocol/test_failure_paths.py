@@ -6,6 +6,8 @@ Each test names the state a failure leaves behind and checks that the protocol c
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import redis
 
@@ -32,16 +34,39 @@ def test_an_acquire_run_twice_reclaims_with_a_new_token_and_fences_the_first(sto
     assert store.members() == {} or store.members()["w1"] == 1  # the load is counted once
 
 
-def test_a_lease_acquired_without_the_reply_is_reclaimed_at_the_next_tick(store: LeaseStore) -> None:
+def test_a_lease_acquired_without_the_reply_is_reclaimed_at_the_next_tick(
+    store: LeaseStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store.register_shards(specs(2))
     manager = LeaseManager(store, "w1")
     manager.tick()  # joins
-    store.acquire("w1", ["s00000"])  # acquired in Redis; the reply was lost: the manager does not know
+    real_acquire = store.acquire
+
+    def reply_lost(*args: Any, **kwargs: Any) -> Any:
+        real_acquire(*args, **kwargs)  # the scripts ran in Redis...
+        raise CoordinationUnavailable("Redis unavailable: connection reset")  # ...but the reply was lost
+
+    monkeypatch.setattr(store, "acquire", reply_lost)
     result = manager.tick()
-    reclaimed = {a.shard_id: a.how for a in result.gained}
-    assert reclaimed["s00000"] == "reclaimed"
+    assert result.error and result.gained == [] and manager.held() == {}
+    monkeypatch.undo()
+    result = manager.tick()  # the heartbeat names them unclaimed: reclaimed with new tokens
+    assert sorted((a.shard_id, a.how) for a in result.gained) == [("s00000", "reclaimed"), ("s00001", "reclaimed")]
     assert set(manager.held()) == {"s00000", "s00001"}
     assert store.heartbeat("w1", {s: a.token for s, a in manager.held().items()}).lost == {}
+
+
+def test_leases_of_another_process_with_the_same_worker_id_are_not_reclaimed(
+    store: LeaseStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.register_shards(specs(2))
+    manager = LeaseManager(store, "w1")
+    manager.tick()
+    [other], _ = store.acquire("w1", ["s00000"])  # a second process misconfigured with the same id
+    result = manager.tick()
+    assert "s00000" not in {a.shard_id for a in result.gained}
+    assert store.lease("s00000").token == other.token  # type: ignore[union-attr]
+    assert "same --worker-id" in caplog.text
 
 
 def test_an_end_shard_run_twice_answers_ok_the_second_time(store: LeaseStore) -> None:
