@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 import redis
 
-from leaser import LeaseConfig, LeaseManager, LeaseStore, ShardSpec
+from leaser import CoordinationUnavailable, LeaseConfig, LeaseManager, LeaseStore, ShardSpec
 from worker.consumer import ConsumerSettings, ShardConsumer
 from worker.handler import as_handler
 from worker.local import LocalStreamsServer, LocalTable
@@ -198,3 +199,106 @@ def test_a_lost_lease_stops_the_shard_and_its_checkpoint_never_lands(h: Harness)
     assert c.finished and h.recorder.events == ["gained", "lost"]
     lease = h.store.lease(c.shard_id)
     assert lease is not None and lease.owner == "w2" and lease.checkpoint == written[-1]
+
+
+# -- failure paths (issue 10) ---------------------------------------------------------------------
+
+def test_a_consumer_of_an_older_acquisition_neither_calls_the_handler_nor_checkpoints(h: Harness) -> None:
+    """The shard was released and acquired again by this worker while the old consumer still ran: the
+    old consumer must not write with the new acquisition's token."""
+    written = h.write(10)
+    old = h.consumer(h.shard())
+    h.manager.release(old.shard_id)
+    new = h.consumer(old.shard_id)
+    assert new.token > old.token
+    assert old.step() is None and old.finished  # it stops at once, as for a lost lease
+    assert h.recorder.seen == []
+    assert h.store.lease(old.shard_id).checkpoint == ""  # type: ignore[union-attr]
+    run_steps(new, 2)
+    assert h.recorder.seen == written
+
+
+@pytest.mark.parametrize("raised", [SystemExit(3), asyncio.CancelledError()])
+def test_a_handler_raising_a_base_exception_is_a_failed_call_and_is_retried(
+    h: Harness, raised: BaseException
+) -> None:
+    written = h.write(5)
+    calls = []
+
+    def handle(records: list[Any], ctx: Any) -> None:
+        calls.append(len(records))
+        if len(calls) == 1:
+            raise raised
+        h.recorder.seen.extend(r.sequence_number for r in records)
+
+    h.recorder.handle = handle  # type: ignore[method-assign]
+    c = h.consumer(h.shard())
+    run_steps(c, 4, honour_delays=True)  # the retry waits a backoff of at most 0.2 s
+    assert h.recorder.seen == written and calls == [5, 5]
+    assert h.store.lease(c.shard_id).checkpoint == written[-1]  # type: ignore[union-attr]
+    assert h.metrics.value("shardlease_handler_errors_total") == 1
+
+
+def test_a_worker_paused_during_get_records_hands_the_page_to_no_handler(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [1000.0]
+    h.manager = LeaseManager(h.store, "w1", clock=lambda: clock[0])
+    written = h.write(5)
+    c = h.consumer(h.shard())
+    real_get_records = h.streams.get_records
+
+    def paused_in_flight(*args: Any, **kwargs: Any) -> Any:
+        page = real_get_records(*args, **kwargs)
+        clock[0] += h.store.config.lease_ttl_s + 1  # SIGSTOP while the call was in flight, SIGCONT later
+        return page
+
+    monkeypatch.setattr(h.streams, "get_records", paused_in_flight)
+    c.step()
+    assert h.recorder.seen == []  # woke past the TTL: the page read before the pause reaches no handler
+    assert h.store.lease(c.shard_id).checkpoint == ""  # type: ignore[union-attr]
+    monkeypatch.undo()
+    h.manager.tick()  # the lease was still this worker's on Redis: the renewal gets through
+    run_steps(c, 2)
+    assert h.recorder.seen == written
+
+
+def test_on_shard_end_runs_once_and_the_shard_ends_after_a_redis_error(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written = h.write(3)
+    parent = h.shard()
+    c = h.consumer(parent)
+    h.server.model.split_shard(h.table, parent)
+    real_end_shard = h.store.end_shard
+    failures = [1]
+
+    def end_shard_fails_once(*args: Any, **kwargs: Any) -> list[str]:
+        if failures:
+            failures.pop()
+            raise CoordinationUnavailable("Redis unavailable: test")
+        return real_end_shard(*args, **kwargs)
+
+    monkeypatch.setattr(h.store, "end_shard", end_shard_fails_once)
+    assert run_steps(c, 6) is None
+    assert h.recorder.seen == written and h.recorder.events == ["gained", "end"]
+    assert h.store.lease(parent).checkpoint == "SHARD_END"  # type: ignore[union-attr]
+
+
+def test_latest_applies_to_the_first_listing_and_children_are_read_whole(h: Harness) -> None:
+    parent = h.shard()
+    h.store.register_shards([ShardSpec(parent)])
+    assert h.store.mark_listed()
+    h.write(4)  # before the group's first read of the parent: LATEST skips these
+    c = h.consumer(parent, initial_position="LATEST")
+    run_steps(c, 2)
+    assert h.recorder.seen == []
+    later = h.write(2, start=4)
+    run_steps(c, 2)
+    a, b = h.server.model.split_shard(h.table, parent)
+    in_children = h.write(20, start=6)  # written to the children before anyone reads them
+    assert run_steps(c, 4) is None  # the parent ends
+    h.store.register_shards([ShardSpec(a, (parent,)), ShardSpec(b, (parent,))])  # found by a later sync
+    for child in (a, b):
+        run_steps(h.consumer(child, initial_position="LATEST"), 4)
+    assert sorted(h.recorder.seen, key=int) == sorted(later + in_children, key=int)
