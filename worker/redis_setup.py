@@ -134,8 +134,12 @@ def open_redis(
     ca_file: str | None = None,
     cert_file: str | None = None,
     key_file: str | None = None,
+    socket_timeout_s: float = 5.0,
 ) -> tuple[redis.Redis, str]:
     """A checked client for the group's Redis and a printable (redacted) description of it.
+
+    ``socket_timeout_s`` bounds every call (connect, then each reply): a worker passes less than its
+    lease TTL, so one heartbeat against an unreachable Redis fails before the leases would expire.
 
     ``url`` may name a Redis Cluster (``redis+cluster://`` / ``rediss+cluster://``); the client is
     then a ``redis.cluster.RedisCluster``, typed here as ``redis.Redis`` until its callers take
@@ -155,7 +159,8 @@ def open_redis(
         raise ConfigError("redis_cert_file / redis_key_file", "a client certificate needs both files",
                           "set both --redis-cert-file and --redis-key-file, or neither")
     try:
-        client: RedisClient = connect(url, ca_file=ca_file, cert_file=cert_file, key_file=key_file)
+        client: RedisClient = connect(url, ca_file=ca_file, cert_file=cert_file, key_file=key_file,
+                                      socket_timeout_s=socket_timeout_s)
         client.ping()
     except CoordinationUnavailable as exc:  # a cluster client connects in connect()
         raise _unreachable(shown, exc.__cause__ or exc) from None

@@ -76,6 +76,12 @@ EXIT_ABANDONED = 3
 its lease was left to expire, and the process must exit at once (the call cannot be cancelled)."""
 
 
+def redis_timeout_s(lease_ttl_s: float) -> float:
+    """Socket timeout of the worker's Redis calls: at most 5 s and half the lease TTL, so a heartbeat to
+    an unreachable Redis fails (and is retried at the next tick) well before its leases expire."""
+    return min(5.0, max(0.5, lease_ttl_s / 2))
+
+
 @dataclass(frozen=True, slots=True)
 class Resolved:
     stream_arn: str
@@ -167,6 +173,7 @@ class Worker:
         self.client, self.redis_shown = open_redis(
             config.redis_url, data_dir=config.data_dir, ca_file=config.redis_ca_file,
             cert_file=config.redis_cert_file, key_file=config.redis_key_file,
+            socket_timeout_s=redis_timeout_s(config.lease_ttl_s),
         )
         self.stream_arn = resolve_stream(self.streams, config)
         lease_config = LeaseConfig(
