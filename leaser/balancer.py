@@ -3,17 +3,28 @@
 With ``T`` leases ready and ``W`` live workers, every worker ends up holding
 ``floor = T // W`` or ``ceil = floor + 1`` of them, so ``max - min <= 1``.
 
-Every worker computes the same *targets* from the same reported loads: the
-``T mod W`` most loaded workers (ties by id) are meant to hold ``ceil``, the others
-``floor``.  Favouring the most loaded keeps leases where they are: a balanced
-fleet has exactly ``T mod W`` workers at ``ceil``, so its targets equal its loads
-and nothing moves (no oscillation).
+Every worker computes the same *targets* from the same reported loads: ``T mod W``
+workers are meant to hold ``ceil``, the others ``floor``.  The ``ceil`` targets go
+first to the workers holding ``ceil`` or more, then to the others, each group in id
+order.  This keeps leases where they are: a balanced fleet has exactly ``T mod W``
+workers at ``ceil``, so its targets equal its loads and nothing moves (no
+oscillation).  It also keeps targets still while leases move: a worker moving toward
+a ``ceil`` target stays in its group, and one moving toward a ``floor`` target never
+rises above ``floor``, so no one overtakes it (ranking by raw load would let a taker
+overtake and swap targets mid-way, which costs rounds).
 
-* A worker below its target takes free or expired leases, up to its target.
+* Every worker fills the free or expired leases in id order in its plan; a worker
+  below its target takes only its own part (so parts do not overlap, and what it
+  takes plus what it asks for is exactly its deficit).
 * Deficits the free pool cannot fill are matched, in id order, with the excess
   of workers above their targets; each taker asks its matched owners, so askers
   spread over owners instead of herding onto the most loaded one.
 * An asked owner gives, in total, no more than it holds above its own target.
+
+Moving a matched amount (a take of a part, a handover of a matched pair) leaves the
+targets, the other parts and the other matched pairs as they were, so workers that
+plan at different moments still agree.  Hence the bound stated in
+``docs/lease-protocol.md``: at most two rounds with moves (take and ask, then give).
 
 Loads are as reported at each worker's last heartbeat (kept current by acquire
 and release); a giver checks its own live count, so stale loads cannot make it
@@ -55,10 +66,13 @@ def fair_share(ready: int, workers: int, max_leases: int = 0) -> Share:
 
 
 def targets(loads: dict[str, int], ready: int, max_leases: int = 0) -> dict[str, int]:
-    """How many leases each worker is meant to hold: ``ceil`` for the most loaded, else ``floor``."""
+    """How many leases each worker is meant to hold: ``ceil`` for ``T mod W`` of them, else ``floor``.
+
+    ``ceil`` goes first to workers holding ``ceil`` or more, then to the others, each group by id.
+    """
     share = fair_share(ready, len(loads), max_leases)
     extra = ready - share.floor * len(loads) if share.ceil > share.floor else 0
-    order = sorted(loads, key=lambda w: (-loads[w], w))
+    order = sorted(loads, key=lambda w: (loads[w] < share.ceil, w))
     return {w: share.ceil if i < extra else share.floor for i, w in enumerate(order)}
 
 
@@ -79,18 +93,19 @@ def plan(
     loads = dict(members)
     loads[me] = held
     target = targets(loads, ready, max_leases)
-    take = min(max(target[me] - held, 0), takeable)
 
     # Deficits the free pool fills first (in id order), then the rest matched with excesses.
+    # This worker takes only its own part of the pool: taking more would overlap another
+    # worker's part, and on top of the asks for the rest it would overshoot the target.
     pool = takeable
-    offset = 0
+    take = offset = 0
     deficits: list[tuple[str, int]] = []
     for w in sorted(loads):
         need = target[w] - loads[w]
         if need > 0:
             filled = min(need, pool)
             if w == me:
-                offset = takeable - pool
+                take, offset = filled, takeable - pool
             pool -= filled
             if need > filled:
                 deficits.append((w, need - filled))

@@ -8,8 +8,30 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from hypothesis import HealthCheck, settings
 
 from leaser.embedded import RedisServer, env_redis_url
+
+# Property tests run the same examples on every run ("ci", the default): a red CI is a real failure.
+# HYPOTHESIS_PROFILE=explore (or --hypothesis-profile=explore) tries many more, from random seeds;
+# HYPOTHESIS_EXAMPLES sets how many.  Tests that set max_examples use max(theirs, the profile's).
+settings.register_profile(
+    "ci",
+    max_examples=100,
+    derandomize=True,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "explore",
+    max_examples=int(os.environ.get("HYPOTHESIS_EXAMPLES", "10000")),
+    derandomize=False,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")

@@ -110,20 +110,22 @@ _typed = st.recursive(
 _items = st.dictionaries(st.text(min_size=1, max_size=12), _typed, max_size=8)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=max(300, settings.default.max_examples), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(_items)
 def test_from_typed_item_equals_boto3(item: dict[str, Any]) -> None:
     assert canon(from_typed_item(item)) == canon(boto3_image(item))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=max(200, settings.default.max_examples), deadline=None)
 @given(_typed)
 def test_from_typed_equals_type_deserializer(value: dict[str, Any]) -> None:
     expected = boto3_image({"v": value})["v"]
     assert canon(from_typed(value)) == canon(expected)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=max(300, settings.default.max_examples), deadline=None)
 @given(_numbers)
 def test_numbers_identical_to_boto3_context(n: str) -> None:
     got = from_typed({"N": n})

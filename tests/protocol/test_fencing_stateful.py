@@ -125,5 +125,7 @@ def make_machine(redis_url: str) -> type[RuleBasedStateMachine]:
 
 def test_two_workers_never_hold_the_same_lease(redis_url: str) -> None:
     machine = make_machine(redis_url)
-    machine.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+    machine.TestCase.settings = settings(
+        max_examples=max(60, settings.default.max_examples), stateful_step_count=40, deadline=None
+    )
     machine.TestCase().runTest()
