@@ -19,12 +19,17 @@ from typing import Any
 import orjson
 import pytest
 
+from leaser.errors import ConfigError
 from tests.chaos.harness import (
+    Call,
     Chaos,
     chaos_seed,
+    overlapping_calls,
+    parse_ts,
     read_calls,
     wait_until,
 )
+from worker.config import load_run_config
 
 pytestmark = pytest.mark.e2e
 
@@ -58,6 +63,15 @@ def wait_for_fault(c: Chaos, marker: Path, timeout_s: float) -> dict[str, Any]:
     assert_all_running(c)
     assert fired and marker.exists(), f"the injected fault never fired within {timeout_s} s"
     return dict(orjson.loads(marker.read_bytes()))
+
+
+def describe_overlaps(pairs: list[tuple[Call, Call]]) -> str:
+    def one(k: Call) -> str:
+        end = "never returned" if k.end is None else f"{k.end - k.start:.2f} s"
+        return f"{k.worker} (pid {k.pid}, token {k.token}) at {k.start:.3f} ({end})"
+
+    return f"{len(pairs)} overlapping pairs, e.g. " + "; ".join(
+        f"{a.shard}: {one(a)} and {one(b)}" for a, b in pairs[:2])
 
 
 def shard_of_seq(c: Chaos) -> dict[str, str]:
@@ -144,5 +158,76 @@ def test_handler_raising_a_base_exception_is_retried(tmp_path: Path, mode: str) 
                 problems.append(f"after SIGTERM {fault['w']} exited with {code} after {gone - sent:.1f} s "
                                 f"(want 0 within 5 s)")
         assert not problems, "; ".join(problems)
+        c.drain_timeout_s = 5
+        c.finish()
+
+
+# -- 3. A handler that never returns ----------------------------------------------------------------
+
+HANDLER_TIMEOUT_S = 2.0
+SHUTDOWN_GRACE_S = 2.0
+
+
+@xfail("--on-handler-timeout does not exist yet")
+def test_on_handler_timeout_setting() -> None:
+    base = ["--stream-arn", "arn:aws:dynamodb:us-east-1:123456789012:table/t/stream/2024-01-01T00:00:00.000"]
+    assert load_run_config(base).on_handler_timeout == "exit"  # type: ignore[attr-defined]
+    assert load_run_config([*base, "--on-handler-timeout", "warn"]).on_handler_timeout == "warn"  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match=r"--on-handler-timeout"):
+        load_run_config([*base, "--on-handler-timeout", "ignore"])
+
+
+@xfail("--handler-timeout is not enforced (and --on-handler-timeout does not exist)")
+def test_hung_handler_exits_the_worker_and_the_shard_moves(tmp_path: Path) -> None:
+    """A handler call that never returns: after --handler-timeout the worker logs an ERROR naming the
+    shard, hands its other shards back, keeps the hung shard's lease (left to expire) and exits 3; the
+    other worker takes the shard over only after that; every record is handled."""
+    c = Chaos(tmp_path, chaos_seed(), "hang", workers=2, handler=FAULTY,
+              handler_env=faulty_env(tmp_path, "hang", target_n=100), writes_per_s=50,
+              endpoint_faults=NO_ENDPOINT_FAULTS,
+              worker_settings={"handler-timeout": str(HANDLER_TIMEOUT_S), "on-handler-timeout": "exit",
+                               "shutdown-grace": str(SHUTDOWN_GRACE_S)})
+    with c:
+        fault = wait_for_fault(c, tmp_path / "fault.json", 15)
+        hung, shard, hang_start = fault["w"], fault["shard"], fault["t"]
+        held_at_hang = {s for s, (owner, _) in c.owners().items() if owner == hung}
+        c.note("hang", f"{hung} (pid {fault['pid']}) on {shard}; it holds {sorted(held_at_hang)}")
+        budget = HANDLER_TIMEOUT_S + SHUTDOWN_GRACE_S + 3.0
+        code, died = c.wait_exit(hung, max(0.0, hang_start + budget - time.time()))
+        c.note("hung-worker-exit", f"code {code}")
+        assert code == 3, (f"the hung worker's exit code is {code}, want 3 within {budget:.0f} s of the hang "
+                           f"(log: {log_tail(c, hung)})")
+        c.sleep_until(c.t() + 2.0)
+        c.stop_writing()
+        expected = set(c.written)
+        rows = c.wait_drained(expected, 10)
+        missing = expected - {r.seq for r in rows}
+        assert not missing, f"{len(missing)} of {len(expected)} records never handled"
+
+        errors = [d for d in c.log_lines(hung) if d.get("level") == "ERROR" and "timeout" in d.get("msg", "").lower()
+                  and shard in orjson.dumps(d).decode()]
+        assert errors, f"no ERROR naming {shard} and the timeout in {hung}'s log"
+        detected = parse_ts(errors[0]["ts"])
+        assert hang_start + HANDLER_TIMEOUT_S - 0.1 <= detected <= hang_start + HANDLER_TIMEOUT_S + 1.5, (
+            f"hang detected {detected - hang_start:.2f} s after it started (timeout {HANDLER_TIMEOUT_S} s)")
+        calls, _ = read_calls(tmp_path / "calls.jsonl")
+        late = [k for k in calls if k.pid == fault["pid"] and k.start > detected + 0.01]
+        assert not late, f"the hung worker started {len(late)} handler calls after detecting the hang"
+        hung_call = [k for k in calls if k.pid == fault["pid"] and k.start == hang_start]
+        assert len(hung_call) == 1 and hung_call[0].end is None, "the hung call returned"
+        overlaps = overlapping_calls(calls, died_at={fault["pid"]: died})
+        assert not overlaps, f"calls on one shard by two processes overlap: {describe_overlaps(overlaps)}"
+        taken = [k for k in calls if k.shard == shard and k.pid != fault["pid"] and k.start > hang_start]
+        assert taken, f"nobody handled {shard} after the hang"
+
+        # The hung shard's lease was left to expire (never seen free), the others were handed back first.
+        def first_not_hung(s: str) -> float:
+            return min((o.t for o in c.poller.observations if o.t > hang_start and s in o.leases
+                        and o.leases[s][1] != hung), default=float("inf"))
+        freed = [o.t for o in c.poller.observations if o.t > hang_start and o.leases.get(shard, ("", "x"))[1] == ""]
+        assert not freed, f"{shard}'s lease was released while its handler call was hung"
+        moved = first_not_hung(shard)
+        slow_others = {s for s in held_at_hang - {shard} if first_not_hung(s) >= moved}
+        assert not slow_others, f"{sorted(slow_others)} were not handed back before {shard}'s lease expired"
         c.drain_timeout_s = 5
         c.finish()
