@@ -13,6 +13,8 @@ Environment:
   worker, pid, shard, lease token, batch size and wall time; ``close()`` writes ``close-start`` and
   ``close-end`` lines.  A call that never returns has no ``end`` line.
 * ``SHARDLEASE_TEST_SLOW_S``: every batch takes that long (the recording handler's knob).
+* ``FAULTY_GATE``: while this file exists, a call that starts waits for it to be removed (at most 60 s)
+  before handling its batch: the test decides when the batches in flight end.
 
 Records are recorded (``$SHARDLEASE_TEST_OUT``, see ``tests/e2e/recording_handler.py``) only when the
 call succeeds.
@@ -79,6 +81,10 @@ class FaultyHandler:
         _log({**base, "ev": "start", "t": started, "size": len(records)})
         error = ""
         try:
+            gate = os.environ.get("FAULTY_GATE")
+            deadline = started + 60
+            while gate and os.path.exists(gate) and time.time() < deadline:
+                time.sleep(0.05)
             if self.mode and self._has_target(records) and _claim_fault(ctx, started):
                 if self.mode == "systemexit":
                     error = "SystemExit"
