@@ -21,6 +21,7 @@ import pytest
 
 from leaser.errors import ConfigError
 from tests.chaos.harness import (
+    LEASE_TTL_S,
     SHARDS,
     Call,
     Chaos,
@@ -280,5 +281,59 @@ def test_handoff_with_batches_longer_than_the_handoff_timeout_settles(tmp_path: 
         assert not late, f"ownership changed {len(late)} times in the last {QUIET_S:.0f} s: {timeline}"
         loads = collections.Counter(o for o, _ in owners.values())
         assert loads[b] == fair and loads["w1"] == fair, f"not settled at a fair share: {dict(loads)}"
+        c.drain_timeout_s = 10
+        c.finish()
+
+
+# -- 5. A stale owner waking up after its lease expired ---------------------------------------------
+
+GET_RECORDS_LATENCY_S = 1.5
+
+
+@xfail("a worker paused during GetRecords hands the page to its handler on waking, on a lost lease")
+def test_paused_owner_does_not_call_its_handler_after_its_lease_expired(tmp_path: Path) -> None:
+    """SIGSTOP a worker while its GetRecords call on a shard is in flight (the endpoint answers that
+    call 1.5 s late), SIGCONT it after 2.5 lease TTLs, when the other worker has its shards: it makes no
+    handler call on any lease it held before the pause; no two processes handle a shard at once.
+
+    Redis replies reach the workers 0.3 s late for 1.5 s around the wake-up (a slow network), so the
+    heartbeat that tells the woken worker it lost its leases cannot beat the buffered GetRecords
+    answer by luck: the worker must know by itself that it may no longer own them."""
+    c = Chaos(tmp_path, chaos_seed(), "stale", workers=2, proxy=True, handler=FAULTY,
+              handler_env=faulty_env(tmp_path), endpoint_faults=NO_ENDPOINT_FAULTS)
+    with c:
+        assert wait_until(lambda: len({o for o, _ in c.owners().values()}) == 2
+                          and len(c.owners()) == SHARDS and len(c.rows()) > 50, 10), c.owners()
+        owners = c.owners()
+        shard = sorted(owners)[0]
+        victim = owners[shard][0]
+        in_flight = c.slow_get_records(shard, GET_RECORDS_LATENCY_S)
+        assert in_flight.wait(5), f"no GetRecords on {shard}"
+        held = {s: token for s, (o, token) in c.owners().items() if o == victim}
+        stopped = time.time()
+        c.fleet.signal(victim, signal.SIGSTOP)
+        c.note("sigstop", f"{victim} with GetRecords on {shard} in flight; holding {sorted(held)}")
+        moved = wait_until(lambda: all(c.owners().get(s, (victim, 0))[0] not in ("", victim) for s in held),
+                           4 * LEASE_TTL_S)
+        c.sleep_until(c.t() + max(0.0, stopped + 2.5 * LEASE_TTL_S - time.time()))
+        assert moved, f"the other worker did not take {sorted(held)}: {c.owners()}"
+        assert c.proxy is not None
+        c.proxy.reply_delay_s = 0.3
+        continued = time.time()
+        c.fleet.signal(victim, signal.SIGCONT)
+        c.note("sigcont", f"{victim} after {continued - stopped:.1f} s")
+        time.sleep(1.5)
+        c.proxy.reply_delay_s = 0.0
+        time.sleep(2.0)
+        c.stop_writing()
+        calls, _ = read_calls(tmp_path / "calls.jsonl")
+        mine = [k for k in calls if k.worker == victim]
+        stale = [k for k in mine if k.start >= continued and held.get(k.shard) == k.token]
+        assert not stale, (f"{len(stale)} handler calls on lost leases after the wake-up: "
+                           + ", ".join(f"{k.shard[-8:]} token {k.token} +{k.start - continued:.2f}s" for k in stale))
+        # A call the pause froze mid-way really overlaps the next owner's: that is not the worker's doing.
+        frozen = [k for k in mine if k.start < stopped and (k.end is None or k.end > continued)]
+        overlaps = [(a, b) for a, b in overlapping_calls(calls) if a not in frozen and b not in frozen]
+        assert not overlaps, f"calls on one shard by two processes overlap: {describe_overlaps(overlaps)}"
         c.drain_timeout_s = 10
         c.finish()
