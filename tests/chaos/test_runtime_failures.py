@@ -175,8 +175,8 @@ SHUTDOWN_GRACE_S = 2.0
 @xfail("--on-handler-timeout does not exist yet")
 def test_on_handler_timeout_setting() -> None:
     base = ["--stream-arn", "arn:aws:dynamodb:us-east-1:123456789012:table/t/stream/2024-01-01T00:00:00.000"]
-    assert load_run_config(base).on_handler_timeout == "exit"  # type: ignore[attr-defined]
-    assert load_run_config([*base, "--on-handler-timeout", "warn"]).on_handler_timeout == "warn"  # type: ignore[attr-defined]
+    assert load_run_config(base).on_handler_timeout == "exit"
+    assert load_run_config([*base, "--on-handler-timeout", "warn"]).on_handler_timeout == "warn"
     with pytest.raises(ConfigError, match=r"--on-handler-timeout"):
         load_run_config([*base, "--on-handler-timeout", "ignore"])
 
