@@ -161,6 +161,101 @@ def check_parents_before_children_strict(rows: list[Row], parent_of: dict[str, s
             assert last[parent] < first[child], f"child {child} handled before parent {parent}'s last record"
 
 
+@dataclass
+class Call:
+    """One handler call as logged by ``tests/chaos/faulty_handler.py`` ($CHAOS_CALLS)."""
+
+    worker: str
+    pid: int
+    shard: str
+    token: int
+    start: float
+    end: float | None
+    """Wall time the call returned or raised; None if it never did (hung, or its process died)."""
+    size: int
+    error: str = ""
+
+
+@dataclass
+class Close:
+    """One call of the handler's ``close()`` (start and end wall times)."""
+
+    worker: str
+    pid: int
+    start: float
+    end: float | None
+
+
+def read_calls(path: Path) -> tuple[list[Call], list[Close]]:
+    """The handler calls and ``close()`` calls logged in ``path`` (start and end lines paired by id)."""
+    calls: dict[str, Call] = {}
+    closes: dict[str, Close] = {}
+    if not path.exists():
+        return [], []
+    for line in path.read_bytes().splitlines():
+        d = orjson.loads(line)
+        ev, cid = d["ev"], d["id"]
+        if ev == "start":
+            calls[cid] = Call(d["w"], d["pid"], d["shard"], d["token"], d["t"], None, d["size"])
+        elif ev == "end":
+            calls[cid].end = d["t"]
+            calls[cid].error = d.get("error", "")
+        elif ev == "close-start":
+            closes[cid] = Close(d["w"], d["pid"], d["t"], None)
+        elif ev == "close-end":
+            closes[cid].end = d["t"]
+    return list(calls.values()), list(closes.values())
+
+
+def overlapping_calls(calls: list[Call], died_at: dict[int, float] | None = None) -> list[tuple[Call, Call]]:
+    """Pairs of calls on one shard by two different processes whose [start, end] intervals overlap.
+
+    A call that never ended lasts until its process died (``died_at[pid]``), else for ever."""
+    died_at = died_at or {}
+
+    def end(c: Call) -> float:
+        return c.end if c.end is not None else died_at.get(c.pid, float("inf"))
+
+    out = []
+    by_shard: dict[str, list[Call]] = collections.defaultdict(list)
+    for c in calls:
+        by_shard[c.shard].append(c)
+    for shard_calls in by_shard.values():
+        shard_calls.sort(key=lambda c: c.start)
+        for i, a in enumerate(shard_calls):
+            for b in shard_calls[i + 1:]:
+                if b.start >= end(a):
+                    break
+                if a.pid != b.pid:
+                    out.append((a, b))
+    return out
+
+
+def ownership_changes(observations: list[Observation], since: float = 0.0) -> list[tuple[float, str, str, int]]:
+    """(time first seen, shard, owner, token) for every (shard, token) pair the poller first saw owned
+    after ``since`` (wall time): each is one acquisition (a new owner, or a handoff back)."""
+    seen: set[tuple[str, int]] = set()
+    out = []
+    for obs in observations:
+        for shard, (_cp, owner, token, _state) in obs.leases.items():
+            if not owner or (shard, token) in seen:
+                continue
+            seen.add((shard, token))
+            if obs.t > since:
+                out.append((obs.t, shard, owner, token))
+    return out
+
+
+def wait_until(predicate: Any, timeout_s: float, interval_s: float = 0.1) -> bool:
+    """Poll ``predicate()`` until true (True) or the timeout (False)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return bool(predicate())
+
+
 def parse_ts(ts: str) -> float:
     return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
 
@@ -194,7 +289,12 @@ class Chaos:
 
     def __init__(self, tmp: Path, seed: int, name: str, *, persistent: bool = True, proxy: bool = False,
                  workers: int = 3, handler_env: dict[str, str] | None = None,
-                 writes_per_s: int = WRITES_PER_S) -> None:
+                 writes_per_s: int = WRITES_PER_S, handler: str = "tests.chaos.slow_handler:handle",
+                 worker_settings: dict[str, str] | None = None,
+                 endpoint_faults: dict[str, Any] | None = None) -> None:
+        """``handler``, ``worker_settings`` (extra ``shardlease run`` flags without the ``--``, e.g.
+        ``{"initial-position": "LATEST"}``, overriding the harness's) and ``endpoint_faults``
+        (replacing :data:`ENDPOINT_FAULTS`) default to the setup every chaos scenario uses."""
         self.tmp, self.seed, self.name = tmp, seed, name
         self.rng = random.Random(seed)
         self.group = f"chaos-{name}"
@@ -203,9 +303,12 @@ class Chaos:
         self.use_proxy = proxy
         self.initial_workers = workers
         self.handler_env = handler_env or {}
+        self.handler = handler
+        self.worker_settings = worker_settings or {}
         self.writes_per_s = writes_per_s
         self.drain_timeout_s = DRAIN_TIMEOUT_S
-        self.server = LocalStreamsServer(port=0, seed=seed, **ENDPOINT_FAULTS)
+        self.server = LocalStreamsServer(port=0, seed=seed,
+                                         **(ENDPOINT_FAULTS if endpoint_faults is None else endpoint_faults))
         self.faults: list[tuple[float, str, str]] = []
         self.pauses: list[Pause] = []
         self.written: list[str] = []
@@ -227,7 +330,8 @@ class Chaos:
         worker_url = self.proxy.url if self.proxy else self.redis.url
         self.fleet = Fleet(self.tmp, worker_url, self.server.endpoint_url, self.table.stream_arn, self.group,
                            **{"lease-ttl": str(LEASE_TTL_S), "renew-interval": str(RENEW_INTERVAL_S),
-                              "batch-size": str(BATCH_SIZE), "log-format": "json", "idle-poll-interval": "0.3"})
+                              "batch-size": str(BATCH_SIZE), "log-format": "json", "idle-poll-interval": "0.3",
+                              **self.worker_settings})
         self.poller = CheckpointPoller(self.redis.url, self.group).start()
         for _ in range(self.initial_workers):
             self.start_worker()
@@ -298,8 +402,7 @@ class Chaos:
     def start_worker(self) -> str:
         name = f"w{self._next_worker}"
         self._next_worker += 1
-        self.fleet.start(name, handler="tests.chaos.slow_handler:handle", CHAOS_HANDLER_SEED=str(self.seed),
-                         **self.handler_env)
+        self.fleet.start(name, handler=self.handler, CHAOS_HANDLER_SEED=str(self.seed), **self.handler_env)
         return name
 
     def alive(self) -> list[str]:
@@ -366,6 +469,70 @@ class Chaos:
     def rows(self) -> list[Row]:
         return self.fleet.handled()
 
+    def stop_writing(self) -> None:
+        """Stop the background writer (once); :attr:`written` is final afterwards."""
+        if not self._stop_writing.is_set():
+            self._stop_writing.set()
+            self.writer.join()
+            self.note("writes-stopped", f"{len(self.written)} records")
+
+    def wait_drained(self, expected: set[str], timeout_s: float) -> list[Row]:
+        """Wait until every record of ``expected`` was handled (or the timeout); the rows seen last."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            rows = self.rows()
+            if expected <= {r.seq for r in rows} or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.2)
+
+    def owners(self) -> dict[str, tuple[str, int]]:
+        """shard -> (owner, token) of every lease that has an owner, read from Redis now."""
+        return {lease.shard_id: (lease.owner, lease.token) for lease in self.poller.store.leases() if lease.owner}
+
+    def wait_exit(self, name: str, timeout_s: float) -> tuple[int | None, float]:
+        """Wait for worker ``name`` to exit: (its exit code or None on timeout, wall time it was seen
+        gone; polled every 20 ms, so at most that much after the real exit)."""
+        proc = self.fleet.procs[name]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            code = proc.poll()
+            if code is not None:
+                return code, time.time()
+            time.sleep(0.02)
+        return None, time.time()
+
+    def slow_get_records(self, shard_id: str, latency_s: float, *, calls: int = 1) -> threading.Event:
+        """Make the next ``calls`` GetRecords calls on ``shard_id`` (every one with ``calls=-1``) take
+        ``latency_s`` longer: the endpoint sleeps before answering.  The event returned is set when
+        the first slowed call arrives (the caller's GetRecords is then in flight for ``latency_s``)."""
+        from worker.local.server import STREAMS_PREFIX
+
+        op = STREAMS_PREFIX + "GetRecords"
+        inner = self.server._ops[op]
+        started = threading.Event()
+        lock = threading.Lock()
+        left = [calls]
+
+        def slowed(params: Any, _inner: Any = inner) -> Any:
+            try:
+                shard = self.server.model._decode_iterator(params.get("ShardIterator"))[1]
+            except Exception:
+                shard = ""
+            if shard == shard_id:
+                with lock:
+                    take = left[0] != 0
+                    if left[0] > 0:
+                        left[0] -= 1
+                if take:
+                    if not started.is_set():
+                        self.note("slow-get-records", f"{shard_id} +{latency_s:.1f} s")
+                    started.set()
+                    time.sleep(latency_s)
+            return _inner(params)
+
+        self.server._ops[op] = slowed
+        return started
+
     def log_lines(self, name: str) -> list[dict[str, Any]]:
         lines = []
         for raw in self.fleet.log_text(name).splitlines():
@@ -375,12 +542,13 @@ class Chaos:
                     lines.append(doc)
         return lines
 
-    def finish(self, *, group_reset: bool = False) -> tuple[Report, list[Row]]:
-        """Stop writing, wait until every record is handled, stop the fleet, check the invariants."""
-        self._stop_writing.set()
-        self.writer.join()
-        self.note("writes-stopped", f"{len(self.written)} records")
-        written = set(self.written)
+    def finish(self, *, group_reset: bool = False, expected: set[str] | None = None) -> tuple[Report, list[Row]]:
+        """Stop writing, wait until every record is handled, stop the fleet, check the invariants.
+
+        ``expected``: the records that must be handled (default: every record written), e.g. only
+        those written after the group started with ``--initial-position LATEST``."""
+        self.stop_writing()
+        written = set(self.written) if expected is None else expected
         deadline = time.monotonic() + self.drain_timeout_s
         while True:
             rows = self.rows()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 
 from leaser.embedded import free_port
 
@@ -13,7 +14,9 @@ class CuttableProxy:
     """Forwards 127.0.0.1:<port> to ``target``; :meth:`cut` closes every open connection (both sides).
 
     New connections are accepted again right after a cut (a dropped connection, not an outage).
-    When the target refuses, the client's connection is closed at once.
+    When the target refuses, the client's connection is closed at once.  Setting
+    :attr:`reply_delay_s` above 0 holds every chunk from the target that long before passing it
+    on (a slow network to Redis, for a while); 0, the default, forwards at once.
     """
 
     def __init__(self, target_port: int, port: int | None = None) -> None:
@@ -26,6 +29,7 @@ class CuttableProxy:
         self.cuts = 0
         self.connections_cut = 0
         self.accepted = 0
+        self.reply_delay_s = 0.0
 
     @property
     def url(self) -> str:
@@ -60,14 +64,18 @@ class CuttableProxy:
                 self._pairs.add(pair)
                 self.accepted += 1
             threading.Thread(target=self._pump, args=(client, upstream, pair), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, pair), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, pair, True), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket, pair: tuple[socket.socket, socket.socket]) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, pair: tuple[socket.socket, socket.socket],
+              replies: bool = False) -> None:
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
+                delay = self.reply_delay_s if replies else 0.0
+                if delay > 0:
+                    time.sleep(delay)
                 dst.sendall(data)
         except OSError:
             pass
