@@ -572,8 +572,8 @@ def build_markdown(data: dict[str, Any], status: dict[str, Any], made: dict[str,
                 "DescribeStream: LimitExceededException: Rate exceeded for DescribeStream`. The check that the stream "
                 "exists and is enabled (`worker/runtime.py` `resolve_stream` -> `StreamsClient.stream_status`, one "
                 "DescribeStream with Limit 1 per worker) gets only botocore's 3 attempts (standard retry mode, "
-                "`max_attempts=3` in `worker/streams.py`) and no retry loop of its own, unlike the leader's sync "
-                "loop. On AWS the 10/s budget is shared by the whole account and region, "
+                "`max_attempts=3` in `worker/reading/streams.py`) and no retry loop of its own, unlike the "
+                "leader's sync loop. On AWS the 10/s budget is shared by the whole account and region, "
                 "so a deployment that starts many pods at once (or restarts them all) can lose pods to this; "
                 "Kubernetes would restart them, with a crash-loop back-off. The surviving workers took over every "
                 "shard, and the steady rate is unaffected." + (

@@ -53,7 +53,7 @@ def test_defaults() -> None:
     cfg = load(BASE)
     assert cfg.stream_arn == ARN and cfg.table is None
     assert cfg.group == "default"
-    assert cfg.handler == "worker.handler:log_records"
+    assert cfg.handler == "worker.handling.handler:log_records"
     assert cfg.redis_url is None and cfg.data_dir == ".shardlease"
     assert cfg.initial_position == "TRIM_HORIZON"
     assert cfg.batch_size == 100

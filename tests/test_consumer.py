@@ -13,10 +13,10 @@ import redis
 
 from leaser import CoordinationUnavailable, LeaseConfig, LeaseManager, LeaseStore, ShardSpec
 from worker.consumer import ConsumerSettings, ShardConsumer
-from worker.handler import as_handler
+from worker.handling.handler import as_handler
 from worker.local import LocalStreamsServer, LocalTable
 from worker.observability import Metrics
-from worker.streams import StreamsClient
+from worker.reading.streams import StreamsClient
 
 
 @dataclass

@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from worker.delivery import BatchDelivery, DeliveryPolicy, FailureContext, filter_view, lane_of
-from worker.destinations import FailureEntry
-from worker.filters import FilterCriteria
+from worker.handling.delivery import BatchDelivery, DeliveryPolicy, FailureContext, filter_view, lane_of
+from worker.handling.destinations import FailureEntry
+from worker.handling.filters import FilterCriteria
 from worker.observability import Metrics
-from worker.records import Record
+from worker.reading.records import Record
 
 
 def record(i: int, key: str = "", *, age_s: float = 0.0, ttl: bool = False) -> Record:

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from leaser.errors import ConfigError, CoordinationUnavailable
-from worker.destinations import (
+from worker.handling.destinations import (
     ON_FAILURE_SETTING,
     Destination,
     DestinationFailed,
@@ -26,7 +26,7 @@ from worker.destinations import (
     SqsDestination,
     open_destination,
 )
-from worker.records import Record
+from worker.reading.records import Record
 
 SHARD = "shardId-00000001700000000000-abcdef01"
 ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/orders/stream/2024-01-01T00:00:00.000"
@@ -293,7 +293,7 @@ def test_jsonl_two_processes_append_without_interleaving(tmp_path: Path) -> None
 
 def test_no_destination_logs_metadata_only(caplog: pytest.LogCaptureFixture) -> None:
     e = entry(2)
-    with caplog.at_level(logging.ERROR, logger="worker.destinations"):
+    with caplog.at_level(logging.ERROR, logger="worker.handling.destinations"):
         assert NoDestination().send(e) == ""
     text = caplog.text
     assert SHARD in text and "100000000000000000001" in text and "retries_exhausted" in text

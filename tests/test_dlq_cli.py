@@ -12,8 +12,8 @@ import redis
 from tests import dlq_handlers
 from tests.test_destinations import ARN, SHARD, wire
 from worker.cli import main
-from worker.destinations import FailureEntry, JsonLinesDestination, RedisStreamDestination
-from worker.records import Record
+from worker.handling.destinations import FailureEntry, JsonLinesDestination, RedisStreamDestination
+from worker.reading.records import Record
 
 
 @pytest.fixture(autouse=True)
@@ -185,7 +185,7 @@ def test_list_bad_input_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]
 
 
 def test_list_sqs_peek(capsys: pytest.CaptureFixture[str], aws: Any) -> None:
-    from worker.destinations import SqsDestination
+    from worker.handling.destinations import SqsDestination
 
     url = aws.create_queue(QueueName="dlq-peek")["QueueUrl"]
     SqsDestination(url, region="us-east-1").send(make_entry("g", 10))

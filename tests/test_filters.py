@@ -1,4 +1,4 @@
-"""Lambda-style event filtering (worker.filters) on DynamoDB stream records."""
+"""Lambda-style event filtering (worker.handling.filters) on DynamoDB stream records."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from leaser.errors import ConfigError
-from worker.filters import SETTING, FilterCriteria
+from worker.handling.filters import SETTING, FilterCriteria
 
 
 def record(event: str = "INSERT", new: dict[str, Any] | None = None, old: dict[str, Any] | None = None,

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from leaser.errors import ConfigError
-from worker.handler import Handler, ShardContext, as_handler, load_handler, log_records
+from worker.handling.handler import Handler, ShardContext, as_handler, load_handler, log_records
 
 # The sample module's import path, whether or not tests/ is a package.
 MOD = f"{__package__}.handlers_for_tests" if __package__ else "handlers_for_tests"
@@ -143,8 +143,8 @@ def test_current_directory_is_searched(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_builtin_log_records(caplog: pytest.LogCaptureFixture) -> None:
-    handler = load_handler("worker.handler:log_records")
-    with caplog.at_level(logging.INFO, logger="worker.handler"):
+    handler = load_handler("worker.handling.handler:log_records")
+    with caplog.at_level(logging.INFO, logger="worker.handling.handler"):
         handler.handle(_records(3), CTX)
         log_records([], CTX)
     first, empty = caplog.records
@@ -156,4 +156,4 @@ def test_builtin_log_records(caplog: pytest.LogCaptureFixture) -> None:
 def test_default_handler_in_config_is_loadable() -> None:
     from worker.config import RunConfig
 
-    assert load_handler(RunConfig().handler).name == "worker.handler:log_records"
+    assert load_handler(RunConfig().handler).name == "worker.handling.handler:log_records"

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from worker.handler import Handler, ShardContext, as_handler, load_handler
-from worker.lambda_compat import (
+from worker.handling.handler import Handler, ShardContext, as_handler, load_handler
+from worker.handling.lambda_compat import (
     BatchOutcome,
     ContextFactory,
     LambdaContext,
@@ -30,7 +30,7 @@ from worker.lambda_compat import (
     memory_limit_mb,
     parse_batch_response,
 )
-from worker.records import Record
+from worker.reading.records import Record
 
 ARN = "arn:aws:dynamodb:eu-west-1:123456789012:table/orders/stream/2024-05-01T10:00:00.000"
 SHARD = "shardId-00000001714557600000-abcdef01"

@@ -1,4 +1,4 @@
-"""worker.records: the typed-JSON unmarshaller against boto3, and Record decoding."""
+"""worker.reading.records: the typed-JSON unmarshaller against boto3, and Record decoding."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from botocore.parsers import create_parser
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from worker.records import (
+from worker.reading.records import (
     Record,
     compare_sequence_numbers,
     decode_get_records,

@@ -1,4 +1,4 @@
-"""worker.streams: the fast GetRecords path and error translation through a real boto3 client.
+"""worker.reading.streams: the fast GetRecords path and error translation through a real boto3 client.
 
 A tiny stdlib HTTP server on 127.0.0.1 answers canned AWS JSON 1.0 responses; each test installs
 handlers per operation (``X-Amz-Target``) and can read the requests it got.
@@ -39,8 +39,8 @@ from worker.errors import (
     TrimmedData,
 )
 from worker.local import LocalStreamsServer
-from worker.records import Record
-from worker.streams import GetRecordsPage, Shard, StreamArn, StreamsClient, parse_stream_arn
+from worker.reading.records import Record
+from worker.reading.streams import GetRecordsPage, Shard, StreamArn, StreamsClient, parse_stream_arn
 
 ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/Orders/stream/2024-01-01T00:00:00.000"
 SHARD = "shardId-00000001714566896000-1a2b3c4d"

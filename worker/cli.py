@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_demo(workers=args.workers, duration_s=args.duration)
         if args.command == "dlq":
-            from worker import dlq as dlq_commands
+            from worker.handling import dlq as dlq_commands
 
             if args.dlq_command == "list":
                 return dlq_commands.cli_list(args)

@@ -214,7 +214,7 @@ def parse_on_failure(text: str) -> str:
 
 def parse_filter_patterns(text: str) -> str:
     """Lambda filter patterns as JSON, or ``@path`` of a file holding them; validated, kept as given."""
-    from worker.filters import FilterCriteria
+    from worker.handling.filters import FilterCriteria
 
     FilterCriteria.parse(text)
     return text.strip()
@@ -287,7 +287,7 @@ RUN_SETTINGS: tuple[Setting, ...] = (
     _s("group", ("--group", "--app"), _parse_group, "default",
        "Consumer group: workers of one group share the stream's shards; each group reads everything.",
        metavar="NAME"),
-    _s("handler", "--handler", parse_handler_path, "worker.handler:log_records",
+    _s("handler", "--handler", parse_handler_path, "worker.handling.handler:log_records",
        "Your handler as package.module:function (or a class/instance with handle(records, ctx)).",
        metavar="MODULE:ATTR"),
     _s("redis_url", "--redis-url", parse_redis_url, None,
@@ -389,7 +389,7 @@ class RunConfig:
     stream_arn: str | None = None
     table: str | None = None
     group: str = "default"
-    handler: str = "worker.handler:log_records"
+    handler: str = "worker.handling.handler:log_records"
     redis_url: str | None = None
     data_dir: str = ".shardlease"
     initial_position: str = "TRIM_HORIZON"

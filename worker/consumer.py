@@ -38,12 +38,12 @@ from typing import Any
 
 from leaser import Acquired, CoordinationUnavailable, LeaseLostError, LeaseManager
 from worker.backoff import backoff_s
-from worker.delivery import BatchDelivery, DeliveryFactory, HandlerCalls
 from worker.errors import ExpiredIterator, ShardNotFound, StreamServerError, StreamThrottled, TrimmedData
-from worker.handler import Handler, ShardContext
+from worker.handling.delivery import BatchDelivery, DeliveryFactory, HandlerCalls
+from worker.handling.handler import Handler, ShardContext
 from worker.observability import Metrics
-from worker.records import Record
-from worker.streams import StreamsClient
+from worker.reading.records import Record
+from worker.reading.streams import StreamsClient
 
 log = logging.getLogger("shardlease.consumer")
 

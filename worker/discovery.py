@@ -22,7 +22,7 @@ import time
 from leaser import LeaseStore, ShardSpec
 from worker.errors import StreamServerError, StreamThrottled
 from worker.observability import Metrics
-from worker.streams import Shard, StreamsClient
+from worker.reading.streams import Shard, StreamsClient
 
 log = logging.getLogger("shardlease.discovery")
 

@@ -17,7 +17,7 @@
 Every class here also derives from :class:`StreamsError`, so ``except StreamsError`` catches
 all of them (and only them); ``except RetryableError`` / ``except FatalError`` keep working as for
 the leaser's errors.  botocore's ``ClientError`` and ``BotoCoreError`` are translated at the
-boundary of :mod:`worker.streams`, never leaked; the original is chained as ``__cause__``.
+boundary of :mod:`worker.reading.streams`, never leaked; the original is chained as ``__cause__``.
 """
 
 from __future__ import annotations

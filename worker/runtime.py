@@ -49,17 +49,17 @@ from leaser.store import RedisClient
 from worker.backoff import backoff_s
 from worker.config import RunConfig
 from worker.consumer import ConsumerSettings, ShardConsumer, StopReason
-from worker.delivery import DeliveryFactory, DeliveryPolicy
-from worker.destinations import open_destination
 from worker.discovery import ShardDiscovery
 from worker.errors import StreamDisabled, StreamNotFound, StreamServerError, StreamThrottled
-from worker.filters import FilterCriteria
-from worker.handler import Handler, load_handler
-from worker.lambda_compat import ContextFactory, apply_handler_style
+from worker.handling.delivery import DeliveryFactory, DeliveryPolicy
+from worker.handling.destinations import open_destination
+from worker.handling.filters import FilterCriteria
+from worker.handling.handler import Handler, load_handler
+from worker.handling.lambda_compat import ContextFactory, apply_handler_style
 from worker.observability import STUCK_STATES, HealthServer, HealthState, Metrics
+from worker.reading.streams import StreamsClient, parse_stream_arn
 from worker.redis_setup import open_redis
 from worker.scheduler import Scheduler
-from worker.streams import StreamsClient, parse_stream_arn
 
 log = logging.getLogger("shardlease.worker")
 

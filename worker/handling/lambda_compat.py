@@ -15,7 +15,7 @@ The handler's return value is read by :func:`parse_batch_response` with Lambda's
 may return the same ``{"batchItemFailures": [...]}`` dict.
 
 Copying.  Each invocation gets its own event: the parts of :attr:`Record.raw
-<worker.records.Record.raw>` that a handler could change in place (the ``Keys``/``NewImage``/
+<worker.reading.records.Record.raw>` that a handler could change in place (the ``Keys``/``NewImage``/
 ``OldImage`` maps and ``userIdentity``) are copied, never shared.  A shallow copy would be cheaper
 but would let a handler that edits an image in place (say, pops a secret before logging the
 event) change ``raw`` itself — and ``raw`` is what a retry of the same batch is rebuilt from and
@@ -48,8 +48,8 @@ from typing import Any
 
 import orjson
 
-from worker.handler import Handler, ShardContext
-from worker.records import Record
+from worker.handling.handler import Handler, ShardContext
+from worker.reading.records import Record
 
 __all__ = [
     "BatchOutcome",
@@ -359,7 +359,7 @@ def is_lambda_style(fn: Any) -> bool:
     ``__wrapped__``), as Powertools' decorators use it; a decorator that hides the signature
     (``def wrapper(*args, **kwargs)`` without ``wraps``) reads as native: use
     ``--handler-style lambda`` then.  Accepts a function, a bound method, a callable instance (its
-    ``handle``, else ``__call__``), or a :class:`~worker.handler.Handler` (its target).  Classes
+    ``handle``, else ``__call__``), or a :class:`~worker.handling.handler.Handler` (its target).  Classes
     are native (Lambda has no class handlers).  Unknowable signatures read as native.
     """
     target = _callable_of(fn)

@@ -6,7 +6,7 @@ only, ``sqs:<queue URL or ARN>`` (a peek with VisibilityTimeout=0: nothing is hi
 but SQS gives no order and may return only a sample).
 
 ``replay`` rebuilds each entry's records from their stored wire JSON (``Record.from_wire``),
-calls the handler once per entry with a :class:`~worker.handler.ShardContext` whose
+calls the handler once per entry with a :class:`~worker.handling.handler.ShardContext` whose
 ``worker_id`` is ``dlq-replay`` and ``lease_token`` 0, and removes the entry only after that call
 returned without raising (and without ``batchItemFailures``): deleted from the Redis stream, or
 for a file, its id appended to ``<path>.replayed`` (the file itself is never rewritten).  A failing
@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from leaser.errors import ConfigError
-from worker.destinations import FailureEntry, JsonLinesDestination, RedisStreamDestination, SqsDestination
-from worker.lambda_compat import ContextFactory, apply_handler_style
+from worker.handling.destinations import FailureEntry, JsonLinesDestination, RedisStreamDestination, SqsDestination
+from worker.handling.lambda_compat import ContextFactory, apply_handler_style
 from worker.logs import redact
 
 __all__ = ["DlqSource", "ReplayResult", "cli_list", "cli_replay", "list_entries", "open_source", "replay"]
@@ -137,13 +137,13 @@ def replay(
 ) -> ReplayResult:
     """Re-drive the entries ``ids`` (every entry when None) of ``source`` through ``handler``.
 
-    ``handler`` has ``handle(records, ctx)`` (a :class:`~worker.handler.Handler`).  Each entry is
+    ``handler`` has ``handle(records, ctx)`` (a :class:`~worker.handling.handler.Handler`).  Each entry is
     removed from ``source`` right after its own handler call succeeded; a failing one stays.
     Unknown ids raise ConfigError before anything is replayed.  ``report(line, ok)`` is told
     about every entry.
     """
-    from worker.handler import ShardContext
-    from worker.records import Record
+    from worker.handling.handler import ShardContext
+    from worker.reading.records import Record
 
     def tell(line: str, ok: bool) -> None:
         if report is not None:
@@ -233,7 +233,7 @@ def cli_list(args: argparse.Namespace) -> int:
 
 def cli_replay(args: argparse.Namespace) -> int:
     """``shardlease dlq replay``."""
-    from worker.handler import load_handler
+    from worker.handling.handler import load_handler
 
     handler_path = _setting(args.handler, "SHARDLEASE_HANDLER", None)
     if not handler_path:

@@ -42,12 +42,12 @@ from typing import Any
 import orjson
 
 from worker.backoff import backoff_s
-from worker.destinations import Destination, FailureEntry, NoDestination, one_line
-from worker.filters import FilterCriteria
-from worker.handler import Handler, ShardContext
-from worker.lambda_compat import parse_batch_response
+from worker.handling.destinations import Destination, FailureEntry, NoDestination, one_line
+from worker.handling.filters import FilterCriteria
+from worker.handling.handler import Handler, ShardContext
+from worker.handling.lambda_compat import parse_batch_response
 from worker.observability import Metrics
-from worker.records import Record
+from worker.reading.records import Record
 
 log = logging.getLogger("shardlease.delivery")
 

@@ -11,7 +11,7 @@ A class or instance may also define any of ``on_lease_gained(ctx)``,
 no-ops.  :func:`load_handler` returns a :class:`Handler` with all five methods, so
 the runtime never checks what the user wrote.
 
-``records`` is a sequence of :class:`worker.records.Record`; ``ctx`` is a
+``records`` is a sequence of :class:`worker.reading.records.Record`; ``ctx`` is a
 :class:`ShardContext`.  Its ``lease_token`` is the lease's fencing token: a sink
 that stores the highest token it has seen per shard can reject writes from a
 worker that lost the lease without knowing it.  Tokens follow Redis server time

@@ -9,7 +9,7 @@ boto3 keeps doing credentials, signing, endpoint resolution and retries; this mo
   result (``botocore/endpoint.py``, ``_do_get_response``).  Our handler, registered on this
   client's own event emitter only, moves the raw body of a **200** response into
   ``customized_response_dict["_ShardleaseRawBody"]`` and gives the parser ``b"{}"``, which it
-  turns into ``{}`` at once.  :func:`worker.records.decode_get_records` then decodes the bytes with
+  turns into ``{}`` at once.  :func:`worker.reading.records.decode_get_records` then decodes the bytes with
   orjson.  Non-200 responses are left alone, so botocore still parses error codes, raises
   ``ClientError`` and its retry handler (which looks at the parsed error only on failures, and
   at the CRC32 header of ``http_response.content``, untouched) still works.
@@ -18,7 +18,7 @@ boto3 keeps doing credentials, signing, endpoint resolution and retries; this mo
   stopped working would return ``{}``: no ``Records``, no ``NextShardIterator``, which reads as
   the end of the shard and would skip the rest of it.  So a page is only a page if it
   demonstrably came from a real body: the raw body is decoded when present (and
-  :func:`~worker.records.decode_get_records` accepts only a JSON object with a ``Records``
+  :func:`~worker.reading.records.decode_get_records` accepts only a JSON object with a ``Records``
   list); otherwise botocore's own parse is used only if the handler did not take this
   response's body (a thread-local flag the handler sets) and the parse has a ``Records`` list
   (a closed shard's genuine last page is ``{"Records": []}``).  Anything else means the fast
@@ -76,7 +76,7 @@ from worker.errors import (
     StreamThrottled,
     TrimmedData,
 )
-from worker.records import Record, _from_wire, decode_get_records
+from worker.reading.records import Record, _from_wire, decode_get_records
 
 __all__ = [
     "ITERATOR_TYPES",

@@ -155,7 +155,7 @@ class FailureEntry:
         error_type: str | None = None,
         failed_at: str | None = None,
     ) -> FailureEntry:
-        """An entry for ``records`` (:class:`~worker.records.Record` objects or raw wire dicts), in order.
+        """An entry for ``records`` (:class:`~worker.reading.records.Record` objects or raw wire dicts), in order.
 
         ``error`` may be the exception itself: its type name and message are taken from it.
         """
