@@ -82,6 +82,8 @@ class Lease:
     """Taker its owner is handing it over to ('' if none): only an offered lease can be taken by force."""
     read_from_start: bool
     """Without a checkpoint, read the shard from its first record, not the group's initial position."""
+    began_ms: int
+    """When its first owner began reading it from its start position (0: not yet); see ``LeaseStore.begin``."""
     created_ms: int
     acquired_ms: int
     checkpoint_ms: int
@@ -111,6 +113,7 @@ class Lease:
             reserved_until_ms=num("reserved_until_ms"),
             offered_to=fields.get("offered_to", ""),
             read_from_start=fields.get("start") == "beginning",
+            began_ms=num("began_ms"),
             created_ms=num("created_ms"),
             acquired_ms=num("acquired_ms"),
             checkpoint_ms=num("checkpoint_ms"),

@@ -40,6 +40,15 @@ from leaser.store import Heartbeat, LeaseStore
 log = logging.getLogger("shardlease.leaser")
 
 
+def boot_clock() -> float:
+    """Seconds since boot, counting through a system suspend (CLOCK_BOOTTIME, Linux); elsewhere
+    ``time.monotonic()``, which may stop while the machine sleeps."""
+    return time.clock_gettime(_BOOT_CLOCK)
+
+
+_BOOT_CLOCK = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+
+
 @dataclass(slots=True)
 class TickResult:
     """What changed at one heartbeat, for the worker to act on."""
@@ -60,10 +69,11 @@ class TickResult:
 
 class LeaseManager:
     def __init__(
-        self, store: LeaseStore, worker_id: str, *, clock: Callable[[], float] = time.monotonic
+        self, store: LeaseStore, worker_id: str, *, clock: Callable[[], float] = boot_clock
     ) -> None:
-        """``clock`` is monotonic seconds: it keeps counting while the process is paused, so a paused
-        worker sees on waking that its leases may have expired."""
+        """``clock`` is seconds that only move forward and keep counting while the process is paused
+        or the machine suspended (:func:`boot_clock`), so a worker sees on waking that its leases may
+        have expired."""
         self.store = store
         self.worker_id = worker_id
         self.config = store.config
@@ -78,6 +88,8 @@ class LeaseManager:
         self._renewed_at = clock()
         self._uncertain: set[str] = set()
         """Shards whose acquire call failed: acquired or not, the next heartbeat tells (``unclaimed``)."""
+        self._uncertain_offers: dict[str, int] = {}
+        """Offers whose call failed (shard -> token): withdrawn at the next tick unless being given."""
         self._reported_foreign: set[str] = set()
 
     # -- what the worker holds ------------------------------------------------------------------
@@ -191,6 +203,15 @@ class LeaseManager:
         self._forget(shard_id, token)
         return children
 
+    def begin(self, shard_id: str, *, token: int) -> tuple[int, bool]:
+        """Record when reading the shard from its start position began (first call wins); see
+        :meth:`LeaseStore.begin`.  LeaseLostError forgets that acquisition."""
+        try:
+            return self.store.begin(self.worker_id, shard_id, token)
+        except LeaseLostError:
+            self._forget(shard_id, token)
+            raise
+
     def release(self, shard_id: str, *, to: str = "", token: int | None = None) -> None:
         """Release after the final checkpoint; with ``to``, hand it to that worker.
 
@@ -250,8 +271,8 @@ class LeaseManager:
 
     def _balance(self, hb: Heartbeat, result: TickResult) -> None:
         """The tick after the heartbeat; adds to ``result`` as it goes, so a failure keeps what was done."""
-        if hb.unclaimed:
-            self._reclaim(hb.unclaimed, result)
+        self._reclaim(hb.unclaimed, result)
+        self._withdraw_uncertain_offers()
         if hb.grants:
             result.gained += self._acquire(hb.grants)
         with self._lock:
@@ -289,11 +310,28 @@ class LeaseManager:
         foreign = sorted(set(unclaimed) - uncertain - self._reported_foreign)
         if foreign:
             self._reported_foreign.update(foreign)
-            log.error("worker id %r holds leases this process never acquired (%s): is another process running "
-                      "with the same --worker-id? Give every process its own id", self.worker_id,
-                      ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else ""))
+            log.warning("worker id %r holds leases this process did not acquire (%s): a previous process with this "
+                        "id (restarted) or another process using the same --worker-id; they are left to expire",
+                        self.worker_id, ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else ""))
         if mine:
             result.gained += self._acquire(mine)
+
+    def _withdraw_uncertain_offers(self) -> None:
+        """Withdraw offers whose call failed (it may have run): an offer left standing for a lease this
+        worker goes on reading would let the taker take it by force while its handler runs."""
+        with self._lock:
+            pending, self._uncertain_offers = self._uncertain_offers, {}
+            pending = {s: t for s, t in pending.items()
+                       if s not in self._giving and s in self._held and self._held[s].token == t}
+        for shard, token in pending.items():
+            try:
+                self.store.offer(self.worker_id, shard, token, "")
+            except LeaseLostError:
+                continue
+            except RetryableError:
+                with self._lock:
+                    self._uncertain_offers[shard] = token
+                raise
 
     def _acquire(self, shard_ids: list[str], take_from: str = "") -> list[Acquired]:
         with self._lock:
@@ -325,12 +363,15 @@ class LeaseManager:
                 first = self._asked.setdefault(owner, now)
             self.store.ask(self.worker_id, owner, count)
             if now - first >= self.config.handoff_timeout_s:
-                # The owner had its time: take by force exactly what it offered to this worker
-                # (nothing if it offered nothing: it does not see itself above its share yet).
+                # The owner had its time: take by force exactly what it offered to this worker, once
+                # the offer itself is handoff_timeout_s old (acquire.lua checks, on Redis time); nothing
+                # if it offered nothing (it does not see itself above its share yet).
                 offered = self.store.offered(owner, self.worker_id)[:count]
-                result.gained += self._acquire(offered, take_from=owner)
-                with self._lock:
-                    self._asked[owner] = now
+                taken = self._acquire(offered, take_from=owner)
+                result.gained += taken
+                if taken:
+                    with self._lock:
+                        self._asked[owner] = now
 
     def _choose_gives(self, gives: dict[str, int], result: TickResult) -> None:
         """Offer leases to each taker, the most recently acquired first, and add them to ``result.give``.
@@ -348,6 +389,10 @@ class LeaseManager:
                 except LeaseLostError:
                     self._forget(shard, token)
                     continue
+                except RetryableError:
+                    with self._lock:
+                        self._uncertain_offers[shard] = token
+                    raise
                 with self._lock:
                     if shard not in self._held or self._held[shard].token != token:
                         continue

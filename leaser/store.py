@@ -51,6 +51,11 @@ _CLUSTER_UNREACHABLE_TEXT = (
 )
 
 
+_REFUSING = ("OOM", "BUSY", "MISCONF", "NOPERM", "NOAUTH", "WRONGPASS", "NOREPLICAS", "UNBLOCKED")
+"""Errors of a server that is up but refuses commands until an operator or time fixes it (out of memory,
+a long script, a failed snapshot, an ACL changed under a running worker): retried, never fatal."""
+
+
 @contextlib.contextmanager
 def translate_redis_errors() -> Iterator[None]:
     """Turn redis-py's transient errors into CoordinationUnavailable (retryable)."""
@@ -68,10 +73,14 @@ def translate_redis_errors() -> Iterator[None]:
         raise
     except redis.exceptions.ReadOnlyError as exc:
         raise CoordinationUnavailable(f"Redis is failing over (a replica answered): {exc}") from exc
+    except (redis.exceptions.OutOfMemoryError, redis.exceptions.NoPermissionError) as exc:  # the code is stripped
+        raise CoordinationUnavailable(f"Redis refuses commands for now: {type(exc).__name__}: {exc}") from exc
     except redis.exceptions.ResponseError as exc:
         text = str(exc)
         if text.startswith(("TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "LOADING", "READONLY")):
             raise CoordinationUnavailable(f"Redis is failing over: {text}") from exc
+        if text.startswith(_REFUSING):
+            raise CoordinationUnavailable(f"Redis refuses commands for now: {text}") from exc
         raise
 
 
@@ -299,6 +308,18 @@ class LeaseStore:
         return [shard for shard, (o, t) in zip(ids, rows, strict=True)
                 if o is not None and _s(o) == owner and t is not None and _s(t) == taker]
 
+    def begin(self, worker_id: str, shard_id: str, token: int) -> tuple[int, bool]:
+        """Record, fenced by ``token``, when reading the shard from its start position began.
+
+        Returns (began_ms, first): Redis time of the first call for this shard, and whether this call
+        set it.  A later owner of a shard without a checkpoint uses it to start where the first one did.
+        Raises LeaseLostError (nothing changed) when the token is stale or the lease expired.
+        """
+        answer = self._run("begin", [self.keys.lease(shard_id)], [worker_id, token])
+        if _s(answer[0]) == "lost":
+            raise LeaseLostError(shard_id, token, _s(answer[1]))
+        return int(answer[1]), int(answer[2]) == 1
+
     def offer(self, worker_id: str, shard_id: str, token: int, taker: str) -> None:
         """Mark a lease the caller is handing over to ``taker`` ('' withdraws), fenced by ``token``.
 
@@ -330,14 +351,15 @@ class LeaseStore:
         Returns (acquired, refused) where refused maps shard id -> reason.  A lease is acquired
         only if it is free, expired, reserved for the caller, already the caller's (a retry after a
         lost reply: reacquired with a new token), or (with ``take_from``) still held by that worker
-        and offered to the caller: a hard take-over after a handoff timed out.
+        and offered to the caller at least ``handoff_timeout_s`` ago (Redis time): a hard take-over
+        after a handoff timed out.
         """
         k = self.keys
         if not shard_ids:
             return [], {}
         answers = self._pipelined("acquire", [
             ([k.lease(shard), k.free, k.owned, k.token, k.held(worker_id), k.grants(worker_id), k.load],
-             [worker_id, self.config.lease_ttl_ms, shard, take_from])
+             [worker_id, self.config.lease_ttl_ms, shard, take_from, int(self.config.handoff_timeout_s * 1000)])
             for shard in shard_ids
         ])
         acquired: list[Acquired] = []

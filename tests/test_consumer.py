@@ -12,7 +12,8 @@ import pytest
 import redis
 
 from leaser import CoordinationUnavailable, LeaseConfig, LeaseManager, LeaseStore, ShardSpec
-from worker.consumer import ConsumerSettings, ShardConsumer
+from worker import consumer as consumer_module
+from worker.consumer import ConsumerSettings, ShardConsumer, StopReason
 from worker.handling.handler import as_handler
 from worker.local import LocalStreamsServer, LocalTable
 from worker.observability import Metrics
@@ -302,3 +303,45 @@ def test_latest_applies_to_the_first_listing_and_children_are_read_whole(h: Harn
     for child in (a, b):
         run_steps(h.consumer(child, initial_position="LATEST"), 4)
     assert sorted(h.recorder.seen, key=int) == sorted(later + in_children, key=int)
+
+
+def test_a_later_owner_of_a_shard_first_read_at_latest_starts_where_the_first_one_did(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash or handoff before the first checkpoint must not move LATEST to the new owner's "now"."""
+    monkeypatch.setattr(consumer_module, "LATEST_MARGIN_S", 0.0)  # keep the test short: no margin
+    h.write(3)  # before the group started: skipped
+    time.sleep(1.1)  # ApproximateCreationDateTime has second precision
+    parent = h.shard()
+    first = h.consumer(parent, initial_position="LATEST")
+    run_steps(first, 2)  # got its LATEST iterator; nothing written since, so nothing checkpointed
+    h.manager.release(parent)  # a rolling restart (or SIGKILL: the lease expires)
+    time.sleep(1.1)
+    meanwhile = h.write(5, start=3)
+    second = h.consumer(parent, initial_position="LATEST")
+    run_steps(second, 3)
+    assert h.recorder.seen == meanwhile
+    assert h.store.lease(parent).checkpoint == meanwhile[-1]  # type: ignore[union-attr]
+
+
+def test_a_stop_writes_the_checkpoint_of_a_batch_handled_while_renewals_were_late(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [1000.0]
+    h.manager = LeaseManager(h.store, "w1", clock=lambda: clock[0])
+    written = h.write(5)
+
+    def handle(records: list[Any], ctx: Any) -> None:
+        h.recorder.seen.extend(r.sequence_number for r in records)
+        clock[0] += h.store.config.lease_ttl_s  # the handler ran long: the renewal is late when it returns
+
+    h.recorder.handle = handle  # type: ignore[method-assign]
+    c = h.consumer(h.shard())
+    c.step()
+    assert h.recorder.seen == written
+    assert h.store.lease(c.shard_id).checkpoint == ""  # type: ignore[union-attr]  # had to wait
+    h.manager.tick()  # the renewal gets through
+    c.request_stop(StopReason.SHUTDOWN)
+    assert c.step() is None
+    lease = h.store.lease(c.shard_id)
+    assert lease is not None and lease.checkpoint == written[-1] and lease.owner == ""

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from worker.handling.calls import HandlerCalls
 from worker.handling.handler import Handler, ShardContext, as_handler, load_handler
 from worker.handling.lambda_compat import (
     BatchOutcome,
@@ -437,6 +438,43 @@ def test_one_invocation_at_a_time_unless_told_otherwise(serialize: bool, expecte
     for t in threads:
         t.join()
     assert peak == expected_peak
+
+
+def test_waiting_for_its_turn_does_not_count_toward_the_handler_timeout() -> None:
+    """Shard B's invocation waits while shard A's runs: B's call is not "running" (so not hung) until
+    it gets its turn, and its duration counts from then."""
+    release = threading.Event()
+    entered = threading.Event()
+
+    returned: list[float] = []
+
+    def fn(event: Any, context: Any) -> None:
+        entered.set()
+        release.wait(10)
+        returned.append(time.monotonic())
+
+    handle = lambda_handler(as_handler(fn), stream_arn=ARN, contexts=factory())
+    calls_a, calls_b = HandlerCalls(), HandlerCalls()
+    started: dict[str, float] = {}
+
+    def run(name: str, calls: HandlerCalls) -> None:
+        with calls.running() as call:
+            handle(batch(1), CTX)
+        started[name] = call.started
+
+    a = threading.Thread(target=run, args=("a", calls_a))
+    a.start()
+    assert entered.wait(5)
+    entered.clear()
+    b = threading.Thread(target=run, args=("b", calls_b))
+    b.start()
+    time.sleep(0.3)
+    assert calls_a.oldest_start() is not None  # A runs
+    assert calls_b.oldest_start() is None  # B waits for the lock: not running yet
+    release.set()
+    a.join()
+    b.join()
+    assert started["b"] >= returned[0]  # B's clock started once A's invocation was over
 
 
 class LambdaWithHooks:

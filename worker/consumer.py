@@ -39,7 +39,8 @@ from typing import Any
 from leaser import Acquired, CoordinationUnavailable, LeaseLostError, LeaseManager
 from worker.backoff import backoff_s
 from worker.errors import ExpiredIterator, ShardNotFound, StreamServerError, StreamThrottled, TrimmedData
-from worker.handling.delivery import BatchDelivery, DeliveryFactory, HandlerCalls
+from worker.handling.calls import HandlerCalls
+from worker.handling.delivery import BatchDelivery, DeliveryFactory
 from worker.handling.handler import Handler, ShardContext
 from worker.observability import Metrics
 from worker.reading.records import Record
@@ -49,6 +50,9 @@ log = logging.getLogger("shardlease.consumer")
 
 FIRST_IDLE_DELAY_S = 0.1
 """Seconds before the first re-poll after an empty page; doubles up to ``idle_poll_interval_s``."""
+LATEST_MARGIN_S = 2.0
+"""Seconds before the first LATEST read of a shard whose records a later owner still hands over
+(ApproximateCreationDateTime has second precision; a few extra records beat a skipped one)."""
 RENEWAL_WAIT_S = 0.2
 """Seconds between checks while the worker's renewals are late (nothing is handed to the handler)."""
 
@@ -110,6 +114,8 @@ class ShardConsumer:
         self._empty_polls = 0
         self._failures = 0
         self._from_trim_horizon = False
+        self._skip_before_s = 0.0
+        """While > 0 (and no checkpoint yet): drop records created before it (Unix s): see _new_iterator."""
         self._started = False
         self._lock = threading.Lock()
         self._stop_reason: str | None = None
@@ -329,6 +335,9 @@ class ShardConsumer:
         self._iterator = page.next_iterator
         self._at_end = page.next_iterator is None
         self._failures = 0
+        if self._skip_before_s and not self.checkpoint:
+            cutoff = self._skip_before_s
+            return [r for r in page.records if r.approximate_creation_time.timestamp() >= cutoff]
         return page.records
 
     def _new_iterator(self) -> str:
@@ -340,8 +349,19 @@ class ShardConsumer:
         # written to it before its first read would be skipped), or after trimmed data.
         fresh = not self.checkpoint and not self._read_from_start and not self._from_trim_horizon
         self._from_trim_horizon = False
-        kind = self.settings.initial_position if fresh else "TRIM_HORIZON"
-        return self._streams.get_shard_iterator(arn, self.shard_id, kind)
+        if fresh and self.settings.initial_position == "LATEST":
+            # The first reader fixes where LATEST was; a later owner of the shard (still without a
+            # checkpoint: a crash or handoff during the first batch) starts from there, not from
+            # its own "now", which would skip what was written in between.
+            began_ms, first = self._manager.begin(self.shard_id, token=self.token)
+            if not first:
+                self._skip_before_s = began_ms / 1000 - LATEST_MARGIN_S
+                log.info("resuming a shard first read at LATEST at %s: from TRIM_HORIZON, skipping records "
+                         "written before", datetime.fromtimestamp(began_ms / 1000, UTC).isoformat(),
+                         extra={"shard_id": self.shard_id})
+                return self._streams.get_shard_iterator(arn, self.shard_id, "TRIM_HORIZON")
+            return self._streams.get_shard_iterator(arn, self.shard_id, "LATEST")
+        return self._streams.get_shard_iterator(arn, self.shard_id, "TRIM_HORIZON")
 
     def _end_shard(self) -> None:
         if not self._end_hook_called:
@@ -363,9 +383,13 @@ class ShardConsumer:
         the checkpoint.
         """
         reason = self.stop_reason
-        self._delivery = None
-        self._gathered = []
         try:
+            if reason in (StopReason.HANDOFF, StopReason.SHUTDOWN) and self._delivery is not None:
+                # Records handled but not checkpointed yet (a checkpoint that had to wait): write them
+                # before letting go, so the next owner does not handle them again.
+                self._checkpoint_progress(self._delivery)
+            self._delivery = None
+            self._gathered = []
             if reason == StopReason.HANDOFF:
                 self._manager.release(self.shard_id, to=self._handoff_to, token=self.token)
                 self._metrics.lease_lost("handoff")
@@ -378,6 +402,9 @@ class ShardConsumer:
                          extra={"shard_id": self.shard_id})
             else:
                 self._metrics.lease_lost("expired" if "expired" in self._stop_detail else "stolen")
+        except LeaseLostError as exc:
+            log.warning("lease lost (%s) while letting it go", exc.reason, extra={"shard_id": self.shard_id})
+            self._metrics.lease_lost("stolen")
         except CoordinationUnavailable as exc:
             log.warning("cannot release yet (%s); retrying", exc, extra={"shard_id": self.shard_id})
             return 0.5

@@ -46,6 +46,7 @@ LEASE_REASONS: tuple[str, ...] = (
     "released",  # lost: this worker let it go (rebalancing, max shards)
     "shard_end",  # lost: the shard was read to its end
     "shutdown",  # lost: released while the worker stops
+    "reclaimed",  # gained: acquired again after an acquire whose reply was lost (a new token)
 )
 """Allowed ``reason`` labels of ``shardlease_leases_gained_total`` and ``..._lost_total``."""
 

@@ -269,6 +269,13 @@ class Worker:
             self.health.set_ready(False, "Redis unreachable")
             self._reconcile()
             return None
+        except Exception:
+            # The coordinator must outlive any error (a Redis error we do not know, a bug): leases not
+            # renewed expire, consumers stop on their own checks, the next tick tries again.
+            log.exception("heartbeat failed unexpectedly; retrying at the next tick")
+            self.health.set_ready(False, "heartbeat failing")
+            self._reconcile()
+            return None
         self.health.beat()
         self.health.set_ready(True)
         if result.error:
@@ -404,9 +411,8 @@ class Worker:
     def _start(self, gained: list[Any]) -> None:
         for acquired in gained:
             self.metrics.lease_gained(
-                {"free": "acquired_free", "expired": "took_expired", "handoff": "handoff", "takeover": "stolen"}.get(
-                    acquired.how, "acquired_free"
-                )
+                {"free": "acquired_free", "expired": "took_expired", "handoff": "handoff", "takeover": "stolen",
+                 "reclaimed": "reclaimed"}.get(acquired.how, "acquired_free")
             )
             log.info("lease gained (%s, token %d), resuming after %s", acquired.how, acquired.token,
                      acquired.checkpoint or self.config.initial_position, extra={"shard_id": acquired.shard_id})
@@ -514,10 +520,10 @@ class Worker:
                 log.warning("heartbeat during shutdown failed: %s", exc)
         in_flight = self.scheduler.in_flight()
         if in_flight:
-            log.error("grace period over with handler calls still running on %s: their leases are NOT released "
-                      "(the next owner must not start while a call runs); they expire %.0f s after this process "
-                      "exits, and the next owner re-reads their batches", ", ".join(sorted(in_flight)),
-                      self.config.lease_ttl_s)
+            why = "a handler call is hung" if in_flight <= hung else "the grace period is over"
+            log.error("%s with handler calls still running on %s: their leases are NOT released (the next owner "
+                      "must not start while a call runs); they expire %.0f s after this process exits, and the "
+                      "next owner re-reads their batches", why, ", ".join(sorted(in_flight)), self.config.lease_ttl_s)
         for shard in list(self.manager.held()):
             if shard in in_flight:
                 continue

@@ -5,6 +5,7 @@
 -- ARGV[1] worker id   ARGV[2] lease ttl (ms)   ARGV[3] shard id
 -- ARGV[4] victim: '' for a normal acquire; a worker id to take the lease from that live owner
 --         (a hard take-over after a handoff timed out: only a lease the owner offered to the caller)
+-- ARGV[5] with a victim: the handoff timeout (ms) the offer must be older than
 -- Returns {'ok', token, checkpoint, previous owner, how, start} with how in
 -- free|expired|handoff|takeover|reclaimed and start as registered (initial|beginning), or {'no', reason}.
 -- Each acquisition draws a new token, so tokens only grow, even across a lease deleted and registered
@@ -16,7 +17,8 @@ local function refuse(reason)
   return {'no', reason}
 end
 local f = redis.call('HMGET', KEYS[1], 'state', 'owner', 'expires_ms', 'reserved_for',
-                     'reserved_until_ms', 'checkpoint', 'switches', 'last_owner', 'offered_to', 'start')
+                     'reserved_until_ms', 'checkpoint', 'switches', 'last_owner', 'offered_to', 'start',
+                     'offered_ms')
 local state, owner, expires = f[1], f[2], tonumber(f[3])
 if not state then return refuse('unknown shard') end
 if state == 'blocked' then return refuse('a parent has not ended') end
@@ -25,6 +27,7 @@ local how
 if ARGV[4] ~= '' then
   if owner ~= ARGV[4] then return refuse('not owned by ' .. ARGV[4]) end
   if f[9] ~= ARGV[1] then return refuse('not offered to ' .. ARGV[1]) end
+  if now - tonumber(f[11] or 0) < tonumber(ARGV[5] or 0) then return {'no', 'offered too recently'} end
   how = 'takeover'
 elseif owner ~= '' and expires > now then
   if owner ~= ARGV[1] then return refuse('owned by ' .. owner) end
@@ -46,7 +49,7 @@ local switches = tonumber(f[7])
 if previous ~= ARGV[1] then switches = switches + 1 end
 redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'last_owner', ARGV[1], 'token', token,
            'expires_ms', expires_ms, 'acquired_ms', now, 'switches', switches,
-           'reserved_for', '', 'reserved_until_ms', 0, 'offered_to', '')
+           'reserved_for', '', 'reserved_until_ms', 0, 'offered_to', '', 'offered_ms', 0)
 redis.call('ZREM', KEYS[2], ARGV[3])
 redis.call('ZADD', KEYS[3], expires_ms, ARGV[3])
 redis.call('SADD', KEYS[5], ARGV[3])

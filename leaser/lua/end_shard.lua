@@ -17,7 +17,7 @@ local why = fence(KEYS[1], ARGV[1], ARGV[2], now)
 if why then return {'lost', why} end
 if redis.call('HGET', KEYS[1], 'children') ~= ARGV[4] then return {'retry', 'children changed'} end
 redis.call('HSET', KEYS[1], 'state', 'ended', 'checkpoint', 'SHARD_END', 'checkpoint_ms', now,
-           'ended_ms', now, 'owner', '', 'expires_ms', 0, 'switches', 0, 'offered_to', '')
+           'ended_ms', now, 'owner', '', 'expires_ms', 0, 'switches', 0, 'offered_to', '', 'offered_ms', 0)
 redis.call('ZREM', KEYS[3], ARGV[3])
 redis.call('ZADD', KEYS[4], now, ARGV[3])
 redis.call('SREM', KEYS[5], ARGV[3])

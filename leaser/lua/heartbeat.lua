@@ -34,7 +34,7 @@ for i = 11, #KEYS do
     local shard = f[1] or string.match(KEYS[i], ':lease:(.*)$')
     lost[#lost + 1] = shard
     lost[#lost + 1] = why
-    if f[2] ~= me then redis.call('SREM', KEYS[7], shard) end
+    redis.call('SREM', KEYS[7], shard)  -- the caller forgets it: so does its index
   else
     redis.call('HSET', KEYS[i], 'expires_ms', now + ttl)
     redis.call('ZADD', KEYS[4], now + ttl, f[1])

@@ -12,7 +12,7 @@ local f = redis.call('HMGET', KEYS[1], 'owner', 'token', 'state', 'order')
 if not f[3] then return {'lost', 'unknown shard'} end
 if f[3] == 'ended' then return {'lost', 'shard already ended'} end
 if f[1] ~= ARGV[1] or f[2] ~= ARGV[2] then return {'lost', 'token is stale'} end
-redis.call('HSET', KEYS[1], 'owner', '', 'expires_ms', 0, 'offered_to', '')
+redis.call('HSET', KEYS[1], 'owner', '', 'expires_ms', 0, 'offered_to', '', 'offered_ms', 0)
 redis.call('ZREM', KEYS[3], ARGV[3])
 redis.call('ZADD', KEYS[2], f[4], ARGV[3])
 redis.call('SREM', KEYS[4], ARGV[3])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import redis
 
@@ -79,8 +81,10 @@ def test_an_owner_that_never_hands_over_loses_leases_after_the_timeout(
     stuck.tick()  # sees the newcomer; the ask below is never answered: it never releases
     taker.tick()  # asks
     assert taker.waiting_for_handoff
-    stuck.tick()
+    stuck.tick()  # offers 5 leases to the taker, never releases them
     clock[0] = 1.0
+    assert taker.tick().gained == []  # the offers are younger than the timeout on Redis time
+    time.sleep(0.5)
     gained = taker.tick().gained  # timeout passed: hard take-over
     assert len(gained) == 5 and all(a.how == "takeover" for a in gained)
     lost = stuck.tick().lost

@@ -6,6 +6,7 @@ Each test names the state a failure leaves behind and checks that the protocol c
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -142,6 +143,8 @@ def test_a_forced_takeover_takes_exactly_the_offered_lease_and_settles_once(
     offered = sorted(shard for shard, _ in gives)
     assert len(offered) == 2 and store.offered("owner", "taker") == offered
     clock[0] = 1.0
+    assert taker.tick().gained == []  # the taker's clock says time is up, Redis says the offer is too young
+    time.sleep(0.5)
     taken = sorted(a.shard_id for a in taker.tick().gained)
     assert taken == offered  # exactly the shards under handoff, not the owner's lowest ids
     # The owner's slow batches finish: its cooperative release is refused by the token.
@@ -196,3 +199,44 @@ def test_only_shards_of_the_first_listing_start_at_the_initial_position(store: L
     }
     acquired, _ = store.acquire("w1", ["closed", "orphan"])
     assert {a.shard_id: a.read_from_start for a in acquired} == {"closed": False, "orphan": True}
+
+
+def test_an_offer_whose_reply_was_lost_is_withdrawn_at_the_next_tick(
+    store: LeaseStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.register_shards(specs(4))
+    owner = LeaseManager(store, "owner")
+    owner.tick()
+    owner.tick()
+    taker = LeaseManager(store, "taker")
+    taker.tick()
+    owner.tick()
+    taker.tick()  # asks for 2
+    real_offer = store.offer
+
+    def reply_lost(*args: Any, **kwargs: Any) -> None:
+        real_offer(*args, **kwargs)
+        raise CoordinationUnavailable("Redis unavailable: connection reset")
+
+    monkeypatch.setattr(store, "offer", reply_lost)
+    result = owner.tick()
+    assert result.error and result.give == [] and owner.giving() == {}
+    assert len(store.offered("owner", "taker")) == 1  # written in Redis, unknown to the owner
+    monkeypatch.undo()
+    owner.leave()  # stop giving, so only the withdrawal is observed
+    owner._leaving = False
+    owner.tick()
+    assert all(s in owner.giving() for s in store.offered("owner", "taker"))  # no offer the owner does not act on
+
+
+def test_redis_refusing_commands_is_retryable_not_fatal(store: LeaseStore) -> None:
+    store.register_shards([ShardSpec("a")])
+    store.client.config_set("maxmemory-policy", "noeviction")
+    store.client.config_set("maxmemory", "1")
+    try:
+        with pytest.raises(CoordinationUnavailable, match="refuses"):
+            store.acquire("w1", ["a"])
+    finally:
+        store.client.config_set("maxmemory", "0")
+    [a], _ = store.acquire("w1", ["a"])
+    assert a.how == "free"

@@ -161,7 +161,8 @@ def test_handoff_reserves_the_lease_for_the_taker(store: LeaseStore) -> None:
     assert b.how == "handoff" and store.grants("w2") == []
 
 
-def test_hard_takeover_from_a_live_owner_fences_it(store: LeaseStore) -> None:
+def test_hard_takeover_from_a_live_owner_fences_it(redis_client: redis.Redis, group: str) -> None:
+    store = make_store(redis_client, group, handoff_timeout_s=0.3)
     store.register_shards([ShardSpec("a"), ShardSpec("b")])
     [a, other], _ = store.acquire("w1", ["a", "b"])
     assert store.held_by("w1") == ["a", "b"]
@@ -170,6 +171,9 @@ def test_hard_takeover_from_a_live_owner_fences_it(store: LeaseStore) -> None:
     store.offer("w1", "a", a.token, "w2")
     assert store.offered("w1", "w2") == ["a"] and store.offered("w1", "w3") == []
     assert store.acquire("w2", ["b"], take_from="w1") == ([], {"b": "not offered to w2"})
+    # ... and only once the offer is handoff_timeout_s old on Redis time: the owner had its chance.
+    assert store.acquire("w2", ["a"], take_from="w1") == ([], {"a": "offered too recently"})
+    time.sleep(0.35)
     [b], _ = store.acquire("w2", ["a"], take_from="w1")
     assert b.how == "takeover" and b.token > a.token
     assert store.held_by("w1") == ["b"] and store.held_by("w2") == ["a"]

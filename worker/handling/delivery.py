@@ -25,15 +25,12 @@ lowest failed record) is, in this order:
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import itertools
 import logging
-import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,6 +39,7 @@ from typing import Any
 import orjson
 
 from worker.backoff import backoff_s
+from worker.handling.calls import HandlerCalls
 from worker.handling.destinations import Destination, FailureEntry, NoDestination, one_line
 from worker.handling.filters import FilterCriteria
 from worker.handling.handler import Handler, ShardContext
@@ -56,35 +54,6 @@ HandlerCall = Callable[[Sequence[Record]], Any]
 Backoff = Callable[[int], float]
 Guard = Callable[[], str | None]
 """Asked immediately before each handler call: why the call must not start now, or None."""
-
-
-class HandlerCalls:
-    """The handler calls in flight for one shard (several at once with lanes), for the hang watchdog.
-
-    Thread-safe.  Times are ``time.monotonic()`` seconds.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._started: dict[int, float] = {}
-        self._ids = itertools.count()
-
-    @contextlib.contextmanager
-    def running(self) -> Iterator[None]:
-        """Mark one call in flight for the duration of the ``with`` block."""
-        call_id = next(self._ids)
-        with self._lock:
-            self._started[call_id] = time.monotonic()
-        try:
-            yield
-        finally:
-            with self._lock:
-                del self._started[call_id]
-
-    def oldest_start(self) -> float | None:
-        """When the oldest call in flight started, or None if none is."""
-        with self._lock:
-            return min(self._started.values(), default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,19 +200,19 @@ class BatchDelivery:
         batch = [self.records[i] for i in unit.indexes]
         if guard() is not None:
             return None
-        started = time.monotonic()
+        call = self.calls.running()
         try:
-            with self.calls.running():
+            with call:
                 response = self.call(batch)
         except BaseException as exc:
             # The boundary of user code: whatever it raises (SystemExit and asyncio's CancelledError
             # are BaseExceptions) is a failed call under the failure policy, never the end of the shard.
-            self.metrics.handler_duration(time.monotonic() - started)
+            self.metrics.handler_duration(call.duration_s)
             log.warning("handler failed on %d records (%s..%s): %s: %s", len(batch), batch[0].sequence_number,
                         batch[-1].sequence_number, type(exc).__name__, exc,
                         extra={"shard_id": self.failure.shard_id}, exc_info=True)
             return _Outcome(unit, 0, type(exc).__name__, one_line(str(exc)) or type(exc).__name__)
-        self.metrics.handler_duration(time.monotonic() - started)
+        self.metrics.handler_duration(call.duration_s)
         outcome = parse_batch_response(response, batch)
         if outcome.failed_index is None:
             return _Outcome(unit, None)

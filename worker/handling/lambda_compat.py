@@ -48,6 +48,7 @@ from typing import Any
 
 import orjson
 
+from worker.handling.calls import call_started, call_waiting
 from worker.handling.handler import Handler, ShardContext
 from worker.reading.records import Record
 
@@ -396,7 +397,9 @@ def lambda_handler(
         event = lambda_event(records, stream_arn or ctx.stream_arn)
         if lock is None:
             return handler.handle(event, contexts.new())  # type: ignore[arg-type]
+        call_waiting()  # waiting for the lock is not part of the call (nor of its timeout)
         with lock:
+            call_started()
             return handler.handle(event, contexts.new())  # type: ignore[arg-type]
 
     handle.__qualname__ = f"lambda_handler({handler.name})"
