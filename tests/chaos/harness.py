@@ -85,6 +85,8 @@ class Failover:
     primary_observations: list[Observation]
     replica_at_promotion: Observation
     """The replica's state when it was detached (nothing wrote to it until the failover)."""
+    missed_acquisitions: set[tuple[str, str, int]]
+    """(shard, owner, token) of the acquisitions the old primary's poller saw after the detach."""
     # Filled in by Chaos.check_failover:
     max_before: dict[str, int] = field(default_factory=dict)
     """shard -> the largest token any handler saw for it before the failover."""
@@ -536,6 +538,17 @@ class Chaos:
         self.replica_poller = CheckpointPoller(self.replica.url, self.group).start()
         self.note("replica-detached", f"port {self.replica.port} at replication offset {offset}")
 
+    def missed_acquisitions(self) -> set[tuple[str, str, int]]:
+        """(shard, owner, token) of every lease acquisition the primary's poller saw since the replica was
+        detached (tokens the replica does not have)."""
+        assert self.replica_poller is not None
+        snapshot = next(iter(self.replica_poller.observations), None)
+        if snapshot is None:
+            return set()
+        known = _tokens(snapshot)
+        return {(shard, owner, token) for o in list(self.poller.observations) if o.t > self._detached_at
+                for shard, (_cp, owner, token, _state) in o.leases.items() if owner and token not in known}
+
     def fail_over(self) -> None:
         """Promote the detached replica: retarget the proxy at it, cut every connection, read what the
         old primary issued, kill it; from now on ``self.poller`` reads the replica."""
@@ -554,7 +567,7 @@ class Chaos:
         replica_obs = [o for o in self.replica_poller.observations if o.t < at]
         assert replica_obs, "the replica's poller saw nothing before the failover"
         self.failover = Failover(self._detached_at, at, primary_counter, primary_leases, primary_leader_token,
-                                 self.poller.observations, replica_obs[0])
+                                 self.poller.observations, replica_obs[0], self.missed_acquisitions())
         self.poller = self.replica_poller
         self.note("failover", f"proxy -> replica port {self.replica.port}, {cut} connections cut, primary "
                               f"killed (its token counter {primary_counter}, the replica's "
@@ -712,8 +725,9 @@ class Chaos:
                 assert obs.leases == f.replica_at_promotion.leases and obs.counter == f.replica_at_promotion.counter
         # ... it had replicated the group's state until then ...
         assert f.replica_at_promotion.leases and f.replica_at_promotion.counter > 0, "the replica had no group state"
-        # ... and it really lost writes: token draws, and checkpoints (the replay).
-        assert f.replica_at_promotion.counter < f.primary_counter, "the replica missed no token draw"
+        # ... and it really lost writes: lease acquisitions (token draws), and checkpoints (the replay).
+        assert f.missed_acquisitions, "the primary made no lease acquisition after the replica was detached"
+        assert f.replica_at_promotion.counter < f.primary_counter
         for shard, (cp, *_) in f.primary_leases.items():
             replica_cp = f.replica_at_promotion.leases.get(shard, ("",))[0]
             if _seq_behind(replica_cp, cp):
@@ -818,7 +832,7 @@ class Chaos:
         print(f"  failover: old primary's counter {f.primary_counter}, replica's at promotion "
               f"{f.replica_at_promotion.counter} ({f.primary_counter - f.replica_at_promotion.counter} us behind), "
               f"replica's tokens {min(f.replica_tokens)}..{max(f.replica_tokens)} ({len(f.replica_tokens)}); "
-              f"converged {f.converged_s:.2f} s after the failover; "
+              f"{len(f.missed_acquisitions)} acquisitions missed; converged {f.converged_s:.2f} s after the failover; "
               f"{len(f.checkpoints_behind)} checkpoints behind on the replica; {f.replayed} records replayed; "
               f"{f.stale_rows} records in {f.stale_calls} calls after the failover with an old token; "
               f"{f.overlaps} overlapping call pairs")
