@@ -62,6 +62,48 @@ class Observation:
     created_ms: str
     leases: dict[str, tuple[str, str, int, str]]
     """shard -> (checkpoint, owner, token, state)"""
+    leader_token: int = 0
+    """The leader lease's token (0: none)."""
+    counter: int = 0
+    """The group's fencing-token counter (0: not set)."""
+
+
+@dataclass
+class Failover:
+    """A Redis replica detached (it stops receiving writes), then promoted: the proxy retargeted at it,
+    every connection cut, the old primary killed."""
+
+    detached_at: float
+    """Wall time of ``REPLICAOF NO ONE`` on the replica."""
+    at: float
+    """Wall time the proxy was retargeted at the replica and every connection cut."""
+    primary_counter: int
+    """The old primary's token counter when it was killed: at least every token it ever issued."""
+    primary_leases: dict[str, tuple[str, str, int, str]]
+    """shard -> (checkpoint, owner, token, state) on the old primary when it was killed."""
+    primary_leader_token: int
+    primary_observations: list[Observation]
+    replica_at_promotion: Observation
+    """The replica's state when it was detached (nothing wrote to it until the failover)."""
+    missed_acquisitions: set[tuple[str, str, int]]
+    """(shard, owner, token) of the acquisitions the old primary's poller saw after the detach."""
+    # Filled in by Chaos.check_failover:
+    max_before: dict[str, int] = field(default_factory=dict)
+    """shard -> the largest token any handler saw for it before the failover."""
+    min_after: dict[str, int] = field(default_factory=dict)
+    """shard -> the smallest token the promoted replica issued that a handler saw for it after the failover."""
+    replica_tokens: set[int] = field(default_factory=set)
+    """Tokens the promoted replica issued (leases and the leader lease, as its poller saw them)."""
+    stale_rows: int = 0
+    """Records handled after the failover with a token of the old primary (before the worker learned)."""
+    stale_calls: int = 0
+    overlaps: int = 0
+    replayed: int = 0
+    """Records handled before the failover and again, with a token of the promoted replica, after it."""
+    checkpoints_behind: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """shard -> (checkpoint on the old primary, on the replica) where the replica's was behind."""
+    converged_s: float = 0.0
+    """Seconds from the failover until the replica showed every ready shard owned with a token of its own."""
 
 
 @dataclass
@@ -76,12 +118,14 @@ class Pause:
 
 
 class CheckpointPoller:
-    """Reads every lease from Redis every ``interval_s`` (directly, not through the proxy)."""
+    """Reads every lease (and the leader lease's token and the token counter) from Redis every
+    ``interval_s`` (directly, not through the proxy)."""
 
     def __init__(self, url: str, group: str, interval_s: float = 0.1) -> None:
         self.client = connect(url, socket_timeout_s=1.0)
         self.store = LeaseStore(self.client, group)
-        self.meta_key = GroupKeys.for_group(group).meta
+        keys = GroupKeys.for_group(group)
+        self.meta_key, self.leader_key, self.counter_key = keys.meta, keys.leader, keys.token
         self.interval_s = interval_s
         self.observations: list[Observation] = []
         self.errors = 0
@@ -97,9 +141,11 @@ class CheckpointPoller:
             try:
                 created = self.client.hget(self.meta_key, "created_ms") or ""
                 leases = self.store.leases()
+                leader_token = self.client.hget(self.leader_key, "token") or 0
+                counter = self.client.get(self.counter_key) or 0
                 self.observations.append(Observation(time.time(), str(created), {
                     lease.shard_id: (lease.checkpoint, lease.owner, lease.token, str(lease.state))
-                    for lease in leases}))
+                    for lease in leases}, int(leader_token), int(counter)))
             except Exception:
                 self.errors += 1
             self._stop.wait(self.interval_s)
@@ -291,16 +337,30 @@ class Chaos:
                  workers: int = 3, handler_env: dict[str, str] | None = None,
                  writes_per_s: int = WRITES_PER_S, handler: str = "tests.chaos.slow_handler:handle",
                  worker_settings: dict[str, str] | None = None,
-                 endpoint_faults: dict[str, Any] | None = None) -> None:
+                 endpoint_faults: dict[str, Any] | None = None, replica: bool = False) -> None:
         """``handler``, ``worker_settings`` (extra ``shardlease run`` flags without the ``--``, e.g.
         ``{"initial-position": "LATEST"}``, overriding the harness's) and ``endpoint_faults``
-        (replacing :data:`ENDPOINT_FAULTS`) default to the setup every chaos scenario uses."""
+        (replacing :data:`ENDPOINT_FAULTS`) default to the setup every chaos scenario uses.
+
+        ``replica``: a second redis-server (no persistence) replicating the first, for
+        :meth:`detach_replica` and :meth:`fail_over`; needs ``proxy`` (the workers reach Redis
+        only through it)."""
         self.tmp, self.seed, self.name = tmp, seed, name
         self.rng = random.Random(seed)
         self.group = f"chaos-{name}"
-        self.redis = RedisServer(tmp / "redis", port=free_port(), persistent=persistent)
+        # A replica's first sync at once, not after the default 5 s wait for more replicas.
+        primary_args = ("--repl-diskless-sync-delay", "0") if replica else ()
+        self.redis = RedisServer(tmp / "redis", port=free_port(), persistent=persistent, extra_args=primary_args)
         self.proxy: CuttableProxy | None = None
         self.use_proxy = proxy
+        assert proxy or not replica, "a failover needs the workers behind the proxy"
+        self.replica: RedisServer | None = None
+        if replica:
+            self.replica = RedisServer(tmp / "replica", port=free_port(), persistent=False,
+                                       extra_args=("--replicaof", "127.0.0.1", str(self.redis.port)))
+        self.replica_poller: CheckpointPoller | None = None
+        self.failover: Failover | None = None
+        self._detached_at = 0.0
         self.initial_workers = workers
         self.handler_env = handler_env or {}
         self.handler = handler
@@ -322,6 +382,14 @@ class Chaos:
 
     def __enter__(self) -> Chaos:
         self.redis.start()
+        if self.replica is not None:
+            self.replica.start()
+            admin = connect(self.replica.url, socket_timeout_s=1.0)
+            try:
+                linked = wait_until(lambda: admin.info("replication").get("master_link_status") == "up", 10)
+            finally:
+                admin.close()
+            assert linked, f"the replica on port {self.replica.port} never linked to the primary"
         if self.use_proxy:
             self.proxy = CuttableProxy(self.redis.port).start()
         self.server.__enter__()
@@ -347,12 +415,15 @@ class Chaos:
             with contextlib.suppress(Exception):
                 proc.send_signal(signal.SIGCONT)
                 proc.kill()
-        with contextlib.suppress(Exception):
-            self.poller.stop()
+        for poller in {id(p): p for p in (self.poller, self.replica_poller) if p is not None}.values():
+            with contextlib.suppress(Exception):
+                poller.stop()
         self.server.__exit__(None, None, None)
         if self.proxy:
             self.proxy.stop()
         self.redis.stop()
+        if self.replica is not None:
+            self.replica.stop()
 
     def _count_endpoint_errors(self) -> None:
         """Count the endpoint's error replies by code (evidence that its faults fired)."""
@@ -450,6 +521,57 @@ class Chaos:
     def cut(self) -> None:
         assert self.proxy is not None
         self.note("proxy-cut", f"{self.proxy.cut()} connections")
+
+    def detach_replica(self) -> None:
+        """``REPLICAOF NO ONE`` on the replica: it stops receiving the primary's writes (lease
+        acquisitions, renewals, checkpoints, token draws) from now on; a poller starts reading it."""
+        assert self.replica is not None
+        admin = connect(self.replica.url, socket_timeout_s=1.0)
+        try:
+            offset = admin.info("replication").get("master_repl_offset")
+            admin.replicaof("NO", "ONE")
+            role = admin.info("replication").get("role")
+        finally:
+            admin.close()
+        assert role == "master", role
+        self._detached_at = time.time()
+        self.replica_poller = CheckpointPoller(self.replica.url, self.group).start()
+        self.note("replica-detached", f"port {self.replica.port} at replication offset {offset}")
+
+    def missed_acquisitions(self) -> set[tuple[str, str, int]]:
+        """(shard, owner, token) of every lease acquisition the primary's poller saw since the replica was
+        detached (tokens the replica does not have)."""
+        assert self.replica_poller is not None
+        snapshot = next(iter(self.replica_poller.observations), None)
+        if snapshot is None:
+            return set()
+        known = _tokens(snapshot)
+        return {(shard, owner, token) for o in list(self.poller.observations) if o.t > self._detached_at
+                for shard, (_cp, owner, token, _state) in o.leases.items() if owner and token not in known}
+
+    def fail_over(self) -> None:
+        """Promote the detached replica: retarget the proxy at it, cut every connection, read what the
+        old primary issued, kill it; from now on ``self.poller`` reads the replica."""
+        assert self.replica is not None and self.proxy is not None and self.replica_poller is not None
+        self.proxy.retarget(self.replica.port)
+        at = time.time()
+        cut = self.proxy.cut()
+        time.sleep(0.2)  # commands the primary had received before the cut are done
+        store = self.poller.store
+        primary_counter = int(store.client.get(store.keys.token) or 0)
+        primary_leases = {lease.shard_id: (lease.checkpoint, lease.owner, lease.token, str(lease.state))
+                          for lease in store.leases()}
+        primary_leader_token = int(store.client.hget(store.keys.leader, "token") or 0)
+        self.poller.stop()
+        self.redis.kill()
+        replica_obs = [o for o in self.replica_poller.observations if o.t < at]
+        assert replica_obs, "the replica's poller saw nothing before the failover"
+        self.failover = Failover(self._detached_at, at, primary_counter, primary_leases, primary_leader_token,
+                                 self.poller.observations, replica_obs[0], self.missed_acquisitions())
+        self.poller = self.replica_poller
+        self.note("failover", f"proxy -> replica port {self.replica.port}, {cut} connections cut, primary "
+                              f"killed (its token counter {primary_counter}, the replica's "
+                              f"{replica_obs[0].counter})")
 
     def split(self) -> None:
         shard = self.rng.choice(self.server.model.shard_ids(self.table, open_only=True))
@@ -567,7 +689,9 @@ class Chaos:
         parent_of = {sid: s.parent_id for sid, s in self.server.model.stream(self.table.stream_arn).shards.items()}
         check_parents_before_children_first_handling(rows, parent_of)
         zombie = self.check_pauses(rows)
-        if not group_reset:
+        if self.failover is not None:
+            self.check_failover(rows, parent_of)
+        elif not group_reset:
             check_parents_before_children_strict([r for r in rows if r.index not in zombie], parent_of)
         moves = check_checkpoints_monotonic(self.poller.observations)
         assert moves > 0 and len(self.poller.observations) > 50
@@ -590,6 +714,128 @@ class Chaos:
         )
         print(report.line())
         return report, rows
+
+    def check_failover(self, rows: list[Row], parent_of: dict[str, str | None]) -> None:
+        """The failover invariants (see docs/chaos.md)."""
+        f = self.failover
+        assert f is not None
+        # The replica was frozen from the detach to the failover (nothing reached it early) ...
+        for obs in self.poller.observations:
+            if obs.t < f.at:
+                assert obs.leases == f.replica_at_promotion.leases and obs.counter == f.replica_at_promotion.counter
+        # ... it had replicated the group's state until then ...
+        assert f.replica_at_promotion.leases and f.replica_at_promotion.counter > 0, "the replica had no group state"
+        # ... and it really lost writes: lease acquisitions (token draws), and checkpoints (the replay).
+        assert f.missed_acquisitions, "the primary made no lease acquisition after the replica was detached"
+        assert f.replica_at_promotion.counter < f.primary_counter
+        for shard, (cp, *_) in f.primary_leases.items():
+            replica_cp = f.replica_at_promotion.leases.get(shard, ("",))[0]
+            if _seq_behind(replica_cp, cp):
+                f.checkpoints_behind[shard] = (cp, replica_cp)
+        assert f.checkpoints_behind, "no checkpoint on the replica was behind the primary's"
+        # Checkpoints never moved backwards on the old primary either (on the replica: checked by finish()).
+        check_checkpoints_monotonic(f.primary_observations)
+
+        # Tokens the old primary issued are at most its counter; every token the promoted replica issued is above.
+        primary_tokens = set().union(*(_tokens(o) for o in f.primary_observations))
+        primary_tokens |= {token for *_, token, _state in f.primary_leases.values()} | {f.primary_leader_token}
+        assert max(primary_tokens) <= f.primary_counter
+        inherited = _tokens(f.replica_at_promotion)
+        f.replica_tokens = set().union(*(_tokens(o) for o in self.poller.observations if o.t >= f.at)) - inherited
+        f.replica_tokens.discard(0)
+        assert f.replica_tokens, "the promoted replica issued no token"
+        assert min(f.replica_tokens) > f.primary_counter, (
+            f"the promoted replica issued {sorted(t for t in f.replica_tokens if t <= f.primary_counter)[:5]}, "
+            f"not above the old primary's counter {f.primary_counter}")
+        # The fleet converged on the replica: at some point every shard ready was owned with one of its tokens.
+        converged = [o.t for o in self.poller.observations if o.t > f.at and all(
+            state != "ready" or (owner and token in f.replica_tokens) for _, owner, token, state in o.leases.values())]
+        assert converged, "the fleet never held every shard on the promoted replica"
+        f.converged_s = converged[0] - f.at
+
+        # Handler calls: before the failover, and after it with a token of either server.
+        calls_path = self.handler_env.get("CHAOS_CALLS")
+        assert calls_path, "a failover scenario logs every handler call: set CHAOS_CALLS in handler_env"
+        calls = read_calls(Path(calls_path))[0]
+        for r in rows:
+            if r.t <= f.at:
+                f.max_before[r.shard] = max(f.max_before.get(r.shard, 0), r.token)
+        for k in calls:
+            if k.start <= f.at:
+                f.max_before[k.shard] = max(f.max_before.get(k.shard, 0), k.token)
+
+        def issued_by_replica(token: int) -> bool:
+            return token in f.replica_tokens or token > f.primary_counter
+
+        stale: set[int] = set()
+        handled_before = {r.seq for r in rows if r.t <= f.at}
+        for r in rows:
+            if r.t <= f.at:
+                continue
+            if issued_by_replica(r.token):
+                assert r.token > f.max_before.get(r.shard, 0), (
+                    f"{r.shard}: handled with token {r.token} after the failover, not above "
+                    f"{f.max_before[r.shard]} seen before it")
+                f.min_after[r.shard] = min(f.min_after.get(r.shard, r.token), r.token)
+                f.replayed += r.seq in handled_before
+            else:
+                stale.add(r.index)
+        f.stale_rows = len(stale)
+        # Every handling, duplicates included, puts parents before children on each server; not across the
+        # failover: the promoted replica lost parents' ends (and children's progress) and replays them.
+        check_parents_before_children_strict([r for r in rows if r.t <= f.at], parent_of)
+        check_parents_before_children_strict([r for r in rows if r.t > f.at and r.index not in stale], parent_of)
+        # A call with an old primary's token after the failover: started before that worker's own lease
+        # clock ran out (last renewal, on the old primary, + TTL) and before it logged the lease lost.
+        lost_at: dict[tuple[str, str], float] = {}
+        for name in self.fleet.procs:
+            for d in self.log_lines(name):
+                ts = parse_ts(d["ts"])
+                if d.get("msg", "").startswith("lease lost") and ts > f.at and "shard_id" in d:
+                    lost_at.setdefault((name, d["shard_id"]), ts)
+        for k in calls:
+            if k.start > f.at and issued_by_replica(k.token):
+                assert k.token > f.max_before.get(k.shard, 0), (
+                    f"{k.shard}: a call with token {k.token} after the failover, not above {f.max_before[k.shard]}")
+        stale_calls = [k for k in calls if k.start > f.at and not issued_by_replica(k.token)]
+        for k in stale_calls:
+            assert k.start < f.at + LEASE_TTL_S, f"{k.worker} called its handler on {k.shard} with an old " \
+                                                 f"token {k.start - f.at:.2f} s after the failover"
+            # may_act() is asked just before a call: a tick forgetting the lease can land in between.
+            lost = lost_at.get((k.worker, k.shard), float("inf"))
+            assert k.start <= lost + 0.05, (f"{k.worker} called its handler on {k.shard} with the old token "
+                                            f"{k.start - lost:.3f} s after it logged the lease lost")
+        f.stale_calls = len(stale_calls)
+        for k in stale_calls:
+            told = lost_at.get((k.worker, k.shard))
+            print(f"  {k.worker} called its handler on {k.shard} with the old primary's token {k.token} "
+                  f"{k.start - f.at:.2f} s after the failover"
+                  + (f", {told - k.start:.3f} s before it logged the lease lost" if told else ""))
+        # Two processes on one shard at once only while an owner of the old primary had not heard yet.
+        old_running = {id(k) for k in calls if not issued_by_replica(k.token) and (k.end is None or k.end > f.at)}
+        pairs = overlapping_calls(calls)
+        unexplained = [(a, b) for a, b in pairs if id(a) not in old_running and id(b) not in old_running]
+        assert not unexplained, f"{len(unexplained)} overlapping calls not explained by the failover: " + "; ".join(
+            f"{a.shard} {a.worker}/{a.token} and {b.worker}/{b.token}" for a, b in unexplained[:3])
+        f.overlaps = len(pairs)
+        for a, b in pairs:
+            print(f"  overlap on {a.shard}: {a.worker}/{a.token} {a.start - f.at:+.2f}..{(a.end or 0) - f.at:+.2f} s "
+                  f"and {b.worker}/{b.token} {b.start - f.at:+.2f}..{(b.end or 0) - f.at:+.2f} s from the failover")
+
+        for shard in sorted(set(f.max_before) | set(f.min_after) | set(f.primary_leases)):
+            before, after = f.max_before.get(shard), f.min_after.get(shard)
+            gap = f"(+{(after - before) / 1e6:.3f} s)" if before and after else ""
+            p_cp, _, _, p_state = f.primary_leases.get(shard, ("-", "", 0, "-"))
+            r_cp, _, _, r_state = f.replica_at_promotion.leases.get(shard, ("-", "", 0, "-"))
+            print(f"  {shard}: primary {p_state} cp {p_cp[-5:] or '-'}, replica {r_state} cp {r_cp[-5:] or '-'}; "
+                  f"max token handled before {before}, min after {after} {gap}")
+        print(f"  failover: old primary's counter {f.primary_counter}, replica's at promotion "
+              f"{f.replica_at_promotion.counter} ({f.primary_counter - f.replica_at_promotion.counter} us behind), "
+              f"replica's tokens {min(f.replica_tokens)}..{max(f.replica_tokens)} ({len(f.replica_tokens)}); "
+              f"{len(f.missed_acquisitions)} acquisitions missed; converged {f.converged_s:.2f} s after the failover; "
+              f"{len(f.checkpoints_behind)} checkpoints behind on the replica; {f.replayed} records replayed; "
+              f"{f.stale_rows} records in {f.stale_calls} calls after the failover with an old token; "
+              f"{f.overlaps} overlapping call pairs")
 
     def check_pauses(self, rows: list[Row]) -> set[int]:
         """The paused-worker invariants; returns the indexes of rows its in-flight batches wrote late."""
@@ -629,6 +875,19 @@ class Chaos:
                       f"{len(stale)} stale handlings after SIGCONT {dict(per_shard)}")
                 assert delay <= RENEW_INTERVAL_S + 1.0, f"'lease lost' only {delay:.2f} s after SIGCONT"
         return late
+
+
+def _tokens(obs: Observation) -> set[int]:
+    return {token for _cp, _owner, token, _state in obs.leases.values()} | {obs.leader_token}
+
+
+def _seq_behind(a: str, b: str) -> bool:
+    """Checkpoint ``a`` is behind ``b`` ('' is behind everything, SHARD_END after everything)."""
+    if a == b or b == "":
+        return False
+    if a == "" or b == SHARD_END:
+        return True
+    return a != SHARD_END and int(a) < int(b)
 
 
 def assert_duplicates_bounded(report: Report, faults: int) -> None:

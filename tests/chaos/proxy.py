@@ -14,7 +14,8 @@ class CuttableProxy:
     """Forwards 127.0.0.1:<port> to ``target``; :meth:`cut` closes every open connection (both sides).
 
     New connections are accepted again right after a cut (a dropped connection, not an outage).
-    When the target refuses, the client's connection is closed at once.  Setting
+    When the target refuses, the client's connection is closed at once.  :meth:`retarget` points
+    new connections at another port (a failover: cut the old connections after it).  Setting
     :attr:`reply_delay_s` above 0 holds every chunk from the target that long before passing it
     on (a slow network to Redis, for a while); 0, the default, forwards at once.
     """
@@ -51,8 +52,9 @@ class CuttableProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            target = self.target_port
             try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=2)
+                upstream = socket.create_connection(("127.0.0.1", target), timeout=2)
                 upstream.settimeout(None)
             except OSError:
                 client.close()
@@ -61,8 +63,14 @@ class CuttableProxy:
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             pair = (client, upstream)
             with self._lock:
-                self._pairs.add(pair)
-                self.accepted += 1
+                current = target == self.target_port
+                if current:
+                    self._pairs.add(pair)
+                    self.accepted += 1
+            if not current:  # retargeted while connecting: never hand out a connection to the old target
+                for s in pair:
+                    s.close()
+                continue
             threading.Thread(target=self._pump, args=(client, upstream, pair), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client, pair, True), daemon=True).start()
 
@@ -93,6 +101,15 @@ class CuttableProxy:
                 s.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
                 s.close()
+
+    def retarget(self, port: int) -> int:
+        """Send every new connection to ``port`` from now on; returns the previous target port.
+
+        Connections already open stay on the old target until :meth:`cut`; a connection being set
+        up to the old target while this runs is closed instead of being handed out."""
+        with self._lock:
+            previous, self.target_port = self.target_port, port
+        return previous
 
     def cut(self) -> int:
         """Close every connection going through the proxy; returns how many were cut."""
