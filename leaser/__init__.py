@@ -17,6 +17,7 @@ Public API::
 See docs/lease-protocol.md for the states, invariants and race timelines.
 """
 
+from leaser._version import VERSION_NOT_INSTALLED, __version__
 from leaser.balancer import Plan, Share, fair_share, plan
 from leaser.config import LeaseConfig
 from leaser.embedded import RedisServer
@@ -36,6 +37,7 @@ from leaser.store import Heartbeat, Leader, LeaseStore, connect, translate_redis
 
 __all__ = [
     "SHARD_END",
+    "VERSION_NOT_INSTALLED",
     "Acquired",
     "ConcurrentUpdate",
     "ConfigError",
@@ -57,6 +59,7 @@ __all__ = [
     "ShardleaseError",
     "Share",
     "TickResult",
+    "__version__",
     "connect",
     "fair_share",
     "plan",

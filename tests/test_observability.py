@@ -200,3 +200,11 @@ def test_access_logs_are_debug(server: HealthServer, caplog: pytest.LogCaptureFi
         get(f"http://127.0.0.1:{server.port}/healthz")
     access = [r for r in caplog.records if r.name == "worker.observability" and "GET /healthz" in r.getMessage()]
     assert access and all(r.levelname == "DEBUG" for r in access)
+
+
+def test_the_version_is_the_packages_one() -> None:
+    from leaser import __version__
+
+    body = Metrics("w", "g").render().decode()
+    assert f'shardlease_worker_info{{group="g",version="{__version__}",worker_id="w"}} 1.0' in body
+

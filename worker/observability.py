@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from importlib import metadata
 from typing import Any
 
 from prometheus_client import (
@@ -33,6 +32,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from leaser._version import __version__
 from leaser.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -73,13 +73,6 @@ STUCK_STATES: tuple[str, ...] = (
     "renewal_late",  # the worker's lease renewals are late: it hands its handler nothing for now
 )
 """Allowed ``state`` labels of ``shardlease_shards_stuck``: why a held shard makes no progress."""
-
-
-def _package_version() -> str:
-    try:
-        return metadata.version("shardlease")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _check(label: str, value: str, allowed: tuple[str, ...]) -> str:
@@ -153,7 +146,7 @@ class Metrics:
         self._unowned = gauge("shardlease_shards_unowned", "Ready shards that no worker holds (leader).")
         self._is_leader = gauge("shardlease_is_leader", "1 if this worker is the group's leader, else 0.")
         self._info = Info("shardlease_worker", "This worker's identity.", registry=r)
-        self._info.info({"worker_id": worker_id, "group": group, "version": version or _package_version()})
+        self._info.info({"worker_id": worker_id, "group": group, "version": version or __version__})
 
         for reason in LEASE_REASONS:  # so rate() works from the first scrape
             self._gained.labels(reason=reason)
