@@ -24,7 +24,8 @@ from worker.config import (
 )
 
 ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/orders/stream/2026-11-26T13:00:00.000"
-BASE = ["--stream-arn", ARN]
+HANDLER = "worker.handling.handler:log_records"
+BASE = ["--stream-arn", ARN, "--handler", HANDLER]
 
 
 def load(argv: list[str], env: dict[str, str] | None = None, **kw: bool) -> RunConfig:
@@ -53,13 +54,13 @@ def test_defaults() -> None:
     cfg = load(BASE)
     assert cfg.stream_arn == ARN and cfg.table is None
     assert cfg.group == "default"
-    assert cfg.handler == "worker.handling.handler:log_records"
+    assert cfg.handler == HANDLER
     assert cfg.redis_url is None and cfg.data_dir == ".shardlease"
     assert cfg.initial_position == "TRIM_HORIZON"
     assert cfg.batch_size == 100
     assert (cfg.lease_ttl_s, cfg.renew_interval_s) == (5.0, 1.5)
     assert cfg.worker_id.endswith(f"-{__import__('os').getpid()}")
-    assert (cfg.metrics_port, cfg.metrics_host) == (9400, "0.0.0.0")
+    assert (cfg.metrics_port, cfg.metrics_host) == (None, "0.0.0.0")  # None: 9400 or the next free port
     assert (cfg.log_format, cfg.log_level) == ("text", "INFO")
     assert cfg.idle_poll_interval_s == 1.0 and cfg.shutdown_grace_s == 20.0
     assert cfg.shard_sync_interval_s == 60.0 and cfg.handoff_timeout_s == 10.0
@@ -67,7 +68,7 @@ def test_defaults() -> None:
     assert cfg.endpoint_url is None and cfg.region is None
     assert cfg.redis_ca_file is None
     # The defaults of the table and of the dataclass are the same.
-    direct = RunConfig(stream_arn=ARN, worker_id=cfg.worker_id)
+    direct = RunConfig(stream_arn=ARN, handler=HANDLER, worker_id=cfg.worker_id)
     assert direct == cfg
 
 
@@ -95,7 +96,7 @@ def test_empty_values_count_as_unset() -> None:
 
 def test_env_alone_configures_everything() -> None:
     cfg = load([], {"SHARDLEASE_TABLE": "orders", "SHARDLEASE_INITIAL_POSITION": "latest",
-                    "SHARDLEASE_LEASE_TTL": "10", "SHARDLEASE_RENEW_INTERVAL": "2.5"})
+                    "SHARDLEASE_HANDLER": HANDLER, "SHARDLEASE_LEASE_TTL": "10", "SHARDLEASE_RENEW_INTERVAL": "2.5"})
     assert cfg.table == "orders" and cfg.initial_position == "LATEST"
     assert (cfg.lease_ttl_s, cfg.renew_interval_s) == (10.0, 2.5)
 
@@ -103,7 +104,7 @@ def test_env_alone_configures_everything() -> None:
 def test_app_alias_and_namespace_input() -> None:
     parser = argparse.ArgumentParser()
     add_run_arguments(parser)
-    ns = parser.parse_args(["--app", "orders-indexer", "--table", "orders"])
+    ns = parser.parse_args(["--app", "orders-indexer", "--table", "orders", "--handler", HANDLER])
     cfg = load_run_config(ns, {})
     assert cfg.group == "orders-indexer" and cfg.table == "orders"
 
@@ -146,6 +147,8 @@ def test_help_mentions_env_and_default(capsys: pytest.CaptureFixture[str]) -> No
         (["--endpoint-url", "localhost:8000"], {}, ["endpoint_url", "http"]),
         (["--redis-ca-file", "/no/such/file.pem"], {}, ["redis_ca_file", "does not exist"]),
         (["--bogus", "1"], {}, ["unrecognized arguments: --bogus 1"]),
+        ([], {"SHARDLEASE_BISECT_ON_ERROR": "maybe"}, ["bisect_on_error", "not a boolean",
+                                                       "(from SHARDLEASE_BISECT_ON_ERROR)"]),
     ],
 )
 def test_bad_values_name_setting_and_fix(argv: list[str], env: dict[str, str], fragments: list[str]) -> None:
@@ -169,19 +172,20 @@ def test_secrets_never_in_errors() -> None:
     ],
 )
 def test_arn_shape(arn: str) -> None:
-    assert "not a DynamoDB stream ARN" in error(["--stream-arn", arn])
+    assert "not a DynamoDB stream ARN" in error(["--stream-arn", arn, "--handler", HANDLER])
 
 
 def test_good_arns() -> None:
     for arn in (ARN, "arn:aws-cn:dynamodb:cn-north-1:000000000000:table/my.table-1/stream/label"):
-        assert load(["--stream-arn", arn]).stream_arn == arn
+        assert load(["--stream-arn", arn, "--handler", HANDLER]).stream_arn == arn
 
 
 def test_exactly_one_stream_source() -> None:
-    assert "no stream to consume" in error([])
+    assert "no stream to consume" in error(["--handler", HANDLER])
     assert "both are set" in error([*BASE, "--table", "orders"])
-    assert load([], require_stream=False).stream_arn is None  # the demo supplies its own
+    assert load(["--handler", HANDLER], require_stream=False).stream_arn is None  # a caller with its own stream
     assert "not a DynamoDB table name" in error(["--table", "x"])
+    assert load(["--table", "orders"], require_handler=False).handler is None  # a caller with its own handler
 
 
 def test_redis_urls_and_tls_files(tmp_path: Path) -> None:
@@ -237,14 +241,54 @@ def test_env_names() -> None:
 
 def test_markdown_table() -> None:
     table = markdown_table()
-    lines = table.strip().splitlines()
-    assert lines[0].startswith("| Setting | Flag | Environment variable | Default | Meaning |")
-    assert len(lines) == 2 + len(RUN_SETTINGS)
-    for line, setting in zip(lines[2:], RUN_SETTINGS, strict=True):
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| Setting")]
+    assert len(rows) == len(RUN_SETTINGS)
+    for _, title in config.GROUPS:  # one table per group, under its title, in the order of GROUPS
+        assert f"**{title}**" in table
+    titles = [table.index(f"**{title}**") for _, title in config.GROUPS]
+    assert titles == sorted(titles)
+    for setting in RUN_SETTINGS:
+        [line] = [r for r in rows if r.startswith(f"| {setting.name} |")]
         assert line.count(" | ") == 4, line  # no stray pipes inside cells
         assert f"`{setting.env}`" in line and setting.flags[0] in line
+        title = dict(config.GROUPS)[setting.group]
+        assert table.index(f"**{title}**") < table.index(line)
     assert "`--group`, `--app`" in table
     assert "<hostname>-<pid>" in table
+    assert "| bisect_on_error | `--bisect-on-error` / `--no-bisect-on-error` (a switch) | " \
+           "`SHARDLEASE_BISECT_ON_ERROR` (`true`/`false`) | `off` |" in table
+    assert "| handler | `--handler` | `SHARDLEASE_HANDLER` | (required) |" in table
+
+
+def test_every_setting_has_a_known_group() -> None:
+    keys = [key for key, _ in config.GROUPS]
+    assert {s.group for s in RUN_SETTINGS} == set(keys)
+
+
+def test_switches_take_no_value_and_have_a_no_form() -> None:
+    switches = [s for s in RUN_SETTINGS if s.is_switch]
+    assert {s.name for s in switches} == {"bisect_on_error", "stop_on_failure"}
+    for setting in switches:
+        flag = setting.flags[0]
+        assert getattr(load([*BASE, flag]), setting.name) is True
+        assert getattr(load([*BASE, setting.no_flag], {setting.env: "true"}), setting.name) is False  # flag wins
+        assert getattr(load(BASE, {setting.env: "true"}), setting.name) is True
+        assert getattr(load(BASE, {setting.env: "false"}), setting.name) is False
+        assert getattr(load(BASE), setting.name) is False
+        assert "unrecognized arguments: true" in error([*BASE, flag, "true"])
+
+
+def test_help_shows_each_default_once_and_readably(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser)
+    parser.print_help()
+    out = " ".join(capsys.readouterr().out.split())
+    assert "default default" not in out and "default: default" not in out
+    assert '[env SHARDLEASE_GROUP; default: "default"]' in out
+    assert "[env SHARDLEASE_LEASE_TTL; default: 5s]" in out
+    assert "[env SHARDLEASE_BISECT_ON_ERROR=true/false; default: off]" in out
+    assert "[env SHARDLEASE_HANDLER; required]" in out
+    assert out.count("default:") == len(RUN_SETTINGS) - 1  # every setting but --handler, once each
 
 
 def test_extending_the_table_is_one_row() -> None:
@@ -253,6 +297,7 @@ def test_extending_the_table_is_one_row() -> None:
     parser = argparse.ArgumentParser()
     add_run_arguments(parser, [*RUN_SETTINGS, extra])
     assert parser.parse_args(["--max-retries", "3"]).max_retries == "3"
+    assert extra.group == "delivery"
     assert extra.env == "SHARDLEASE_MAX_RETRIES"
 
 

@@ -153,7 +153,9 @@ def test_builtin_log_records(caplog: pytest.LogCaptureFixture) -> None:
     assert "batch of 0 records" in empty.getMessage()
 
 
-def test_default_handler_in_config_is_loadable() -> None:
+def test_no_default_handler_in_config() -> None:
     from worker.config import RunConfig
 
-    assert load_handler(RunConfig().handler).name == "worker.handling.handler:log_records"
+    assert RunConfig().handler is None  # `shardlease run` requires --handler
+    assert load_handler("worker.handling.handler:log_records").name == "worker.handling.handler:log_records"
+

@@ -32,6 +32,10 @@ from leaser.keys import validate_group, validate_id
 from worker.logs import redact
 
 ENV_PREFIX = "SHARDLEASE_"
+REQUIRED = "(required)"
+"""The ``default_doc`` of a setting without a default (``--handler``)."""
+DEFAULT_METRICS_PORT = 9400
+"""The metrics port when none is given; if taken (another worker on the host), the next free one is used."""
 
 # ----------------------------------------------------------------------------
 # Parsers: text -> value, raising ValueError("problem; fix") on bad input.
@@ -243,6 +247,17 @@ class Setting:
     metavar: str = "VALUE"
     default_factory: Callable[[], Any] | None = None
     default_doc: str | None = None
+    group: str = "delivery"
+
+    @property
+    def is_switch(self) -> bool:
+        """A yes/no setting: ``--flag`` / ``--no-flag`` on the command line, true/false in its variable."""
+        return self.parse is parse_bool
+
+    @property
+    def no_flag(self) -> str:
+        """``--no-bisect-on-error`` for ``--bisect-on-error`` (switches only)."""
+        return "--no-" + self.flags[0].lstrip("-")
 
     @property
     def env(self) -> str:
@@ -257,10 +272,23 @@ class Setting:
     def default_value(self) -> Any:
         return self.default_factory() if self.default_factory is not None else self.default
 
-    def default_text(self) -> str:
+    def default_text(self, *, quote: bool = True) -> str:
+        """The default as a reader wants it: ``5s``, ``off``, ``100``, ``"default"`` (unquoted with
+        ``quote=False``), ``(none)``."""
         if self.default_doc is not None:
             return self.default_doc
-        return "(none)" if self.default is None else str(self.default)
+        value = self.default
+        if value is None:
+            return "(none)"
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if isinstance(value, float) and self.name.endswith("_s"):
+            return "-1 (no limit)" if value == -1 else f"{value:g}s"
+        if isinstance(value, int) and value == -1:
+            return "-1 (forever)"
+        if isinstance(value, str):
+            return f'"{value}"' if quote else value
+        return str(value)
 
     def error(self, problem: str, fix: str) -> ConfigError:
         return ConfigError(self.label, problem, fix)
@@ -277,106 +305,126 @@ def _s(
     return Setting(name, (flags,) if isinstance(flags, str) else flags, parse, default, help, **kwargs)
 
 
+GROUPS: tuple[tuple[str, str], ...] = (
+    ("stream", "Stream: what to read, where from"),
+    ("coordination", "Coordination: the group, its Redis and the leases"),
+    ("delivery", "Delivery: how your handler is called"),
+    ("failure handling", "Failure handling: when the handler fails or hangs"),
+    ("observability", "Observability: metrics, health and logs"),
+    ("redis security", "Redis security: TLS files for a rediss:// server"),
+)
+"""The groups of ``shardlease run --help`` and of the README's table, in order: (key, title)."""
+
 RUN_SETTINGS: tuple[Setting, ...] = (
     _s("stream_arn", "--stream-arn", parse_stream_arn, None,
        "DynamoDB stream ARN to consume; give this or --table.", metavar="ARN",
-       default_doc="(this or --table)"),
+       default_doc="(none)", group="stream"),
     _s("table", "--table", parse_table, None,
        "DynamoDB table whose latest stream to consume; give this or --stream-arn.", metavar="NAME",
-       default_doc="(this or --stream-arn)"),
+       default_doc="(none)", group="stream"),
     _s("group", ("--group", "--app"), _parse_group, "default",
        "Consumer group: workers of one group share the stream's shards; each group reads everything.",
-       metavar="NAME"),
-    _s("handler", "--handler", parse_handler_path, "worker.handling.handler:log_records",
-       "Your handler as package.module:function (or a class/instance with handle(records, ctx)).",
-       metavar="MODULE:ATTR"),
+       metavar="NAME", group="coordination"),
+    _s("handler", "--handler", parse_handler_path, None,
+       "Your handler as package.module:function (or a class/instance with handle(records, ctx)); "
+       "worker.handling.handler:log_records just logs each batch.",
+       metavar="MODULE:ATTR", default_doc=REQUIRED, group="delivery"),
     _s("redis_url", "--redis-url", parse_redis_url, None,
        "Redis holding the leases (redis://, rediss:// or unix://); unset starts an embedded redis-server.",
-       metavar="URL", default_doc="(embedded Redis)"),
+       metavar="URL", default_doc="(embedded Redis)", group="coordination"),
     _s("data_dir", "--data-dir", parse_nonempty, ".shardlease",
-       "Directory for the embedded Redis's files (used only without --redis-url).", metavar="DIR"),
+       "Directory for the embedded Redis's files (used only without --redis-url).", metavar="DIR",
+       group="coordination"),
     _s("initial_position", "--initial-position", _choice("TRIM_HORIZON", "LATEST"), "TRIM_HORIZON",
        "Where a shard with no checkpoint starts: TRIM_HORIZON (oldest record) or LATEST (new records only).",
-       metavar="POSITION"),
+       metavar="POSITION", group="stream"),
     _s("handler_style", "--handler-style", _choice("auto", "native", "lambda", upper=False), "auto",
        "How the handler is called: native handle(records, ctx), lambda handler(event, context) with Lambda's "
-       "exact event, or auto (lambda when its parameters are named event and context).", metavar="STYLE"),
+       "exact event, or auto (lambda when its parameters are named event and context).", metavar="STYLE",
+       group="delivery"),
     _s("batch_size", "--batch-size", _ranged(parse_int, 1, 10_000), 100,
        "Maximum records per handler call (1-10000; above 1000 a batch spans several GetRecords pages).",
-       metavar="N"),
+       metavar="N", group="delivery"),
     _s("batching_window_s", "--batching-window", _ranged(parse_duration, 0, 300), 0.0,
        "Seconds to keep gathering records before calling the handler (Lambda's MaximumBatchingWindowInSeconds); "
-       "0 calls it as soon as records arrive.", metavar="SECONDS"),
+       "0 calls it as soon as records arrive.", metavar="SECONDS", group="delivery"),
     _s("max_retry_attempts", "--max-retry-attempts", parse_forever_or_int, -1,
        "Retries of a failed batch before its records go to --on-failure; -1 retries forever (Lambda's default).",
-       metavar="N"),
+       metavar="N", group="failure handling"),
     _s("max_record_age_s", "--max-record-age", parse_forever_or_duration, -1.0,
        "Records older than this many seconds when a batch fails go to --on-failure instead of being retried; "
-       "-1 means no limit.", metavar="SECONDS"),
+       "-1 means no limit.", metavar="SECONDS", group="failure handling"),
     _s("bisect_on_error", "--bisect-on-error", parse_bool, False,
        "Split a failing batch in two and retry each half, down to the single record that fails.",
-       metavar="BOOL"),
+       group="failure handling"),
     _s("on_failure", "--on-failure", parse_on_failure, "redis",
        "Where records go once retries or age run out, in full with the error: redis (a stream in the group's "
-       "namespace), sqs:<queue URL or ARN>, file:<path.jsonl>, or none (logged and skipped).", metavar="DEST"),
+       "namespace), sqs:<queue URL or ARN>, file:<path.jsonl>, or none (logged and skipped).", metavar="DEST",
+       group="failure handling"),
     _s("stop_on_failure", "--stop-on-failure", parse_bool, False,
        "Strict order: a failing record stops its shard there (retried, reported, never skipped).",
-       metavar="BOOL"),
+       group="failure handling"),
     _s("filter_patterns", "--filter-patterns", parse_filter_patterns, None,
        "Lambda filter patterns (JSON list, or {\"Filters\": [...]}, or @file): only matching records reach the "
-       "handler; the checkpoint moves past the others.", metavar="JSON"),
+       "handler; the checkpoint moves past the others.", metavar="JSON", group="delivery"),
     _s("parallelization_factor", "--parallelization-factor", _ranged(parse_int, 1, 10), 1,
        "Batches of one shard handled at once (1-10), each item key always in the same lane, so per-key order "
-       "holds.", metavar="N"),
+       "holds.", metavar="N", group="delivery"),
     _s("handler_timeout_s", "--handler-timeout", _ranged(parse_duration, 0, 900, low_open=True), 300.0,
        "Seconds a handler call may run before it counts as hung (logged, counted, shown by status, then "
        "--on-handler-timeout applies); also a Lambda-style context's budget (get_remaining_time_in_millis).",
-       metavar="SECONDS"),
+       metavar="SECONDS", group="failure handling"),
     _s("on_handler_timeout", "--on-handler-timeout", _choice("exit", "warn", upper=False), "exit",
        "What a hung handler call leads to: exit (hand the other shards back, keep the hung shard's lease "
        "unreleased and exit with code 3, so a healthy worker takes it over once it expires) or warn "
-       "(report it and keep waiting).", metavar="ACTION"),
+       "(report it and keep waiting).", metavar="ACTION", group="failure handling"),
     _s("lease_ttl_s", "--lease-ttl", _ranged(parse_duration, 1, 300), 5.0,
        "Seconds a lease lives without renewal; a crashed worker's shards move after about this long.",
-       metavar="SECONDS"),
+       metavar="SECONDS", group="coordination"),
     _s("renew_interval_s", "--renew-interval", _ranged(parse_duration, 0, 150, low_open=True), 1.5,
-       "Seconds between lease renewals; must be less than half of --lease-ttl.", metavar="SECONDS"),
+       "Seconds between lease renewals; must be less than half of --lease-ttl.", metavar="SECONDS",
+       group="coordination"),
     _s("worker_id", "--worker-id", _parse_worker_id, None,
        "This worker's unique name in the group (letters, digits, '_', '.', ':', '-').", metavar="ID",
-       default_factory=default_worker_id, default_doc="<hostname>-<pid>"),
-    _s("metrics_port", "--metrics-port", _ranged(parse_int, 0, 65535), 9400,
-       "TCP port of the /metrics, /healthz and /readyz HTTP server; 0 disables it.", metavar="PORT"),
+       default_factory=default_worker_id, default_doc="<hostname>-<pid>", group="coordination"),
+    _s("metrics_port", "--metrics-port", _ranged(parse_int, 0, 65535), None,
+       "TCP port of the /metrics, /healthz and /readyz HTTP server; 0 disables it.  Unset: "
+       f"{DEFAULT_METRICS_PORT}, or the next free port when another worker on the host has it (logged at "
+       "start, shown by status); a port given explicitly must be free.", metavar="PORT",
+       default_doc=f"{DEFAULT_METRICS_PORT} (or the next free)", group="observability"),
     _s("metrics_host", "--metrics-host", parse_nonempty, "0.0.0.0",
-       "Address the metrics/health HTTP server listens on.", metavar="HOST"),
+       "Address the metrics/health HTTP server listens on.", metavar="HOST", group="observability"),
     _s("log_format", "--log-format", _choice("text", "json", upper=False), "text",
-       "Log line format: text (one readable line) or json (one JSON object per line).", metavar="FORMAT"),
+       "Log line format: text (one readable line) or json (one JSON object per line).", metavar="FORMAT",
+       group="observability"),
     _s("log_level", "--log-level", _choice("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), "INFO",
-       "Minimum log level: DEBUG, INFO, WARNING, ERROR or CRITICAL.", metavar="LEVEL"),
+       "Minimum log level: DEBUG, INFO, WARNING, ERROR or CRITICAL.", metavar="LEVEL", group="observability"),
     _s("idle_poll_interval_s", "--idle-poll-interval", _ranged(parse_duration, 0, 300, low_open=True), 1.0,
-       "Seconds between GetRecords calls on a shard that returned no records.", metavar="SECONDS"),
+       "Seconds between GetRecords calls on a shard that returned no records.", metavar="SECONDS", group="stream"),
     _s("shutdown_grace_s", "--shutdown-grace", _ranged(parse_duration, 0, 3600), 20.0,
-       "Maximum seconds to finish in-flight batches and hand off leases after SIGTERM.", metavar="SECONDS"),
+       "Maximum seconds to finish in-flight batches and hand off leases after SIGTERM.", metavar="SECONDS",
+       group="coordination"),
     _s("shard_sync_interval_s", "--shard-sync-interval",
        _ranged(parse_duration, 0, 86400, low_open=True), 60.0,
        "Seconds between DescribeStream scans for new and closed shards (done by the leader).",
-       metavar="SECONDS"),
+       metavar="SECONDS", group="stream"),
     _s("handoff_timeout_s", "--handoff-timeout", _ranged(parse_duration, 0, 300), 10.0,
        "Seconds a worker waits for a live owner to hand a shard over before taking it by force (fenced).",
-       metavar="SECONDS"),
+       metavar="SECONDS", group="coordination"),
     _s("max_shards", "--max-shards", _ranged(parse_int, 0, 1_000_000), 0,
-       "Maximum leases this worker holds at once; 0 means no cap.", metavar="N"),
+       "Maximum leases this worker holds at once; 0 means no cap.", metavar="N", group="coordination"),
     _s("endpoint_url", "--endpoint-url", parse_endpoint_url, None,
        "DynamoDB Streams endpoint URL; unset uses boto3's sources (AWS_ENDPOINT_URL_DYNAMODB_STREAMS, ...).",
-       metavar="URL", default_doc="(boto3 default)"),
+       metavar="URL", default_doc="(from boto3)", group="stream"),
     _s("region", "--region", parse_nonempty, None,
        "AWS region; unset uses boto3's sources (AWS_REGION, AWS_DEFAULT_REGION, profile).",
-       metavar="REGION", default_doc="(boto3 default)"),
+       metavar="REGION", default_doc="(from boto3)", group="stream"),
     _s("redis_ca_file", "--redis-ca-file", parse_existing_file, None,
-       "PEM file of CA certificates to verify a rediss:// server.", metavar="FILE"),
+       "PEM file of CA certificates to verify a rediss:// server.", metavar="FILE", group="redis security"),
     _s("redis_cert_file", "--redis-cert-file", parse_existing_file, None,
-       "PEM client certificate for rediss:// mutual TLS.", metavar="FILE"),
+       "PEM client certificate for rediss:// mutual TLS.", metavar="FILE", group="redis security"),
     _s("redis_key_file", "--redis-key-file", parse_existing_file, None,
-       "PEM private key of --redis-cert-file.", metavar="FILE"),
+       "PEM private key of --redis-cert-file.", metavar="FILE", group="redis security"),
 )
 
 SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in RUN_SETTINGS}
@@ -389,7 +437,7 @@ class RunConfig:
     stream_arn: str | None = None
     table: str | None = None
     group: str = "default"
-    handler: str = "worker.handling.handler:log_records"
+    handler: str | None = None
     redis_url: str | None = None
     data_dir: str = ".shardlease"
     initial_position: str = "TRIM_HORIZON"
@@ -408,7 +456,7 @@ class RunConfig:
     lease_ttl_s: float = 5.0
     renew_interval_s: float = 1.5
     worker_id: str = field(default_factory=default_worker_id)
-    metrics_port: int = 9400
+    metrics_port: int | None = None
     metrics_host: str = "0.0.0.0"
     log_format: str = "text"
     log_level: str = "INFO"
@@ -432,7 +480,7 @@ class RunConfig:
         return redact(f"RunConfig({items})")
 
 
-def _check_relations(values: Mapping[str, Any], *, require_stream: bool) -> None:
+def _check_relations(values: Mapping[str, Any], *, require_stream: bool, require_handler: bool = False) -> None:
     """Checks that involve more than one setting."""
     ttl, renew = values["lease_ttl_s"], values["renew_interval_s"]
     if not renew < ttl / 2:
@@ -455,6 +503,12 @@ def _check_relations(values: Mapping[str, Any], *, require_stream: bool) -> None
             "no stream to consume",
             "give --stream-arn <ARN> or --table <name>",
         )
+    if require_handler and values["handler"] is None:
+        handler = SETTINGS_BY_NAME["handler"]
+        raise handler.error(
+            "no handler given: run needs the function your records go to",
+            "give --handler package.module:function (worker.handling.handler:log_records only logs each batch)",
+        )
     if values["stop_on_failure"] and (values["max_retry_attempts"] != -1 or values["max_record_age_s"] != -1):
         stop = SETTINGS_BY_NAME["stop_on_failure"]
         raise stop.error(
@@ -462,6 +516,10 @@ def _check_relations(values: Mapping[str, Any], *, require_stream: bool) -> None
             "--max-record-age",
             "drop those two, or drop --stop-on-failure",
         )
+    _check_tls(values)
+
+
+def _check_tls(values: Mapping[str, Any]) -> None:
     url = values["redis_url"]
     if url is None or not url.lower().startswith("rediss://"):
         for name in ("redis_ca_file", "redis_cert_file", "redis_key_file"):
@@ -490,17 +548,35 @@ def validate_run_config(config: RunConfig, *, require_stream: bool = True) -> No
 # ----------------------------------------------------------------------------
 
 
+REDIS_SETTINGS: tuple[str, ...] = ("group", "redis_url", "data_dir", "redis_ca_file", "redis_cert_file",
+                                   "redis_key_file")
+"""The settings every command that reads the group's Redis takes (``status``, ``dlq list/replay``)."""
+
+
+def help_text(setting: Setting) -> str:
+    """The setting's ``--help`` line: what it does, then its variable and its default, once each."""
+    env = f"{setting.env}=true/false" if setting.is_switch else setting.env
+    default = setting.default_text()
+    return f"{setting.help} [env {env}; {'required' if default == REQUIRED else 'default: ' + default}]"
+
+
 def add_run_arguments(parser: argparse.ArgumentParser, settings: Iterable[Setting] = RUN_SETTINGS) -> None:
-    """Add one option per setting.  Values stay strings (``None`` if absent): :func:`load_run_config`
-    parses them, so a flag and its environment variable are validated the same way."""
-    for setting in settings:
-        parser.add_argument(
-            *setting.flags,
-            dest=setting.name,
-            default=None,
-            metavar=setting.metavar,
-            help=f"{setting.help} [env {setting.env}; default {setting.default_text()}]",
-        )
+    """Add one option per setting, under the titles of :data:`GROUPS`.  Values stay strings (``None``
+    if absent; a switch gives True/False): :func:`load_run_config` parses them, so a flag and its
+    environment variable are validated the same way."""
+    chosen = list(settings)
+    for key, title in GROUPS:
+        members = [s for s in chosen if s.group == key]
+        if not members:
+            continue
+        group = parser.add_argument_group(title)
+        for setting in members:
+            if setting.is_switch:
+                group.add_argument(*setting.flags, dest=setting.name, default=None,
+                                   action=argparse.BooleanOptionalAction, help=help_text(setting))
+            else:
+                group.add_argument(*setting.flags, dest=setting.name, default=None, metavar=setting.metavar,
+                                   help=help_text(setting))
 
 
 def env_names() -> set[str]:
@@ -513,17 +589,25 @@ def _md(text: str) -> str:
 
 
 def markdown_table() -> str:
-    """The README's configuration table: setting | flag | environment variable | default | meaning."""
-    lines = [
-        "| Setting | Flag | Environment variable | Default | Meaning |",
-        "|---|---|---|---|---|",
-    ]
-    for s in RUN_SETTINGS:
-        flags = ", ".join(f"`{f}`" for f in s.flags)
-        default = s.default_text()
-        default = default if default.startswith("(") else f"`{default}`"
-        lines.append(f"| {s.name} | {flags} | `{s.env}` | {_md(default)} | {_md(s.help)} |")
-    return "\n".join(lines) + "\n"
+    """The README's configuration tables, one per group of :data:`GROUPS`: setting | flag |
+    environment variable | default | meaning.  A switch shows both its flags and true/false."""
+    lines: list[str] = []
+    for key, title in GROUPS:
+        lines += [f"**{title}**", "", "| Setting | Flag | Environment variable | Default | Meaning |",
+                  "|---|---|---|---|---|"]
+        for s in RUN_SETTINGS:
+            if s.group != key:
+                continue
+            flags = ", ".join(f"`{f}`" for f in s.flags)
+            env = f"`{s.env}`"
+            if s.is_switch:
+                flags += f" / `{s.no_flag}` (a switch)"
+                env += " (`true`/`false`)"
+            default = s.default_text(quote=False)
+            default = default if default.startswith("(") else f"`{default}`"
+            lines.append(f"| {s.name} | {flags} | {env} | {_md(default)} | {_md(s.help)} |")
+        lines.append("")
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def _raw_value(
@@ -555,12 +639,14 @@ def load_run_config(
     environ: Mapping[str, str] | None = None,
     *,
     require_stream: bool = True,
+    require_handler: bool = True,
 ) -> RunConfig:
     """Build a validated :class:`RunConfig` from flags (a parsed namespace or an argv list),
     ``SHARDLEASE_*`` variables (default ``os.environ``) and defaults.
 
     ``require_stream=False`` lets a caller that supplies its own stream (the demo) omit
-    ``--stream-arn``/``--table``.
+    ``--stream-arn``/``--table``; ``require_handler=False`` one that supplies its own handler
+    object omit ``--handler``.
     """
     if environ is None:
         environ = os.environ
@@ -581,5 +667,22 @@ def load_run_config(
             values[setting.name] = setting.default_value()
         else:
             values[setting.name] = _parse_setting(setting, text, source)
-    _check_relations(values, require_stream=require_stream)
+    _check_relations(values, require_stream=require_stream, require_handler=require_handler)
     return RunConfig(**values)
+
+
+def load_settings(
+    names: Iterable[str], args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Some settings of the table (e.g. :data:`REDIS_SETTINGS`, for ``status``), parsed and checked
+    exactly as ``shardlease run`` does: flag, else variable, else default."""
+    if environ is None:
+        environ = os.environ
+    values: dict[str, Any] = {}
+    for name in names:
+        setting = SETTINGS_BY_NAME[name]
+        text, source = _raw_value(setting, args, environ)
+        values[name] = setting.default_value() if text is None else _parse_setting(setting, text, source)
+    if {"redis_url", "redis_ca_file", "redis_cert_file", "redis_key_file"} <= values.keys():
+        _check_tls(values)
+    return values

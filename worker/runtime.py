@@ -166,7 +166,7 @@ class Worker:
         streams: StreamsClient | None = None,
     ) -> None:
         self.config = config
-        self.handler = handler or load_handler(config.handler)
+        self.handler = handler or load_handler(config.handler or "")
         # boto3 reads AWS_DEFAULT_REGION; AWS_REGION (what Lambda and newer SDKs set) is honoured too.
         region = config.region or os.environ.get("AWS_REGION") or None
         self.streams = streams or StreamsClient(region_name=region, endpoint_url=config.endpoint_url)

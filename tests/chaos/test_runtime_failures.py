@@ -165,7 +165,8 @@ SHUTDOWN_GRACE_S = 2.0
 
 
 def test_on_handler_timeout_setting() -> None:
-    base = ["--stream-arn", "arn:aws:dynamodb:us-east-1:123456789012:table/t/stream/2024-01-01T00:00:00.000"]
+    base = ["--stream-arn", "arn:aws:dynamodb:us-east-1:123456789012:table/t/stream/2024-01-01T00:00:00.000",
+            "--handler", "worker.handling.handler:log_records"]
     assert load_run_config(base).on_handler_timeout == "exit"
     assert load_run_config([*base, "--on-handler-timeout", "warn"]).on_handler_timeout == "warn"
     with pytest.raises(ConfigError, match=r"--on-handler-timeout"):

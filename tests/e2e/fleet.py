@@ -56,7 +56,10 @@ class Fleet:
                 self.endpoint_url, "--redis-url", self.redis_url, "--group", self.group, "--worker-id", name,
                 "--handler", handler]
         for flag, value in self.settings.items():
-            args += [f"--{flag}", value]
+            if value in ("true", "false"):  # a switch: --flag / --no-flag
+                args.append(f"--{flag}" if value == "true" else f"--no-{flag}")
+            else:
+                args += [f"--{flag}", value]
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 (kept open for the child's lifetime)
         proc = subprocess.Popen(args, env=self.env(**extra_env), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         self.procs[name] = proc

@@ -418,3 +418,22 @@ def test_optional_features_off_by_default(helm: str) -> None:
     assert not values["metrics"]["serviceMonitor"]["enabled"]
     assert not values["metrics"]["prometheusRule"]["enabled"]
     assert not values["autoscaling"]["hpa"]["enabled"] and not values["autoscaling"]["keda"]["enabled"]
+
+
+def _notes(helm: str, *sets: str) -> str:
+    args = ["install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client"]
+    for item in sets:
+        args += ["--set", item]
+    done = helm_run(helm, *args)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split("NOTES:", 1)[1]
+
+
+def test_no_default_handler_is_suggested(helm: str) -> None:
+    """`shardlease run` requires --handler: the chart must not promise a default one."""
+    for text in ((CHART / "values.yaml").read_text(), (CHART / "templates" / "NOTES.txt").read_text()):
+        assert "log_records" not in text and "logs each record" not in text
+    notes = _notes(helm, "config.table=orders")
+    assert "Handler: NOT SET" in notes and "WARNING: config.handler is not set" in notes
+    notes = _notes(helm, "config.table=orders", "config.handler=myapp.sink:handle")
+    assert "Handler: myapp.sink:handle" in notes and "config.handler is not set" not in notes

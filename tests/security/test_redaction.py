@@ -39,6 +39,7 @@ def password_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisS
 def test_worker_run_with_unreachable_redis_prints_no_password(scheme: str, tmp_path: Path) -> None:
     url = f"{scheme}://shard:{SECRET}@127.0.0.1:1/0"
     done = _shardlease("run", "--stream-arn", ARN, "--region", "us-east-1", "--group", "g", "--redis-url", url,
+                       "--handler", "worker.handling.handler:log_records",
                        "--data-dir", str(tmp_path), "--log-level", "DEBUG")
     assert done.returncode != 0
     output = done.stdout + done.stderr
@@ -50,7 +51,8 @@ def test_worker_run_with_the_url_in_the_environment_prints_no_password(tmp_path:
     env_url = f"rediss://shard:{SECRET}@127.0.0.1:1/0?password={SECRET}"
     done = subprocess.run(
         [sys.executable, "-m", "worker", "run", "--stream-arn", ARN, "--region", "us-east-1", "--group", "g",
-         "--data-dir", str(tmp_path), "--log-format", "json", "--log-level", "DEBUG"],
+         "--data-dir", str(tmp_path), "--log-format", "json", "--log-level", "DEBUG",
+         "--handler", "worker.handling.handler:log_records"],
         capture_output=True, text=True, timeout=60, cwd=ROOT,
         env={**os.environ, "SHARDLEASE_REDIS_URL": env_url, "AWS_ACCESS_KEY_ID": "testing",
              "AWS_SECRET_ACCESS_KEY": "testing"},
