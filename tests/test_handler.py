@@ -159,3 +159,18 @@ def test_no_default_handler_in_config() -> None:
     assert RunConfig().handler is None  # `shardlease run` requires --handler
     assert load_handler("worker.handling.handler:log_records").name == "worker.handling.handler:log_records"
 
+
+def test_a_handler_module_named_like_our_packages_is_loaded_from_the_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "leaser.py").write_text("def handle(records, ctx):\n    return 'mine'\n")
+    monkeypatch.chdir(tmp_path)
+    handler = load_handler("leaser:handle")
+    assert handler.handle([], CTX) == "mine"
+    import leaser
+
+    assert leaser.LeaseStore  # shardlease's own package is untouched
+    assert load_handler("worker.handling.handler:log_records").name == "worker.handling.handler:log_records"
+    (tmp_path / "worker.py").write_text("raise RuntimeError('broken')\n")
+    with pytest.raises(ConfigError, match=r"importing .*worker.py \(your 'worker', loaded by path.*RuntimeError"):
+        load_handler("worker:handle")

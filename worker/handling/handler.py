@@ -23,6 +23,7 @@ the failover time (docs/lease-protocol.md, "Fencing tokens and Redis clocks").
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import logging
 import os
@@ -171,6 +172,52 @@ def _import(module_name: str) -> Any:
         ) from None
 
 
+OWN_PACKAGES = ("worker", "leaser")
+"""shardlease's own top-level packages: a user's module of the same name is loaded by file path."""
+_PRIVATE_PREFIX = "_shardlease_user_"
+
+
+def _own_package_file(top: str) -> str:
+    module = sys.modules.get(top) or importlib.import_module(top)
+    return os.path.realpath(getattr(module, "__file__", "") or "")
+
+
+def _user_module_shadowed(module_name: str, cwd: str) -> Any | None:
+    """Import the user's ``module_name`` from ``cwd`` when its top-level name is one of shardlease's own
+    packages (``worker``, ``leaser``), which win on ``sys.path``: ``./worker.py`` (or ``./worker/``) is
+    loaded by file path under a private name.  None when ``cwd`` holds no such module."""
+    top, _, rest = module_name.partition(".")
+    if top not in OWN_PACKAGES:
+        return None
+    package_init = os.path.join(cwd, top, "__init__.py")
+    single = os.path.join(cwd, f"{top}.py")
+    if os.path.isfile(package_init):
+        location, search = package_init, [os.path.dirname(package_init)]
+    elif os.path.isfile(single) and not rest:
+        location, search = single, None
+    else:
+        return None
+    if os.path.realpath(location) == _own_package_file(top):
+        return None  # shardlease's own sources (running from a checkout)
+    private = _PRIVATE_PREFIX + top
+    if getattr(sys.modules.get(private), "__file__", None) != location:
+        spec = importlib.util.spec_from_file_location(private, location, submodule_search_locations=search)
+        if spec is None or spec.loader is None:  # pragma: no cover - a .py file always has a loader
+            raise _error(f"cannot load {location}", "rename your module (e.g. myapp_handler.py)")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[private] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            del sys.modules[private]
+            raise _error(
+                f"importing {location} (your {top!r}, loaded by path as shardlease's own package has that "
+                f"name) failed: {type(exc).__name__}: {exc}{_where(exc)}",
+                "fix the module, or rename it (e.g. myapp_handler.py) and update --handler",
+            ) from None
+    return _import(f"{private}.{rest}") if rest else sys.modules[private]
+
+
 def as_handler(obj: Any, *, name: str = "") -> Handler:
     """Wrap a function, class or instance as a :class:`Handler` (classes are instantiated once)."""
     label = name or _describe(obj)
@@ -235,12 +282,21 @@ def load_handler(path: str, *, add_cwd_to_path: bool = True) -> Handler:
         cwd = os.getcwd()
         if cwd not in sys.path and "" not in sys.path:
             sys.path.append(cwd)
-    obj: Any = _import(module_name)
+    shadowed = _user_module_shadowed(module_name, os.getcwd())
+    obj: Any = shadowed if shadowed is not None else _import(module_name)
     walked = module_name
     for attr in attr_path.split("."):
         try:
             obj = getattr(obj, attr)
         except AttributeError:
+            top = module_name.partition(".")[0]
+            if shadowed is None and top in OWN_PACKAGES and walked == module_name:
+                raise _error(
+                    f"{module_name!r} is shardlease's own package, which has no {attr!r}, and the current "
+                    f"directory {os.getcwd()} holds no {top}.py to load instead",
+                    f"run from the directory of your {top}.py, or rename your module (e.g. myapp_handler.py) "
+                    "and update --handler",
+                ) from None
             raise _error(
                 f"{walked!r} has no attribute {attr!r}",
                 "check the name after ':' in --handler / SHARDLEASE_HANDLER",
