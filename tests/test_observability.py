@@ -208,3 +208,29 @@ def test_the_version_is_the_packages_one() -> None:
     body = Metrics("w", "g").render().decode()
     assert f'shardlease_worker_info{{group="g",version="{__version__}",worker_id="w"}} 1.0' in body
 
+
+def test_default_metrics_port_falls_back_when_taken(caplog: pytest.LogCaptureFixture) -> None:
+    from worker.observability import advertised_address, start_health_server
+
+    assert start_health_server("127.0.0.1", 0, Metrics("w", "g"), HealthState()) is None
+    assert advertised_address(None) == "off"
+    held = []
+    try:  # take 9400 (unless something already has it)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 9400))
+        sock.listen()
+        held.append(sock)
+    except OSError:
+        sock.close()
+    try:
+        with caplog.at_level("WARNING", logger="worker.observability"):
+            server = start_health_server("127.0.0.1", None, Metrics("w", "g"), HealthState())
+        assert server is not None
+        try:
+            assert server.port != 9400 and advertised_address(server) == f"127.0.0.1:{server.port}"
+            assert f"on port {server.port} instead" in caplog.text
+        finally:
+            server.stop()
+    finally:
+        for sock in held:
+            sock.close()

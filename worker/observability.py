@@ -15,6 +15,7 @@ shard count.  Label values come from fixed sets and are checked.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -413,3 +414,47 @@ class HealthServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+METRICS_PORT_FALLBACKS = 10
+"""Ports tried from the default metrics port up (9400-9409) before an ephemeral one."""
+REPORT_METRICS = "@metrics"
+REPORT_VERSION = "@version"
+"""Fields of a worker's shard report (``LeaseStore.report``) that are not shards ('@' is in no shard id):
+where its metrics are served (``host:port``) and its version, for ``shardlease status``."""
+
+
+def start_health_server(
+    host: str, port: int | None, metrics: Metrics, health: HealthState, *, renew_interval_s: float = 1.5
+) -> HealthServer | None:
+    """Start the metrics/health server.  ``port`` 0: none.  A given port must be free (else ConfigError).
+    ``None`` (not given): the default port, else the next free one of :data:`METRICS_PORT_FALLBACKS`, else
+    an ephemeral one, so several workers on one host all start; which one is logged."""
+    from worker.config import DEFAULT_METRICS_PORT
+
+    if port == 0:
+        return None
+    if port is not None:
+        return HealthServer(host, port, metrics, health, renew_interval_s=renew_interval_s).start()
+    candidates = [*range(DEFAULT_METRICS_PORT, DEFAULT_METRICS_PORT + METRICS_PORT_FALLBACKS), 0]
+    for candidate in candidates:
+        try:
+            server = HealthServer(host, candidate, metrics, health, renew_interval_s=renew_interval_s).start()
+        except ConfigError:
+            if candidate == 0:
+                raise
+            continue
+        if candidate != DEFAULT_METRICS_PORT:
+            log.warning("metrics port %d is taken (another worker on this host?): serving /metrics, /healthz and "
+                        "/readyz on port %d instead (shardlease status shows it)", DEFAULT_METRICS_PORT, server.port)
+        return server
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def advertised_address(server: HealthServer | None) -> str:
+    """``host:port`` where another machine reaches ``server`` (the host name for a wildcard address);
+    ``off`` without a server."""
+    if server is None:
+        return "off"
+    host = socket.gethostname() if server.host in ("", "0.0.0.0", "::") else server.host
+    return f"{host}:{server.port}"

@@ -45,6 +45,7 @@ from leaser import (
     LeaseStore,
     TickResult,
 )
+from leaser._version import __version__
 from leaser.store import RedisClient
 from worker.backoff import backoff_s
 from worker.config import RunConfig
@@ -56,7 +57,16 @@ from worker.handling.destinations import open_destination
 from worker.handling.filters import FilterCriteria
 from worker.handling.handler import Handler, load_handler
 from worker.handling.lambda_compat import ContextFactory, apply_handler_style
-from worker.observability import STUCK_STATES, HealthServer, HealthState, Metrics
+from worker.observability import (
+    REPORT_METRICS,
+    REPORT_VERSION,
+    STUCK_STATES,
+    HealthServer,
+    HealthState,
+    Metrics,
+    advertised_address,
+    start_health_server,
+)
 from worker.reading.streams import StreamsClient, parse_stream_arn
 from worker.redis_setup import open_redis
 from worker.scheduler import Scheduler
@@ -212,6 +222,7 @@ class Worker:
         self._repaired = 0
         self._reported: dict[str, str] = {}
         self._reported_at = 0.0
+        self._report_meta: dict[str, str] = {}
 
     # -- signals -------------------------------------------------------------------------------
 
@@ -236,11 +247,12 @@ class Worker:
 
     def run(self) -> int:
         cfg = self.config
-        if cfg.metrics_port:
-            self._http = HealthServer(cfg.metrics_host, cfg.metrics_port, self.metrics, self.health,
-                                      renew_interval_s=cfg.renew_interval_s).start()
-        log.info("worker %s joining group %r on %s; stream %s; handler %s", cfg.worker_id, cfg.group,
-                 self.redis_shown, self.stream_arn, self.handler.name)
+        self._http = start_health_server(cfg.metrics_host, cfg.metrics_port, self.metrics, self.health,
+                                         renew_interval_s=cfg.renew_interval_s)
+        self._report_meta = {REPORT_METRICS: advertised_address(self._http), REPORT_VERSION: __version__}
+        log.info("shardlease %s: worker %s joining group %r on %s; stream %s; handler %s; metrics on %s",
+                 __version__, cfg.worker_id, cfg.group, self.redis_shown, self.stream_arn, self.handler.name,
+                 self._report_meta[REPORT_METRICS])
         wake_listener = threading.Thread(target=self._listen_for_wakeups, name="wake", daemon=True)
         wake_listener.start()
         try:
@@ -400,6 +412,7 @@ class Worker:
                 stuck = consumer.stuck()
                 state, since = stuck if stuck is not None else ("ok", now)
             report[consumer.shard_id] = "ok" if state == "ok" else f"{state}:{wall_ms - int((now - since) * 1000)}"
+        report.update(self._report_meta)
         ttl_s = max(30.0, 10 * self.config.renew_interval_s)
         if report != self._reported or now - self._reported_at > ttl_s / 3:
             try:
