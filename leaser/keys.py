@@ -56,6 +56,19 @@ def validate_id(kind: str, value: str) -> str:
     return value
 
 
+META_KEY_PATTERN = f"{PREFIX}:{{*}}:meta"
+"""A SCAN ``MATCH`` pattern for every group's meta key (one per group that ever heartbeat or registered)."""
+_META_KEY_RE = re.compile(rf"^{PREFIX}:\{{(.+)\}}:meta$")
+
+
+def group_of_meta_key(key: str) -> str | None:
+    """The group a key matched by :data:`META_KEY_PATTERN` belongs to; None for a key of another shape."""
+    match = _META_KEY_RE.match(key)
+    if match is None or not _GROUP_RE.match(match.group(1)):
+        return None
+    return match.group(1)
+
+
 @dataclass(frozen=True)
 class GroupKeys:
     """Key names for one consumer group.  Construct with :func:`GroupKeys.for_group`."""

@@ -22,7 +22,7 @@ import redis.cluster
 
 from leaser.config import LeaseConfig
 from leaser.errors import ConcurrentUpdate, ConfigError, CoordinationUnavailable, LeaseLostError
-from leaser.keys import GroupKeys, validate_id
+from leaser.keys import META_KEY_PATTERN, GroupKeys, group_of_meta_key, validate_id
 from leaser.lease import Acquired, Lease, ShardSpec, validate_sequence_number
 from leaser.scripts import Scripts
 
@@ -556,6 +556,20 @@ class LeaseStore:
         """Raise CoordinationUnavailable unless Redis answers a PING."""
         with translate_redis_errors():
             self.client.ping()
+
+
+def list_groups(client: RedisClient, *, limit: int = 1000) -> list[str]:
+    """The consumer groups that have used this Redis (at most ``limit``, sorted), found with SCAN (never
+    KEYS, which blocks the server) over :data:`~leaser.keys.META_KEY_PATTERN`."""
+    found: set[str] = set()
+    with translate_redis_errors():
+        for key in client.scan_iter(match=META_KEY_PATTERN, count=1000):
+            group = group_of_meta_key(_s(key))
+            if group is not None:
+                found.add(group)
+                if len(found) >= limit:
+                    break
+    return sorted(found)
 
 
 def connect(

@@ -1,68 +1,145 @@
-"""The ``shardlease`` command: run, status, demo, stop-embedded.
+"""The ``shardlease`` command: run, status, demo, dlq, stop-embedded.
 
-Bad input (a malformed ARN, a handler that does not import, an unreachable
-Redis, a disabled stream, an unknown flag value) is one line on stderr naming
-the setting and the fix, exit code 2, never a traceback.
+Every error is one line on stderr (``shardlease: error: ...``, never a traceback, never a password)
+and an exit code scripts and systemd can act on (:data:`EXIT_CODES`, the README's table).
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
-from leaser import LeaseStore, ShardleaseError
-from worker.config import add_run_arguments, load_run_config
+from leaser import ConfigError, LeaseStore, RetryableError, ShardleaseError, __version__
+from leaser.store import list_groups
+from worker.config import REDIS_SETTINGS, SETTINGS_BY_NAME, add_run_arguments, load_run_config, load_settings
 from worker.logs import configure_logging, redact
 
+EXIT_OK = 0
+EXIT_FATAL = 1
 EXIT_USAGE = 2
+EXIT_ABANDONED = 3  # the same as worker.runtime.EXIT_ABANDONED (not imported: it pulls in boto3)
+EXIT_TEMPFAIL = 75  # sysexits.h EX_TEMPFAIL
+EXIT_CODES: tuple[tuple[int, str], ...] = (
+    (EXIT_OK, "the worker stopped cleanly (SIGTERM/SIGINT: batches finished, leases handed back); any other "
+              "command: done (`status` with nothing to show included)"),
+    (EXIT_FATAL, "fatal runtime error (an unexpected error; `dlq replay`: some entries failed)"),
+    (EXIT_USAGE, "usage or configuration error: unknown flag, bad value, missing --handler, a handler that "
+                 "does not import, bad Redis credentials or TLS, a taken --metrics-port; fix the command"),
+    (EXIT_ABANDONED, "the worker stopped with a handler call still running (hung, or past --shutdown-grace): "
+                     "its lease was left to expire; restart it"),
+    (EXIT_TEMPFAIL, "a dependency stayed unavailable at start-up (Redis unreachable, DynamoDB Streams "
+                    "throttling or failing after the retries): try again later"),
+    (130, "interrupted before the worker started (Ctrl-C)"),
+)
+"""Exit codes of ``shardlease`` and what each means; the README's table (a test checks they agree)."""
+
+_SWITCH_VALUES = frozenset({"true", "false", "yes", "no", "on", "off", "1", "0"})
+
+RUN_EPILOG = """example:
+  shardlease run --table Orders --group orders-indexer --handler myapp.sink:handle \\
+      --redis-url rediss://indexer:$REDIS_PASSWORD@redis.internal:6379/0
+
+Every flag also has a SHARDLEASE_* environment variable (shown with it); a flag wins over its variable.
+Exit codes: 0 stopped cleanly, 1 fatal error, 2 usage or configuration error, 3 stopped with a handler
+call abandoned, 75 Redis or DynamoDB Streams stayed unavailable at start-up."""
+
+
+def _one_line(text: str) -> str:
+    return " ".join(redact(str(text)).split())
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # one line, exit 2, as for every bad input
-        self.exit(EXIT_USAGE, f"shardlease: error: {message} (see {self.prog} --help)\n")
+    """One-line errors (exit 2) that name the closest valid flag and the command's --help."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)  # a prefix that works today breaks when a flag is added
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:  # one line, exit 2, as for every bad input
+        self.exit(EXIT_USAGE, f"shardlease: error: {_one_line(message)} (see {self.prog} --help)\n")
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        given = list(sys.argv[1:] if args is None else args)
+        parsed, extras = super().parse_known_args(given, namespace)
+        if extras and not self._subparsers:  # a leaf command: say here which argument is wrong
+            self.error(self._unrecognized(given, extras))
+        return parsed, extras
+
+    def _unrecognized(self, given: list[str], extras: list[str]) -> str:
+        first = next((a for a in extras if a.startswith("-")), extras[0])
+        if not first.startswith("-"):
+            at = given.index(first) if first in given else 0
+            before = given[at - 1] if at > 0 else ""
+            switch = self._switch(before)
+            if switch is not None and first.lower() in _SWITCH_VALUES:
+                return (f"{before} is a switch and takes no value ({first!r}): give {switch[0]} to turn it on "
+                        f"or {switch[1]} to turn it off")
+            return f"unexpected argument {first!r}"
+        name = first.split("=", 1)[0]
+        options = [o for action in self._actions for o in action.option_strings if o.startswith("--")]
+        close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
+        return f"unknown option {name}" + (f"; did you mean {close[0]}?" if close else "")
+
+    def _switch(self, flag: str) -> tuple[str, str] | None:
+        for action in self._actions:
+            if flag in action.option_strings and isinstance(action, argparse.BooleanOptionalAction):
+                on = next(o for o in action.option_strings if not o.startswith("--no-"))
+                return on, "--no-" + on[2:]
+        return None
+
+
+def _redis_arguments(parser: argparse.ArgumentParser) -> None:
+    """The group and every Redis setting of ``run`` (URL, data dir, TLS files), from the same table."""
+    add_run_arguments(parser, [SETTINGS_BY_NAME[name] for name in REDIS_SETTINGS])
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="shardlease", description="A DynamoDB Streams consumer with per-shard leases in Redis.")
+    parser.add_argument("--version", action="version", version=f"shardlease {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    run = sub.add_parser("run", help="run a worker: take a fair share of the stream's shards and consume them")
+    run = sub.add_parser(
+        "run", help="run a worker: take a fair share of the stream's shards and consume them",
+        description="Run a worker: take a fair share of the stream's shards and call your handler with their "
+                    "records.  --handler and one of --stream-arn / --table are required.",
+        epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(run)
 
-    status = sub.add_parser("status", help="show the group's workers and each shard's state, owner and checkpoint")
-    status.add_argument("--group", "--app", dest="group", default=None, help="consumer group [env SHARDLEASE_GROUP]")
-    status.add_argument("--redis-url", dest="redis_url", default=None, help="[env SHARDLEASE_REDIS_URL]")
-    status.add_argument("--data-dir", dest="data_dir", default=None, help="[env SHARDLEASE_DATA_DIR]")
+    status = sub.add_parser("status", help="show the group's workers and each shard's state, owner and checkpoint",
+                            description="Show the group's workers (with their metrics address and version) and "
+                                        "each shard's state, owner and checkpoint.  Reads only: without "
+                                        "--redis-url it reads the host's embedded Redis if it is running, and "
+                                        "never starts one.")
+    _redis_arguments(status)
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     demo = sub.add_parser("demo", help="watch three workers consume a local stream that splits (no AWS, no Redis)")
-    demo.add_argument("--workers", type=int, default=3, help="worker processes to start (default 3)")
-    demo.add_argument("--duration", type=float, default=20.0, help="seconds of writing (default 20)")
+    demo.add_argument("--workers", type=int, default=3, help="worker processes to start (default: 3)")
+    demo.add_argument("--duration", type=float, default=20.0, help="seconds of writing (default: 20)")
 
     dlq = sub.add_parser("dlq", help="list or replay dead letters (batches that ran out of retries or age)")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, parser_class=_Parser)
     dlq_list = dlq_sub.add_parser("list", help="show dead-letter entries (oldest first)")
     dlq_replay = dlq_sub.add_parser("replay", help="call a handler with dead-letter entries; remove those it takes")
     for p in (dlq_list, dlq_replay):
-        p.add_argument("--group", "--app", dest="group", default=None, help="consumer group [env SHARDLEASE_GROUP]")
-        p.add_argument("--redis-url", dest="redis_url", default=None, help="[env SHARDLEASE_REDIS_URL]")
-        p.add_argument("--data-dir", dest="data_dir", default=None, help="[env SHARDLEASE_DATA_DIR]")
+        _redis_arguments(p)
         p.add_argument("--from", dest="source", default="redis", metavar="DEST",
                        help="redis (the group's stream, default), file:<path>" +
                             (" or sqs:<queue URL or ARN> (a peek)" if p is dlq_list else ""))
-        p.add_argument("--region", default=None, help="AWS region for sqs: [env SHARDLEASE_REGION]")
-        p.add_argument("--endpoint-url", dest="endpoint_url", default=None, help="[env SHARDLEASE_ENDPOINT_URL]")
-    dlq_list.add_argument("--limit", type=int, default=100, help="entries to show (default 100)")
+        add_run_arguments(p, [SETTINGS_BY_NAME["region"], SETTINGS_BY_NAME["endpoint_url"]])
+    dlq_list.add_argument("--limit", type=int, default=100, help="entries to show (default: 100)")
     dlq_list.add_argument("--start", dest="start_id", default=None, metavar="ID", help="first entry id to show")
     dlq_list.add_argument("--json", action="store_true", help="print JSON (without the records' images)")
     dlq_list.add_argument("--with-records", action="store_true", help="with --json: include the records")
-    dlq_replay.add_argument("--handler", default=None, metavar="MODULE:FN",
-                            help="handler to call, package.module:function [env SHARDLEASE_HANDLER]")
+    add_run_arguments(dlq_replay, [SETTINGS_BY_NAME["handler"]])
     which = dlq_replay.add_mutually_exclusive_group()
     which.add_argument("--id", dest="ids", action="append", default=None, metavar="ID",
                        help="entry to replay (repeatable)")
@@ -70,50 +147,61 @@ def build_parser() -> argparse.ArgumentParser:
     dlq_replay.add_argument("--dry-run", action="store_true", help="show what would be replayed; change nothing")
 
     stop = sub.add_parser("stop-embedded", help="stop the embedded Redis started by workers without --redis-url")
-    stop.add_argument("--data-dir", dest="data_dir", default=None, help="[env SHARDLEASE_DATA_DIR]")
+    add_run_arguments(stop, [SETTINGS_BY_NAME["data_dir"]])
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "run":
-            return _run(args)
-        if args.command == "status":
-            return _status(args)
-        if args.command == "demo":
-            from worker.demo import run_demo
-
-            return run_demo(workers=args.workers, duration_s=args.duration)
-        if args.command == "dlq":
-            from worker.handling import dlq as dlq_commands
-
-            if args.dlq_command == "list":
-                return dlq_commands.cli_list(args)
-            return dlq_commands.cli_replay(args)
-        if args.command == "stop-embedded":
-            from worker.redis_setup import stop_embedded_redis
-
-            stopped = stop_embedded_redis(_setting(args.data_dir, "SHARDLEASE_DATA_DIR", ".shardlease"))
-            print("stopped the embedded Redis" if stopped else "no embedded Redis was running")
-            return 0
+        return _dispatch(args)
+    except ConfigError as exc:
+        return _fail(exc, EXIT_USAGE)
+    except RetryableError as exc:  # Redis or DynamoDB Streams still unavailable after the start-up retries
+        return _fail(exc, EXIT_TEMPFAIL)
     except ShardleaseError as exc:
-        print(f"shardlease: error: {redact(str(exc))}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(exc, EXIT_FATAL)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug, or an error nobody translated: still one line, no traceback
+        logging.getLogger("shardlease").debug("unexpected error", exc_info=True)
+        return _fail(f"unexpected {type(exc).__name__}: {exc}", EXIT_FATAL)
+
+
+def _fail(error: object, code: int) -> int:
+    print(f"shardlease: error: {_one_line(str(error))}", file=sys.stderr)
+    return code
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        return _run(args)
+    if args.command == "status":
+        return _status(args)
+    if args.command == "demo":
+        from worker.demo import run_demo
+
+        return run_demo(workers=args.workers, duration_s=args.duration)
+    if args.command == "dlq":
+        from worker.handling import dlq as dlq_commands
+
+        if args.dlq_command == "list":
+            return dlq_commands.cli_list(args)
+        return dlq_commands.cli_replay(args)
+    if args.command == "stop-embedded":
+        from worker.redis_setup import stop_embedded_redis
+
+        stopped = stop_embedded_redis(load_settings(["data_dir"], args)["data_dir"])
+        print("stopped the embedded Redis" if stopped else "no embedded Redis was running")
+        return EXIT_OK
     return EXIT_USAGE
-
-
-def _setting(value: str | None, env: str, default: str) -> str:
-    return value or os.environ.get(env) or default
 
 
 def _run(args: argparse.Namespace) -> int:
     config = load_run_config(args)
     configure_logging(config.log_format, config.log_level,
                       context={"worker_id": config.worker_id, "group": config.group})
-    from worker.runtime import EXIT_ABANDONED, Worker
+    from worker.runtime import Worker
 
     if config.redis_url is None:
         logging.getLogger("shardlease").warning(
@@ -131,13 +219,28 @@ def _run(args: argparse.Namespace) -> int:
     return code
 
 
-def _status(args: argparse.Namespace) -> int:
-    from leaser import validate_group
-    from worker.redis_setup import open_redis
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
-    group = validate_group(_setting(args.group, "SHARDLEASE_GROUP", "default"))
-    url = args.redis_url or os.environ.get("SHARDLEASE_REDIS_URL") or None
-    client, shown = open_redis(url, data_dir=_setting(args.data_dir, "SHARDLEASE_DATA_DIR", ".shardlease"))
+
+def _status(args: argparse.Namespace) -> int:
+    from worker.observability import REPORT_METRICS, REPORT_VERSION
+    from worker.redis_setup import open_existing_redis
+
+    values = load_settings(REDIS_SETTINGS, args)
+    group = values["group"]
+    opened = open_existing_redis(values["redis_url"], data_dir=values["data_dir"], ca_file=values["redis_ca_file"],
+                                 cert_file=values["redis_cert_file"], key_file=values["redis_key_file"])
+    if opened is None:
+        note = (f"nothing to show: no --redis-url given and no embedded Redis is running under "
+                f"{Path(values['data_dir']) / 'redis'} (status never starts one)")
+        if args.json:
+            print(json.dumps({"version": __version__, "group": group, "redis": None, "leader": None,
+                              "workers": [], "shards": [], "note": note}, indent=2))
+        else:
+            print(note)
+        return EXIT_OK
+    client, shown = opened
     store = LeaseStore(client, group)
     now = store.server_time_ms()
     leases = store.leases()
@@ -145,22 +248,41 @@ def _status(args: argparse.Namespace) -> int:
     leader = store.current_leader()
     reports = store.reports(members)
     health = {lease.shard_id: _health(lease, now, reports, members) for lease in leases}
+    hint = None
+    if not members and not leases:
+        groups = [g for g in list_groups(client) if g != group]
+        hint = (f"group {group!r} has no workers and no shards here; "
+                + (f"groups found: {', '.join(groups)} (choose one with --group)" if groups
+                   else "no group has used this Redis yet"))
+    workers = [{"worker_id": w, "leases": n, "metrics": reports.get(w, {}).get(REPORT_METRICS),
+                "version": reports.get(w, {}).get(REPORT_VERSION)} for w, n in sorted(members.items())]
     if args.json:
-        print(json.dumps({
+        doc: dict[str, Any] = {
+            "version": __version__,
             "group": group,
             "redis": shown,
             "leader": leader.owner if leader else None,
-            "workers": [{"worker_id": w, "leases": n} for w, n in sorted(members.items())],
+            "workers": workers,
             "shards": [{
                 "shard_id": lease.shard_id, "state": _state(lease, now), "owner": lease.owner or None,
                 "token": lease.token, "checkpoint": lease.checkpoint or None, "parents": list(lease.parent_ids),
                 "checkpoint_age_s": _age(now, lease.checkpoint_ms), "owner_switches": lease.owner_switches,
                 "health": health[lease.shard_id][0], "stuck_for_s": health[lease.shard_id][1],
             } for lease in leases],
-        }, indent=2))
-        return 0
+        }
+        if hint:
+            doc["note"] = hint
+        print(json.dumps(doc, indent=2))
+        return EXIT_OK
     print(f"group {group!r} on {shown}; leader: {leader.owner if leader else '(none)'}")
-    print(f"{len(members)} workers: " + ", ".join(f"{w} ({n} leases)" for w, n in sorted(members.items())))
+    if hint:
+        print(hint)
+        return EXIT_OK
+    print(f"{_plural(len(members), 'worker')}:" if members else "0 workers")
+    if workers:
+        _table([("WORKER", "LEASES", "METRICS", "VERSION")] + [
+            (str(w["worker_id"]), str(w["leases"]), str(w["metrics"] or "-"), str(w["version"] or "-"))
+            for w in workers], indent="  ")
     print()
     rows = [("SHARD", "STATE", "OWNER", "CHECKPOINT", "AGE", "HEALTH")]
     for lease in leases:
@@ -171,12 +293,16 @@ def _status(args: argparse.Namespace) -> int:
                      "-" if age is None else f"{age:.0f}s", shown))
     stuck = sum(1 for state, _ in health.values() if state not in (None, "ok"))
     if stuck:
-        print(f"{stuck} shards stuck (marked in capitals below): see HEALTH")
+        print(f"{_plural(stuck, 'shard')} stuck (marked in capitals below): see HEALTH")
         print()
-    widths = [max(len(r[i]) for r in rows) for i in range(6)]
+    _table(rows)
+    return EXIT_OK
+
+
+def _table(rows: Sequence[Sequence[str]], indent: str = "") -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
-    return 0
+        print(indent + "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
 
 
 NO_CONSUMER_AFTER_MS = 10_000
@@ -215,6 +341,12 @@ def _age(now_ms: int, then_ms: int) -> float | None:
     return round((now_ms - then_ms) / 1000, 1) if then_ms else None
 
 
+def markdown_exit_codes() -> str:
+    """The README's exit-code table, from :data:`EXIT_CODES`."""
+    lines = ["| Exit code | Meaning |", "|---|---|"]
+    lines += [f"| {code} | {meaning.replace('|', '/')} |" for code, meaning in EXIT_CODES]
+    return "\n".join(lines) + "\n"
+
+
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())
-

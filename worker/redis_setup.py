@@ -74,6 +74,16 @@ def embedded_redis_url(data_dir: str | os.PathLike[str]) -> str:
         return f"redis://127.0.0.1:{port}/0"
 
 
+def running_embedded_redis_url(data_dir: str | os.PathLike[str]) -> str | None:
+    """The URL of the embedded redis-server under ``data_dir`` if one is running, else None.
+    Never starts one (``shardlease status`` reads only what exists)."""
+    try:
+        port = int((Path(data_dir) / "redis" / "port").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return f"redis://127.0.0.1:{port}/0" if _alive(port) else None
+
+
 def stop_embedded_redis(data_dir: str | os.PathLike[str]) -> bool:
     """Stop the embedded redis-server under ``data_dir``; False if none was running."""
     root = Path(data_dir) / "redis"
@@ -111,7 +121,10 @@ def _tls_problem(text: str) -> str | None:
     return None
 
 
-def _unreachable(shown: str, exc: BaseException) -> ConfigError:
+def _unreachable(shown: str, exc: BaseException) -> ConfigError | CoordinationUnavailable:
+    """Why ``exc`` stopped the connection: bad credentials, an ACL or TLS problem are a ConfigError
+    (exit 2: the settings must change); a Redis that cannot be reached (refused, timed out) is
+    CoordinationUnavailable (exit 75: it may come back).  One line, never the password."""
     text = f"{exc} {exc.__cause__ or ''}"
     if isinstance(exc, redis.AuthenticationError) or isinstance(exc.__cause__, redis.AuthenticationError):
         return ConfigError(_URL_SETTING, f"{shown} refused the credentials",
@@ -123,8 +136,9 @@ def _unreachable(shown: str, exc: BaseException) -> ConfigError:
     if tls is not None:
         return ConfigError(_URL_SETTING, f"cannot connect to Redis at {shown}: {tls}",
                            "check the TLS settings against the server's")
-    return ConfigError(_URL_SETTING, f"cannot reach Redis at {shown} ({type(exc).__name__})",
-                       "check the host, port and TLS settings, and that Redis is running")
+    reason = ConfigError(_URL_SETTING, f"cannot reach Redis at {shown} ({type(exc).__name__})",
+                         "check the host, port and TLS settings, and that Redis is running")
+    return CoordinationUnavailable(str(reason))
 
 
 def open_redis(
@@ -143,8 +157,9 @@ def open_redis(
 
     ``url`` may name a Redis Cluster (``redis+cluster://`` / ``rediss+cluster://``); the client is
     then a ``redis.cluster.RedisCluster``, typed here as ``redis.Redis`` until its callers take
-    :data:`leaser.store.RedisClient`.  Any failure to connect, authenticate or verify TLS is a
-    ConfigError naming ``redis_url``: one line, no traceback, never the password.
+    :data:`leaser.store.RedisClient`.  A failure to authenticate or verify TLS is a ConfigError naming
+    ``redis_url``, a Redis that cannot be reached CoordinationUnavailable: one line, no traceback, never
+    the password.
     """
     embedded = url is None
     if url is None:
@@ -169,3 +184,22 @@ def open_redis(
     if embedded:
         shown += f" (embedded, data in {Path(data_dir) / 'redis'}; fit for one host only)"
     return cast(redis.Redis, client), shown
+
+
+def open_existing_redis(
+    url: str | None,
+    *,
+    data_dir: str,
+    ca_file: str | None = None,
+    cert_file: str | None = None,
+    key_file: str | None = None,
+) -> tuple[redis.Redis, str] | None:
+    """As :func:`open_redis` for tools that only read (``status``, ``dlq``): without ``url`` it opens
+    the embedded Redis only if one is running under ``data_dir`` (None otherwise), never starting one."""
+    if url is None:
+        url = running_embedded_redis_url(data_dir)
+        if url is None:
+            return None
+        client, shown = open_redis(url, data_dir=data_dir)
+        return client, f"{shown} (embedded, data in {Path(data_dir) / 'redis'})"
+    return open_redis(url, data_dir=data_dir, ca_file=ca_file, cert_file=cert_file, key_file=key_file)

@@ -193,31 +193,39 @@ def replay(
 # ----------------------------------------------------------------------------
 
 
-def _setting(value: str | None, env: str, default: str | None) -> str | None:
-    return value or os.environ.get(env) or default
+NOTHING_TO_READ = "no --redis-url given and no embedded Redis is running under {dir} (dlq never starts one)"
 
 
-def _open_from_args(args: argparse.Namespace) -> tuple[DlqSource, str]:
-    from leaser import validate_group
+def _open_from_args(args: argparse.Namespace) -> tuple[DlqSource | None, str, str]:
+    """The source ``--from`` names, the group, and (when the source is None) why there is nothing to read.
 
-    group = validate_group(_setting(args.group, "SHARDLEASE_GROUP", "default") or "default")
+    The group, Redis and AWS settings are read like ``shardlease run``'s (flag, variable, default)."""
+    from worker.config import REDIS_SETTINGS, load_settings
+
+    values = load_settings([*REDIS_SETTINGS, "region", "endpoint_url"], args)
+    group = values["group"]
     spec = (args.source or "redis").strip()
     client = None
     if spec.lower() == "redis":
-        from worker.redis_setup import open_redis
+        from worker.redis_setup import open_existing_redis
 
-        url = _setting(args.redis_url, "SHARDLEASE_REDIS_URL", None)
-        data_dir = _setting(args.data_dir, "SHARDLEASE_DATA_DIR", ".shardlease") or ".shardlease"
-        client, _ = open_redis(url, data_dir=data_dir)
-    region = _setting(getattr(args, "region", None), "SHARDLEASE_REGION", None) or os.environ.get("AWS_REGION")
-    endpoint = _setting(getattr(args, "endpoint_url", None), "SHARDLEASE_ENDPOINT_URL", None)
-    source = open_source(spec, redis_client=client, group=group, region=region, endpoint_url=endpoint)
-    return source, group
+        opened = open_existing_redis(values["redis_url"], data_dir=values["data_dir"],
+                                     ca_file=values["redis_ca_file"], cert_file=values["redis_cert_file"],
+                                     key_file=values["redis_key_file"])
+        if opened is None:
+            return None, group, NOTHING_TO_READ.format(dir=os.path.join(values["data_dir"], "redis"))
+        client = opened[0]
+    region = values["region"] or os.environ.get("AWS_REGION")
+    source = open_source(spec, redis_client=client, group=group, region=region, endpoint_url=values["endpoint_url"])
+    return source, group, ""
 
 
 def cli_list(args: argparse.Namespace) -> int:
     """``shardlease dlq list``."""
-    source, group = _open_from_args(args)
+    source, group, why = _open_from_args(args)
+    if source is None:
+        print("[]" if args.json else f"no dead letters to show: {why}")
+        return EXIT_OK
     entries = list_entries(source, limit=args.limit, start_id=args.start_id)
     if args.json:
         print(json.dumps([e.to_dict(with_records=args.with_records) for e in entries], indent=2))
@@ -233,9 +241,10 @@ def cli_list(args: argparse.Namespace) -> int:
 
 def cli_replay(args: argparse.Namespace) -> int:
     """``shardlease dlq replay``."""
+    from worker.config import load_settings
     from worker.handling.handler import load_handler
 
-    handler_path = _setting(args.handler, "SHARDLEASE_HANDLER", None)
+    handler_path = load_settings(["handler"], args)["handler"]
     if not handler_path:
         raise ConfigError("handler (--handler / SHARDLEASE_HANDLER)", "replay needs the handler to call",
                           "give --handler package.module:function")
@@ -244,7 +253,10 @@ def cli_replay(args: argparse.Namespace) -> int:
     if (args.source or "").strip().lower().startswith("sqs:"):
         raise ConfigError(_FROM_SETTING, "replay from SQS is not supported (reading a queue is destructive)",
                           "redrive the queue with SQS itself, or use --on-failure redis or file:<path>")
-    source, _ = _open_from_args(args)
+    source, _, why = _open_from_args(args)
+    if source is None:
+        print(f"nothing to replay: {why}")
+        return EXIT_OK
     assert isinstance(source, RedisStreamDestination | JsonLinesDestination)
     handler = load_handler(handler_path)
 
