@@ -29,6 +29,27 @@ from worker.local import LocalStreamsServer
 
 _COLORS = ["\033[36m", "\033[33m", "\033[35m", "\033[32m", "\033[34m", "\033[31m"]
 _RESET = "\033[0m"
+_BOLD = "\033[1m"
+_LINE_LOCK = threading.Lock()
+
+
+def use_color(stream: IO[str] | None = None) -> bool:
+    """Colour only on a terminal, and never with NO_COLOR set (https://no-color.org)."""
+    stream = stream if stream is not None else sys.stdout
+    if os.environ.get("NO_COLOR"):
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def write_line(text: str) -> None:
+    """Write one whole line to stdout: one write, under a lock, so lines from several threads (or the
+    processes sharing the pipe) never run together."""
+    with _LINE_LOCK:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
 _SHOWN = ("lease gained", "handed over", "shard ended", "lease lost", "leader", "SIGTERM", "stopped", "registered",
           "released for shutdown", "children of")
 
@@ -37,8 +58,8 @@ def show_batch(records: Sequence[Any], ctx: Any) -> None:
     """The demo's handler: one line per batch on stdout, one JSON line per record in $SHARDLEASE_DEMO_OUT."""
     events = collections.Counter(r.event_name for r in records)
     summary = " ".join(f"{name} {count}" for name, count in sorted(events.items()))
-    print(f"shard ...{ctx.shard_id[-8:]} batch of {len(records):3d} ({summary}) up to seq "
-          f"...{records[-1].sequence_number[-6:]} [token {ctx.lease_token}]", flush=True)
+    write_line(f"shard ...{ctx.shard_id[-8:]} batch of {len(records):3d} ({summary}) up to seq "
+               f"...{records[-1].sequence_number[-6:]} [token {ctx.lease_token}]")
     out = os.environ.get("SHARDLEASE_DEMO_OUT")
     if out:
         lines = b"".join(orjson.dumps([ctx.worker_id, r.shard_id, r.sequence_number]) + b"\n" for r in records)
@@ -52,9 +73,9 @@ def show_batch(records: Sequence[Any], ctx: Any) -> None:
 class _Relay(threading.Thread):
     """Copies a worker's output to the terminal, prefixed with its name and colour."""
 
-    def __init__(self, name: str, stream: IO[str], color: str, lock: threading.Lock) -> None:
+    def __init__(self, name: str, stream: IO[str], color: str) -> None:
         super().__init__(daemon=True)
-        self.worker_name, self.stream, self.color, self.lock = name, stream, color, lock
+        self.worker_name, self.stream, self.color = name, stream, color
 
     def run(self) -> None:
         for line in self.stream:
@@ -64,16 +85,16 @@ class _Relay(threading.Thread):
             text = line.split(" group=")[0]
             if " INFO " in text or " WARNING " in text:
                 text = text.split(" ", 3)[-1]
-            with self.lock:
-                print(f"{self.color}{self.worker_name:>9}{_RESET} | {text}", flush=True)
+            reset = _RESET if self.color else ""
+            write_line(f"{self.color}{self.worker_name:>9}{reset} | {text}")
 
 
 def run_demo(workers: int = 3, duration_s: float = 20.0) -> int:
-    lock = threading.Lock()
+    color = use_color()
 
     def say(text: str) -> None:
-        with lock:
-            print(f"\033[1m{'demo':>9}\033[0m | {text}", flush=True)
+        name = f"{_BOLD}{'demo':>9}{_RESET}" if color else f"{'demo':>9}"
+        write_line(f"{name} | {text}")
 
     tmp = Path(tempfile.mkdtemp(prefix="shardlease-demo-"))
     out = tmp / "handled.jsonl"
@@ -95,7 +116,7 @@ def run_demo(workers: int = 3, duration_s: float = 20.0) -> int:
             )
             stdout = procs[name].stdout
             assert stdout is not None
-            _Relay(name, stdout, _COLORS[i % len(_COLORS)], lock).start()
+            _Relay(name, stdout, _COLORS[i % len(_COLORS)] if color else "").start()
         say(f"started {workers} workers; writing items for {duration_s:.0f} s")
         rng = random.Random(7)
         written = 0
