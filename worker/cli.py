@@ -208,7 +208,13 @@ def _run(args: argparse.Namespace) -> int:
             "no --redis-url: using an embedded Redis under %s (fit for one host only)", config.data_dir)
     worker = Worker(config)
     worker.install_signal_handlers()
-    code = worker.run()
+    try:
+        code = worker.run()
+    except BaseException:
+        if worker.scheduler.in_flight():  # never leave a handler thread running in a process that stopped
+            code = EXIT_ABANDONED
+        else:
+            raise
     if code == EXIT_ABANDONED:
         # A handler call is still running and cannot be cancelled: exit now, without waiting for
         # its thread (interpreter shutdown would), so its lease expires with this process gone.

@@ -256,10 +256,16 @@ class Worker:
         wake_listener = threading.Thread(target=self._listen_for_wakeups, name="wake", daemon=True)
         wake_listener.start()
         try:
-            while not self._stopping.is_set():
-                self._heartbeat()
-                self._watch_handlers()
-                self._wait_until_next_tick()
+            try:
+                while not self._stopping.is_set():
+                    self._heartbeat()
+                    self._watch_handlers()
+                    self._wait_until_next_tick()
+            except Exception:
+                # A bug in the coordinator: stop the way a SIGTERM does (batches finish, leases go back,
+                # calls still running keep their leases and the process exits hard).
+                log.exception("the coordinator failed; shutting down")
+                self._stopping.set()
             return self._shutdown()
         finally:
             if self._http is not None:

@@ -71,7 +71,7 @@ def test_a_batch_that_keeps_failing_shows_as_stuck_and_its_iterator_age_grows(
             assert second["shardlease_handler_duration_seconds_count"] >= 3
             text = subprocess.run([sys.executable, "-m", "worker", "status", "--group", group, "--redis-url",
                                    redis_url], capture_output=True, text=True, check=True, cwd=ROOT).stdout
-            assert "1 shards stuck" in text and "RETRYING" in text
+            assert "1 shard stuck" in text and "RETRYING" in text
         finally:
             codes = fleet.stop_all()
         assert codes == {"w1": 0}
