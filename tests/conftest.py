@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -47,6 +48,28 @@ def redis_url() -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _short_startup_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process start-up retries (a Redis not reachable yet, DescribeStream throttled) give up after 1 s
+    instead of 60 s, so tests of unreachable settings stay fast; a test of the window sets its own."""
+    from worker import backoff
+
+    monkeypatch.setattr(backoff, "STARTUP_RETRY_S", 1.0)
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_log_handler() -> Iterator[None]:
+    """A test that ran the CLI in-process leaves the handler configure_logging installed on the root
+    logger, writing to that test's captured stderr: remove it, so later tests' logs do not hit a closed stream."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    for handler in [h for h in root.handlers if getattr(h, "_shardlease", False)]:
+        root.removeHandler(handler)
+        handler.close()
+    root.setLevel(level)
 
 
 @pytest.fixture

@@ -47,6 +47,16 @@ def one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
     return err
 
 
+def unreachable_redis_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    """An unreachable Redis is retried at start-up (each retry logged), then the command fails on one line;
+    returns all of stderr (the password must be in none of it).  Exit 75: a dependency stayed unavailable."""
+    assert main(argv) == 75
+    err = capsys.readouterr().err.strip()
+    last = err.splitlines()[-1]
+    assert last.startswith("shardlease: error: ") and "redis_url" in last and "Traceback" not in err
+    return err
+
+
 def test_malformed_arn(capsys: pytest.CaptureFixture[str], redis_url: str) -> None:
     err = one_line_error(capsys, ["run", "--stream-arn", "arn:aws:dynamodb:us-east-1:123:table/x", "--redis-url",
                                   redis_url])
@@ -71,10 +81,9 @@ def test_unreachable_redis_is_named_without_its_password(
     capsys: pytest.CaptureFixture[str], stream: tuple[str, str, LocalStreamsServer]
 ) -> None:
     endpoint, arn, _ = stream
-    assert main(["run", "--stream-arn", arn, "--endpoint-url", endpoint, "--handler", HANDLER,
-                 "--redis-url", "redis://user:hunter2@127.0.0.1:1/0", "--metrics-port", "0"]) == 75
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("shardlease: error: redis_url") and "\n" not in err and "hunter2" not in err
+    err = unreachable_redis_error(capsys, ["run", "--stream-arn", arn, "--endpoint-url", endpoint, "--handler", HANDLER,
+                                           "--redis-url", "redis://user:hunter2@127.0.0.1:1/0", "--metrics-port", "0"])
+    assert "redis_url" in err and "hunter2" not in err
 
 
 def test_disabled_stream(
@@ -131,9 +140,8 @@ def test_status_shows_workers_and_shards(
 
 
 def test_status_never_prints_the_redis_password(capsys: pytest.CaptureFixture[str], group: str) -> None:
-    assert main(["status", "--group", group, "--redis-url", "redis://:s3cret@127.0.0.1:1/0"]) == 75
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("shardlease: error: redis_url") and "\n" not in err and "s3cret" not in err
+    err = unreachable_redis_error(capsys, ["status", "--group", group, "--redis-url", "redis://:s3cret@127.0.0.1:1/0"])
+    assert "s3cret" not in err
 
 
 def test_run_without_redis_url_uses_an_embedded_redis(
@@ -251,11 +259,16 @@ def test_handler_is_required() -> None:
 
 def test_exit_codes(tmp_path: Path, redis_url: str) -> None:
     # 75: a dependency stayed unavailable (Redis refused; DynamoDB Streams throttling after the retries).
+    # (retried for 1 s instead of 60 through the test hook; each retry is a log line before the error)
     done = shardlease("run", "--stream-arn", ARN, "--handler", HANDLER, "--redis-url",
-                      "redis://user:hunter2@127.0.0.1:1/0", "--metrics-port", "0")
-    assert_error(done, 75, "shardlease: error: redis_url (--redis-url / SHARDLEASE_REDIS_URL): cannot reach Redis at "
-                           "redis://user:***@127.0.0.1:1/0 (ConnectionError); check the host, port and TLS settings, "
-                           "and that Redis is running")
+                      "redis://user:hunter2@127.0.0.1:1/0", "--metrics-port", "0",
+                      env=dict(os.environ, PYTHONPATH=str(ROOT), SHARDLEASE_TEST_STARTUP_RETRY_S="1"))
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 75, done.stderr
+    assert last.startswith("shardlease: error: redis_url (--redis-url / SHARDLEASE_REDIS_URL): cannot reach Redis at "
+                           "redis://user:***@127.0.0.1:1/0 (ConnectionError), retried for "), last
+    assert last.endswith("check the host, port and TLS settings, and that Redis is running")
+    assert "hunter2" not in done.stderr and "Traceback" not in done.stderr
     # 2: bad credentials are a configuration error.
     wrong = redis_url.replace("redis://", "redis://nobody:wrong@")
     done = shardlease("run", "--stream-arn", ARN, "--handler", HANDLER, "--redis-url", wrong, "--metrics-port", "0")

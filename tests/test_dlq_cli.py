@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from tests import dlq_handlers
+from tests.test_cli import unreachable_redis_error
 from tests.test_destinations import ARN, SHARD, wire
 from worker.cli import main
 from worker.handling.destinations import FailureEntry, JsonLinesDestination, RedisStreamDestination
@@ -177,9 +178,8 @@ def test_replay_bad_input_exits_2_with_one_line(capsys: pytest.CaptureFixture[st
 
 
 def test_list_bad_input_exits_2_with_one_line(capsys: pytest.CaptureFixture[str], group: str) -> None:
-    # An unreachable Redis is a dependency that stayed unavailable (75), not bad input.
-    err = one_line_error(capsys, ["dlq", "list", "--group", group, "--redis-url", "redis://:s3cret@127.0.0.1:1/0"],
-                         expected_code=75)
+    err = unreachable_redis_error(capsys, ["dlq", "list", "--group", group, "--redis-url",
+                                           "redis://:s3cret@127.0.0.1:1/0"])
     assert "s3cret" not in err
     one_line_error(capsys, ["dlq", "list", "--from", "file:/nonexistent.jsonl", "--limit", "0"])
     one_line_error(capsys, ["dlq", "list", "--group", "bad{group}"])

@@ -50,5 +50,5 @@ def test_readme_exit_code_table_is_the_cli_one() -> None:
 
 def test_readme_first_two_commands_are_unchanged() -> None:
     demo, tests = _readme_commands()[:2]
-    assert demo == "python3 -m venv .venv && .venv/bin/pip install -q -e . && .venv/bin/shardlease demo"
+    assert demo == "python3 -m venv .venv && .venv/bin/pip install -q -e '.[embedded]' && .venv/bin/shardlease demo"
     assert tests == "python3 -m venv .venv && .venv/bin/pip install -q -e '.[test]' && .venv/bin/python -m pytest -q"

@@ -19,10 +19,12 @@ import re
 import threading
 import time
 
+import tenacity
+
 from leaser import LeaseStore, ShardSpec
 from worker.errors import StreamServerError, StreamThrottled
 from worker.observability import Metrics
-from worker.reading.streams import Shard, StreamsClient
+from worker.reading.streams import Shard, StreamPage, StreamsClient
 
 log = logging.getLogger("shardlease.discovery")
 
@@ -33,6 +35,25 @@ CHILD_LOOKUP_DELAYS_S = (0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0)
 DESCRIBE_STREAM_PER_S = 5.0
 """Most DescribeStream calls one process makes per second: half the account-wide limit of 10/s,
 so a full listing of thousands of shards never throttles the account's other readers."""
+
+LISTING_FIRST_RETRY_S = 0.4
+"""Wait before the leader retries a throttled or failing page of its listing; it doubles on each retry of
+the same page, up to LISTING_MAX_RETRY_S, and the listing is retried until it gets through."""
+LISTING_MAX_RETRY_S = 10.0
+
+
+def _listing_retry() -> tenacity.Retrying:
+    """Retry policy of one page of a sync: throttling and server errors pass, so it never gives up (the
+    leader has nothing else to do; the next page starts again from the first wait)."""
+    return tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type((StreamThrottled, StreamServerError)),
+        wait=tenacity.wait_exponential(multiplier=LISTING_FIRST_RETRY_S, max=LISTING_MAX_RETRY_S),
+        before_sleep=lambda state: log.debug("DescribeStream failed (%s); retrying in %.1f s",
+                                             state.outcome.exception() if state.outcome else None,
+                                             state.next_action.sleep if state.next_action else 0.0),
+        reraise=True,
+    )
+
 
 _SHARD_TIME = re.compile(r"^shardId-(\d{1,20})-")
 
@@ -87,19 +108,8 @@ class ShardDiscovery:
             start = None if full else self._last_shard_id
             shards: list[Shard] = []
             cursor = start
-            attempt = 0
             while True:
-                try:
-                    self._pace()
-                    self._metrics.describe_stream_call()
-                    page = self._streams.describe_stream_page(self._stream_arn, cursor)
-                except (StreamThrottled, StreamServerError) as exc:
-                    if isinstance(exc, StreamThrottled):
-                        self._metrics.throttle("DescribeStream")
-                    attempt += 1
-                    time.sleep(min(0.2 * 2**attempt, 10.0))
-                    continue
-                attempt = 0
+                page = _listing_retry()(self._list_page, cursor)
                 self._note_status(page.status)
                 shards.extend(page.shards)
                 if page.last_evaluated_shard_id is None:
@@ -117,6 +127,15 @@ class ShardDiscovery:
                 log.info("registered %d new shards (%s listing, %d listed)", new, "full" if full else "incremental",
                          len(shards))
             return new
+
+    def _list_page(self, cursor: str | None) -> StreamPage:
+        self._pace()
+        self._metrics.describe_stream_call()
+        try:
+            return self._streams.describe_stream_page(self._stream_arn, cursor)
+        except StreamThrottled:
+            self._metrics.throttle("DescribeStream")
+            raise
 
     def children_of(self, shard_id: str) -> list[str]:
         """Find and register the children of a shard that just ended; [] if none are listed yet."""

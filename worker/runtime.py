@@ -47,7 +47,7 @@ from leaser import (
 )
 from leaser._version import __version__
 from leaser.store import RedisClient
-from worker.backoff import backoff_s
+from worker.backoff import startup_retrying
 from worker.config import RunConfig
 from worker.consumer import ConsumerSettings, ShardConsumer, StopReason
 from worker.discovery import ShardDiscovery
@@ -98,25 +98,10 @@ class Resolved:
     redis_shown: str
 
 
-STARTUP_RETRY_S = 60.0
-"""Seconds a starting worker keeps retrying a throttled or failing DescribeTable/DescribeStream."""
-
-
 def _retrying(call: Callable[[], Any], what: str) -> Any:
     """``call()``, retried with backoff and jitter while AWS throttles or fails (many pods starting
-    at once share the account's 10 DescribeStream calls per second)."""
-    deadline = time.monotonic() + STARTUP_RETRY_S
-    attempt = 0
-    while True:
-        try:
-            return call()
-        except (StreamThrottled, StreamServerError) as exc:
-            attempt += 1
-            delay = backoff_s(attempt + 3)
-            if time.monotonic() + delay > deadline:
-                raise
-            log.info("%s: %s; retrying in %.1f s", what, exc, delay)
-            time.sleep(delay)
+    at once share the account's 10 DescribeStream calls per second), for at most STARTUP_RETRY_S."""
+    return startup_retrying(what, (StreamThrottled, StreamServerError), log)(call)
 
 
 def resolve_stream(streams: StreamsClient, config: RunConfig) -> str:
