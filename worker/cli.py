@@ -256,10 +256,14 @@ def _status(args: argparse.Namespace) -> int:
     health = {lease.shard_id: _health(lease, now, reports, members) for lease in leases}
     hint = None
     if not members and not leases:
-        groups = [g for g in list_groups(client) if g != group]
-        hint = (f"group {group!r} has no workers and no shards here; "
-                + (f"groups found: {', '.join(groups)} (choose one with --group)" if groups
-                   else "no group has used this Redis yet"))
+        try:
+            groups: list[str] | None = [g for g in list_groups(client) if g != group]
+        except RetryableError:  # the least ACL has no SCAN: the hint is a nicety, not a need
+            groups = None
+        hint = f"group {group!r} has no workers and no shards here; " + (
+            f"groups found: {', '.join(groups)} (choose one with --group)" if groups
+            else "no group has used this Redis yet" if groups is not None
+            else "check --group (listing the groups needs the SCAN command, which this user may not run)")
     workers = [{"worker_id": w, "leases": n, "metrics": reports.get(w, {}).get(REPORT_METRICS),
                 "version": reports.get(w, {}).get(REPORT_VERSION)} for w, n in sorted(members.items())]
     if args.json:

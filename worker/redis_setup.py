@@ -124,21 +124,20 @@ def _tls_problem(text: str) -> str | None:
 
 
 def _may_pass(exc: BaseException) -> bool:
-    """Whether a failure to connect may pass if retried (Redis starting, loading or failing over), as
-    opposed to credentials, ACL or TLS settings that retrying cannot fix."""
-    if isinstance(exc, CoordinationUnavailable):
-        if exc.__cause__ is None:
-            return True
-        exc = exc.__cause__
-    if isinstance(exc, (redis.AuthenticationError, redis.exceptions.NoPermissionError)) or isinstance(
-            exc.__cause__, redis.AuthenticationError):
+    """Whether a failure to connect may pass if retried (Redis starting, loading, failing over, a cluster
+    not reachable yet), as opposed to credentials, ACL or TLS settings that retrying cannot fix."""
+    cause = exc.__cause__ if isinstance(exc, CoordinationUnavailable) and exc.__cause__ is not None else exc
+    if isinstance(cause, (redis.AuthenticationError, redis.exceptions.NoPermissionError)) or isinstance(
+            cause.__cause__, redis.AuthenticationError):
         return False
-    if _tls_problem(f"{exc} {exc.__cause__ or ''}") is not None:
+    if _tls_problem(f"{cause} {cause.__cause__ or ''}") is not None:
         return False
-    if isinstance(exc.__cause__ or exc.__context__, ConnectionResetError):
+    if isinstance(cause.__cause__ or cause.__context__, ConnectionResetError):
         return False  # accepted, then reset at the first command: not Redis's protocol (redis:// to a TLS port)
-    return isinstance(exc, (redis.ConnectionError, redis.TimeoutError, redis.exceptions.TryAgainError,
-                            redis.exceptions.ClusterDownError))
+    if isinstance(exc, CoordinationUnavailable):
+        return True  # leaser translated it as transient (e.g. "Redis Cluster cannot be connected")
+    return isinstance(cause, (redis.ConnectionError, redis.TimeoutError, redis.exceptions.TryAgainError,
+                              redis.exceptions.ClusterDownError))
 
 
 def _unreachable(shown: str, exc: BaseException) -> ConfigError:
