@@ -6,6 +6,7 @@ import logging
 import socket
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -86,3 +87,22 @@ def test_wrong_credentials_are_a_config_error_at_once(redis_url: str) -> None:
         open_redis(f"redis://nobody:Wr0ng@{host_port}/0", data_dir="/nonexistent")
     assert time.monotonic() - started < 0.5
     assert "credentials" in str(info.value) and "Wr0ng" not in str(info.value)
+
+
+def test_status_and_dlq_retry_an_unreachable_redis_briefly(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """An operator's read-only command waits seconds for Redis, a starting worker up to a minute."""
+    from worker import redis_setup
+
+    seen: list[float | None] = []
+    real = redis_setup.startup_retrying
+
+    def spy(*args: Any, within_s: float | None = None, **kwargs: Any) -> Any:
+        seen.append(within_s)
+        return real(*args, within_s=0.2, **kwargs)
+
+    monkeypatch.setattr(redis_setup, "startup_retrying", spy)
+    with pytest.raises(CoordinationUnavailable):
+        redis_setup.open_existing_redis("redis://127.0.0.1:1/0", data_dir=str(tmp_path))
+    with pytest.raises(CoordinationUnavailable):
+        redis_setup.open_redis("redis://127.0.0.1:1/0", data_dir=str(tmp_path))
+    assert seen == [redis_setup.TOOL_RETRY_S, None]  # None: the worker's STARTUP_RETRY_S

@@ -39,11 +39,12 @@ def backoff_s(attempt: int) -> float:
 
 def startup_retrying(
     what: str, retry_on: type[BaseException] | tuple[type[BaseException], ...], log: logging.Logger,
-    *, retry_if: tenacity.retry_base | None = None,
+    *, retry_if: tenacity.retry_base | None = None, within_s: float | None = None,
 ) -> tenacity.Retrying:
     """A tenacity policy for a call at start-up: retried while it raises ``retry_on`` (and ``retry_if``
     agrees), waiting ``random(0, min(MAX_BACKOFF_S, STARTUP_FIRST_BACKOFF_S * 2^(n-1)))`` before the
-    ``n``-th retry, until the next wait would end past STARTUP_RETRY_S; then the last error is raised.
+    ``n``-th retry, until the next wait would end past ``within_s`` (default STARTUP_RETRY_S); then the
+    last error is raised.
     Each retry is logged at INFO with ``what``, the error and the wait."""
 
     def note(state: tenacity.RetryCallState) -> None:
@@ -58,7 +59,7 @@ def startup_retrying(
     return tenacity.Retrying(
         retry=retry,
         wait=tenacity.wait_random_exponential(multiplier=STARTUP_FIRST_BACKOFF_S, max=MAX_BACKOFF_S),
-        stop=tenacity.stop_before_delay(STARTUP_RETRY_S),
+        stop=tenacity.stop_before_delay(STARTUP_RETRY_S if within_s is None else within_s),
         before_sleep=note,
         reraise=True,
     )

@@ -166,6 +166,7 @@ def open_redis(
     cert_file: str | None = None,
     key_file: str | None = None,
     socket_timeout_s: float = 5.0,
+    retry_s: float | None = None,
 ) -> tuple[redis.Redis, str]:
     """A checked client for the group's Redis and a printable (redacted) description of it.
 
@@ -175,7 +176,8 @@ def open_redis(
     ``url`` may name a Redis Cluster (``redis+cluster://`` / ``rediss+cluster://``); the client is
     then a ``redis.cluster.RedisCluster``, typed here as ``redis.Redis`` until its callers take
     :data:`leaser.store.RedisClient`.  A Redis that cannot be reached (yet) is retried with backoff for
-    :data:`worker.backoff.STARTUP_RETRY_S`, each retry logged, then raises CoordinationUnavailable; a failure
+    ``retry_s`` (default :data:`worker.backoff.STARTUP_RETRY_S`), each retry logged, then raises
+    CoordinationUnavailable; a failure
     to authenticate, pass the ACL or verify TLS is a ConfigError naming ``redis_url`` at once.  Either is
     one line, no traceback, never the password.
     """
@@ -207,7 +209,7 @@ def open_redis(
         # Redis may not be up yet (starting, loading its data, failing over): retried like DescribeStream at
         # start-up; credentials, ACL and TLS problems are not retried.
         client = startup_retrying(f"Redis at {shown}", (CoordinationUnavailable, redis.RedisError), log,
-                                  retry_if=tenacity.retry_if_exception(_may_pass))(connected)
+                                  retry_if=tenacity.retry_if_exception(_may_pass), within_s=retry_s)(connected)
     except (CoordinationUnavailable, redis.RedisError) as exc:  # a cluster client connects in connect()
         cause = exc.__cause__ if isinstance(exc, CoordinationUnavailable) and exc.__cause__ else exc
         if _may_pass(exc):
@@ -219,6 +221,11 @@ def open_redis(
     if embedded:
         shown += f" (embedded, data in {Path(data_dir) / 'redis'}; fit for one host only)"
     return cast(redis.Redis, client), shown
+
+
+TOOL_RETRY_S = 5.0
+"""Seconds ``status`` and ``dlq`` keep retrying an unreachable Redis: an operator waits for an answer, not a
+minute; a worker starting up waits longer (:data:`worker.backoff.STARTUP_RETRY_S`)."""
 
 
 def open_existing_redis(
@@ -235,6 +242,7 @@ def open_existing_redis(
         url = running_embedded_redis_url(data_dir)
         if url is None:
             return None
-        client, shown = open_redis(url, data_dir=data_dir)
+        client, shown = open_redis(url, data_dir=data_dir, retry_s=TOOL_RETRY_S)
         return client, f"{shown} (embedded, data in {Path(data_dir) / 'redis'})"
-    return open_redis(url, data_dir=data_dir, ca_file=ca_file, cert_file=cert_file, key_file=key_file)
+    return open_redis(url, data_dir=data_dir, ca_file=ca_file, cert_file=cert_file, key_file=key_file,
+                      retry_s=TOOL_RETRY_S)
