@@ -615,7 +615,9 @@ def connect(
     try:
         return redis.Redis.from_url(url, **kwargs)
     except ValueError as exc:
-        raise ConfigError("redis_url", f"cannot parse the URL ({exc})", "e.g. redis://host:6379/0") from exc
+        # Never redis-py's text: it may quote part of the password ("... as 'pa'").
+        raise ConfigError("redis_url", "the URL does not parse",
+                          "percent-encode / ? # @ : in the password (p@ss is written p%40ss)") from exc
 
 
 def _connect_cluster(url: str, kwargs: dict[str, Any]) -> redis.cluster.RedisCluster:
@@ -639,4 +641,5 @@ def _connect_cluster(url: str, kwargs: dict[str, Any]) -> redis.cluster.RedisClu
                 first, startup_nodes=nodes, **kwargs
             )
         except ValueError as exc:
-            raise ConfigError("redis_url", f"cannot parse the URL ({exc})", "e.g. redis+cluster://host:6379") from exc
+            raise ConfigError("redis_url", "the URL does not parse",
+                              "percent-encode / ? # @ : in the password (p@ss is written p%40ss)") from exc

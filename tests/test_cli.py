@@ -439,3 +439,18 @@ def test_second_worker_on_a_host_takes_the_next_metrics_port(
     assert_error(done, 2, f"shardlease: error: metrics_port (--metrics-port / SHARDLEASE_METRICS_PORT): cannot "
                           f"listen on 0.0.0.0:{taken}: Address already in use; choose a free port, or 0 to turn "
                           "the metrics server off")
+
+
+def test_redis_cluster_urls_are_accepted_by_every_command(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker import redis_setup
+
+    monkeypatch.setattr(redis_setup, "TOOL_RETRY_S", 0.2)
+    err = unreachable_redis_error(capsys, ["status", "--redis-url", "redis+cluster://u:Secr3t@127.0.0.1:1/0"])
+    assert "Secr3t" not in err and "unsupported URL scheme" not in err
+
+
+def test_a_url_that_does_not_parse_never_quotes_the_password(capsys: pytest.CaptureFixture[str]) -> None:
+    err = one_line_error(capsys, ["status", "--redis-url", "redis://:zq/xv@127.0.0.1:1/0"])
+    assert "zq" not in err and "xv" not in err and "percent-encode" in err

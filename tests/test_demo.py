@@ -56,3 +56,48 @@ def test_the_demo_piped_has_no_colour_and_whole_lines() -> None:
     assert "\033[" not in done.stdout
     assert [line for line in lines if not LINE.match(line)] == []
     assert any(line.startswith(" worker-1 | ") for line in lines) and lines[-1] == "     demo | nothing lost"
+
+
+def test_the_demo_ignores_a_worker_py_in_the_working_directory_and_a_reader_that_goes_away(tmp_path: Path) -> None:
+    """A user's worker.py beside them must not stand in for shardlease's (the workers run with -P), and
+    `shardlease demo | head` ends quietly with the demo's own exit code."""
+    (tmp_path / "worker.py").write_text("def handle(records, ctx):\n    pass\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-P", "-m", "worker", "demo", "--duration", "2"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "nothing lost" in done.stdout, done.stdout + done.stderr
+    proc = subprocess.Popen([sys.executable, "-P", "-m", "worker", "demo", "--duration", "2"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()  # the reader goes away, like head after its lines
+    assert proc.wait(120) == 0 and first.strip().startswith("demo |")
+    assert "Traceback" not in proc.stderr.read()
+
+
+def test_the_demo_names_the_extra_when_no_redis_server_is_installed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from leaser.errors import ConfigError
+    from worker.cli import main
+
+    def none(*args: object) -> str:
+        raise ConfigError("redis_url", "no server", "install one")
+
+    monkeypatch.setattr(demo, "find_redis_server", none)
+    assert main(["demo", "--duration", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("shardlease: error: shardlease demo: needs a redis-server") and "shardlease[embedded]" in err
+
+
+def test_demo_arguments_are_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    from worker.cli import main
+
+    for argv, words in ((["demo", "--workers", "0"], "0 is not between 1 and 20"),
+                        (["demo", "--duration", "nan"], "not a positive number of seconds"),
+                        (["demo", "--duration", "-5"], "not a positive number of seconds")):
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        assert exited.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert words in err and "\n" not in err

