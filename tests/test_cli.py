@@ -213,7 +213,8 @@ def test_switches_take_no_value() -> None:
                           "strict mode never skips a record, so it cannot be combined with --max-retry-attempts or "
                           "--max-record-age; drop those two, or drop --stop-on-failure")
     # --no-... turns off what the environment turned on.
-    env = dict(os.environ, PYTHONPATH=str(ROOT), SHARDLEASE_STOP_ON_FAILURE="true")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), SHARDLEASE_STOP_ON_FAILURE="true",
+               SHARDLEASE_TEST_STARTUP_RETRY_S="1")  # the unreachable Redis below: retried 1 s, not 60
     done = shardlease("run", "--table", "orders", "--handler", HANDLER, "--no-stop-on-failure",
                       "--max-retry-attempts", "3", "--redis-url", "redis://127.0.0.1:1/0", env=env)
     assert done.returncode == 75 and "stop_on_failure" not in done.stderr

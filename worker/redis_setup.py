@@ -27,7 +27,7 @@ import tenacity
 from leaser import ConfigError, CoordinationUnavailable, connect
 from leaser.embedded import find_redis_server, free_port
 from leaser.store import RedisClient
-from worker.backoff import startup_retrying
+from worker.backoff import STARTUP_RETRY_S, startup_retrying
 from worker.logs import redact_url
 
 log = logging.getLogger("shardlease.redis")
@@ -223,7 +223,7 @@ def open_redis(
     return cast(redis.Redis, client), shown
 
 
-TOOL_RETRY_S = 5.0
+TOOL_RETRY_S = min(5.0, STARTUP_RETRY_S)
 """Seconds ``status`` and ``dlq`` keep retrying an unreachable Redis: an operator waits for an answer, not a
 minute; a worker starting up waits longer (:data:`worker.backoff.STARTUP_RETRY_S`)."""
 

@@ -56,7 +56,7 @@ def test_worker_run_with_the_url_in_the_environment_prints_no_password(tmp_path:
          "--handler", "worker.handling.handler:log_records"],
         capture_output=True, text=True, timeout=60, cwd=ROOT,
         env={**os.environ, "SHARDLEASE_REDIS_URL": env_url, "AWS_ACCESS_KEY_ID": "testing",
-             "AWS_SECRET_ACCESS_KEY": "testing"},
+             "AWS_SECRET_ACCESS_KEY": "testing", "SHARDLEASE_TEST_STARTUP_RETRY_S": "1"},
     )
     assert done.returncode != 0 and SECRET not in done.stdout + done.stderr and "***" in done.stderr
 
