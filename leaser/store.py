@@ -285,28 +285,24 @@ class LeaseStore:
 
     def held_by(self, worker_id: str) -> list[str]:
         """Shards the worker holds now (its index, checked against each lease's owner)."""
+        return [shard for shard, _ in self._held_with(worker_id, "owner")]
+
+    def offered(self, owner: str, taker: str) -> list[str]:
+        """Shards ``owner`` holds and has offered to ``taker`` (see :meth:`offer`), by id."""
+        return [shard for shard, offered_to in self._held_with(owner, "offered_to") if offered_to == taker]
+
+    def _held_with(self, worker_id: str, field: str) -> list[tuple[str, str]]:
+        """(shard, that lease's ``field``) for each shard in the worker's held index it still owns, by id."""
         with translate_redis_errors():
             ids = sorted(_s(x) for x in self.client.smembers(self.keys.held(worker_id)))
             if not ids:
                 return []
             pipe = self.client.pipeline(transaction=False)
             for shard in ids:
-                pipe.hget(self.keys.lease(shard), "owner")
-            owners = pipe.execute()
-        return [shard for shard, owner in zip(ids, owners, strict=True) if owner is not None and _s(owner) == worker_id]
-
-    def offered(self, owner: str, taker: str) -> list[str]:
-        """Shards ``owner`` holds and has offered to ``taker`` (see :meth:`offer`), by id."""
-        with translate_redis_errors():
-            ids = sorted(_s(x) for x in self.client.smembers(self.keys.held(owner)))
-            if not ids:
-                return []
-            pipe = self.client.pipeline(transaction=False)
-            for shard in ids:
-                pipe.hmget(self.keys.lease(shard), ["owner", "offered_to"])
+                pipe.hmget(self.keys.lease(shard), ["owner", field])
             rows = pipe.execute()
-        return [shard for shard, (o, t) in zip(ids, rows, strict=True)
-                if o is not None and _s(o) == owner and t is not None and _s(t) == taker]
+        return [(shard, _s(value) if value is not None else "") for shard, (owner, value) in zip(ids, rows, strict=True)
+                if owner is not None and _s(owner) == worker_id]
 
     def begin(self, worker_id: str, shard_id: str, token: int) -> tuple[int, bool]:
         """Record, fenced by ``token``, when reading the shard from its start position began.

@@ -340,8 +340,9 @@ class Worker:
             if consumer.stop_reason is None:
                 why = self.manager.why_not_held(consumer.shard_id, consumer.token)
                 if why is not None:
+                    # This consumer only (not scheduler.stop, which addresses the shard's current consumer:
+                    # a newer one for a re-acquired lease must go on); it stops at its next step.
                     consumer.request_stop(StopReason.LOST, detail=why)
-                    self.scheduler.stop(consumer.shard_id, StopReason.LOST, detail=why)
         for shard, acquired in held.items():
             current = self.scheduler.get(shard)
             if current is not None and current.token == acquired.token:
@@ -359,22 +360,26 @@ class Worker:
     def _watch_handlers(self) -> None:
         """Mark handler calls older than handler_timeout_s as hung; with on_handler_timeout=exit, stop."""
         now = time.monotonic()
-        timeout = self.config.handler_timeout_s
         counts = dict.fromkeys(STUCK_STATES, 0)
         counts["no_consumer"] = self._repaired
         for consumer in self.scheduler.consumers():
-            started = consumer.calls.oldest_start()
-            if started is not None and now - started > timeout:
-                counts["hung"] += 1
-                if consumer not in self._hung:
-                    self._hung.add(consumer)
-                    self._on_hung(consumer, now - started)
+            stuck = self._stuck(consumer, now)
+            if stuck is None:
                 continue
-            stuck = consumer.stuck()
-            if stuck is not None:
-                counts[stuck[0]] += 1
+            counts[stuck[0]] += 1
+            if stuck[0] == "hung" and consumer not in self._hung:
+                self._hung.add(consumer)
+                self._on_hung(consumer, now - stuck[1])
         self._hung = {c for c in self._hung if c.calls.oldest_start() is not None}
         self.metrics.shards_stuck(counts)
+
+    def _stuck(self, consumer: ShardConsumer, now: float) -> tuple[str, float] | None:
+        """(state, since: monotonic s) while a shard makes no progress, else None: ``hung`` once a handler
+        call has run longer than handler_timeout_s, else what the consumer itself reports."""
+        started = consumer.calls.oldest_start()
+        if started is not None and now - started > self.config.handler_timeout_s:
+            return "hung", started
+        return consumer.stuck()
 
     def _on_hung(self, consumer: ShardConsumer, running_s: float) -> None:
         exits = self.config.on_handler_timeout == "exit"
@@ -396,13 +401,9 @@ class Worker:
         for consumer in self.scheduler.consumers():
             if consumer.stop_reason is not None:
                 continue
-            started = consumer.calls.oldest_start()
-            if started is not None and now - started > self.config.handler_timeout_s:
-                state, since = "hung", started
-            else:
-                stuck = consumer.stuck()
-                state, since = stuck if stuck is not None else ("ok", now)
-            report[consumer.shard_id] = "ok" if state == "ok" else f"{state}:{wall_ms - int((now - since) * 1000)}"
+            stuck = self._stuck(consumer, now)
+            since_ms = wall_ms - int((now - stuck[1]) * 1000) if stuck is not None else 0
+            report[consumer.shard_id] = "ok" if stuck is None else f"{stuck[0]}:{since_ms}"
         report.update(self._report_meta)
         ttl_s = max(30.0, 10 * self.config.renew_interval_s)
         if report != self._reported or now - self._reported_at > ttl_s / 3:
