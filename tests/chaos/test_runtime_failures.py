@@ -358,8 +358,12 @@ def test_shutdown_grace_running_out_never_releases_a_lease_in_flight(tmp_path: P
         problems = close_overlaps(calls, closes)
         slow_call = [k for k in calls if k.pid == pid and k.start == fault["t"]]
         assert len(slow_call) == 1
+        old_start = slow_call[0].start
         old_end = slow_call[0].end if slow_call[0].end is not None else died
-        early = [k for k in calls if k.shard == shard and k.pid != pid and k.start < old_end]
+        # Another process's call on the shard while the old call ran (or its process lived); calls that
+        # ended before it started (the shard's earlier owners) are history, not overlap.
+        early = [k for k in calls if k.shard == shard and k.pid != pid and k.start < old_end
+                 and (k.end if k.end is not None else float("inf")) > old_start]
         if early:
             problems.append(f"{early[0].worker} started {shard} {old_end - early[0].start:.2f} s before the old "
                             f"call ended (or its process died)")
