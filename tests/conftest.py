@@ -35,6 +35,15 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto`` (pyproject's addopts): at least 4 test processes, even on 2 cores, at most 8.
+
+    The slow tests run real workers that mostly wait on lease timers and polls, not on the CPU.  Every test
+    starts its own servers on free ports, so tests in different processes never share a Redis or a port.
+    """
+    return max(4, min(os.cpu_count() or 1, 8))
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """URL of a real Redis: ``REDIS_URL`` if set, else a throwaway redis-server for this session."""
