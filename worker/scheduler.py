@@ -103,11 +103,15 @@ class Scheduler:
                 self._cv.wait(min(left, 0.1))
         return True
 
-    def close(self) -> None:
+    def close(self, *, wait: bool = False) -> None:
+        """Stop dispatching; steps not started yet are dropped.  ``wait``: also join the dispatcher and the
+        pool's threads (only when no step is running: a hung handler call would block it for ever)."""
         with self._cv:
             self._closed = True
             self._cv.notify_all()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(wait=wait, cancel_futures=True)
+        if wait:
+            self._dispatcher.join()
 
     # -- the dispatcher ----------------------------------------------------------------------
 
