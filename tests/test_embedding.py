@@ -275,6 +275,29 @@ def test_a_hung_call_at_stop_is_abandoned_and_reported_with_its_shard(
         release.set()
 
 
+def test_a_hung_call_stops_the_worker_on_its_own_and_wait_says_so(
+    stream: tuple[LocalStreamsServer, Any], redis_url: str, group: str
+) -> None:
+    """on_handler_timeout=exit (the default): the command would exit with code 3; embedded, the worker stops
+    itself and wait() raises, naming the shard, without the host asking for a stop."""
+    server, table = stream
+    table.put_item({"pk": "k", "n": 1})
+    release = threading.Event()
+
+    def hangs(records: Sequence[worker.Record], ctx: ShardContext) -> None:
+        release.wait(30)
+
+    embedded = EmbeddedWorker(_config(server, table, redis_url, group, handler_timeout_s=0.5), handler=hangs)
+    embedded.start()
+    try:
+        with pytest.raises(AbandonedHandlerCalls, match="a handler call hung") as caught:
+            embedded.wait(timeout_s=20)
+        assert caught.value.hung and len(caught.value.shards) == 1
+        assert not embedded.running
+    finally:
+        release.set()
+
+
 def test_a_coordinator_that_fails_is_visible_to_wait(
     stream: tuple[LocalStreamsServer, Any], redis_url: str, group: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

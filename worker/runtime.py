@@ -310,9 +310,8 @@ class Worker:
         self._stopping.set()
         if self._http is not None:
             self._http.stop()
-        in_flight = self.scheduler.in_flight()
+        in_flight = self.scheduler.close(wait=True)
         self.abandoned = frozenset(in_flight)
-        self.scheduler.close(wait=not in_flight)
         if self.deliveries.executor is not None:
             self.deliveries.executor.shutdown(wait=not in_flight, cancel_futures=True)
         for thread in (self._wake_listener, self._leader_thread):
