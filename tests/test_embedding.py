@@ -10,10 +10,13 @@ import gc
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,6 +33,8 @@ from worker import (
     build_config,
 )
 from worker.local import LocalStreamsServer
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _thread_names() -> set[str]:
@@ -139,11 +144,16 @@ def test_a_worker_needs_exactly_one_handler() -> None:
                        handler=Recorder())
 
 
-def test_the_public_names_come_from_one_place() -> None:
+def test_the_public_names_come_from_one_place_and_import_worker_stays_cheap() -> None:
     for name in worker.__all__:
         assert getattr(worker, name) is not None, name
     with pytest.raises(AttributeError):
         worker.Worker  # noqa: B018 (the runtime is private)
+    # The command imports worker too: boto3 and the runtime load only when the embedding API is used.
+    probe = ("import sys, worker; before = {'boto3', 'worker.runtime'} & set(sys.modules); "
+             "worker.EmbeddedWorker; print(sorted(before), 'worker.embedding' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert done.stdout.split() == ["[]", "True"]
 
 
 # -- start-up errors ----------------------------------------------------------------------------
@@ -210,6 +220,7 @@ def test_lifecycle_misuse_has_defined_answers() -> None:
         never.wait()
     never.stop()  # before start: returns at once, and the worker will never start
     never.stop()
+    never.wait()
     assert never.state == "stopped"
     with pytest.raises(RuntimeError, match="already stopped"):
         never.start()

@@ -97,7 +97,7 @@ class EmbeddedWorker:
         self.config = config
         self._handler_spec = handler
         self._configure_logging = configure_logging
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: request_stop() may run in a signal handler
         self._state = "new"
         self._worker: Worker | None = None
         self._thread: threading.Thread | None = None
@@ -117,8 +117,8 @@ class EmbeddedWorker:
     def state(self) -> str:
         """``new``, ``starting``, ``running``, ``stopping`` or ``stopped``."""
         with self._lock:
-            if self._state == "running" and self._stop_requested:
-                return "stopping"
+            if self._stop_requested and self._state in ("new", "running"):
+                return "stopped" if self._state == "new" else "stopping"
             return self._state
 
     @property
@@ -178,8 +178,8 @@ class EmbeddedWorker:
 
     def _claim_start(self) -> None:
         with self._lock:
-            if self._state != "new":
-                done = "stopped" if self._state == "stopped" else "started"
+            if self._state != "new" or self._stop_requested:
+                done = "started" if self._state in ("starting", "running") else "stopped"
                 raise RuntimeError(f"this worker was already {done}; a worker runs once: create a new EmbeddedWorker")
             self._state = "starting"
 
@@ -198,10 +198,6 @@ class EmbeddedWorker:
         with self._lock:
             self._stop_requested = True
             worker = self._worker
-            if self._state == "new":
-                self._state = "stopped"
-                self._up.set_result(None)
-                self._done.set_result(None)
         if worker is not None:
             worker.stop()
 
@@ -210,26 +206,36 @@ class EmbeddedWorker:
         thread it started ended, the handler closed) and after a failed start-up (``start()`` raised the
         error); raises :class:`~worker.errors.AbandonedHandlerCalls` or :class:`~worker.errors.WorkerFailed`
         after any other stop, and TimeoutError if it is still running after ``timeout_s`` seconds."""
-        if self.state == "new":
-            raise RuntimeError("the worker has not been started: nothing to wait for")
+        if self._never_started():
+            return
         self._done.result(timeout_s)
 
     def stop(self, timeout_s: float | None = None) -> None:
         """:meth:`request_stop`, then :meth:`wait`.  Stopping an already stopped worker returns (or raises)
         the same again; stopping one never started returns at once."""
         self.request_stop()
-        self._done.result(timeout_s)
+        self.wait(timeout_s)
 
     async def wait_async(self, timeout_s: float | None = None) -> None:
         """:meth:`wait` as an awaitable: the event loop keeps running meanwhile."""
-        if self.state == "new":
-            raise RuntimeError("the worker has not been started: nothing to wait for")
+        if self._never_started():
+            return
         await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self._done)), timeout_s)
 
     async def stop_async(self, timeout_s: float | None = None) -> None:
         """:meth:`stop` as an awaitable: the event loop keeps running while batches finish."""
         self.request_stop()
-        await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self._done)), timeout_s)
+        await self.wait_async(timeout_s)
+
+    def _never_started(self) -> bool:
+        """True for a worker stopped before it started (nothing to wait for); RuntimeError for one neither
+        started nor stopped (waiting would never end)."""
+        with self._lock:
+            if self._state != "new":
+                return False
+            if self._stop_requested:
+                return True
+        raise RuntimeError("the worker has not been started: nothing to wait for")
 
     # -- context managers ----------------------------------------------------------------------
 
