@@ -258,7 +258,8 @@ class EmbeddedWorker:
     # -- the worker's thread -------------------------------------------------------------------
 
     def _main(self, *, install_signal_handlers: bool = False) -> None:
-        """Start the worker, run it, and record how it ended in ``_up`` and ``_done`` (never raises)."""
+        """Start the worker, run it, and record how it ended in ``_up`` and ``_done``.  Raises nothing but
+        a KeyboardInterrupt or SystemExit that interrupted the foreground :meth:`run`."""
         try:
             worker = self._open()
         except BaseException as exc:  # the start-up error goes to start(): nothing is left running
@@ -328,9 +329,12 @@ class EmbeddedWorker:
         elif worker.failure is not None:
             outcome = WorkerFailed(f"the coordinator failed: {type(worker.failure).__name__}: {worker.failure}")
             outcome.__cause__ = worker.failure
-        elif code == EXIT_ABANDONED:
+        elif code == EXIT_ABANDONED and worker.stopped_on_hung_call:
             outcome = WorkerFailed("a handler call ran past handler_timeout_s (on_handler_timeout=exit); it "
-                                   "returned during the shutdown, and every lease was released")
+                                   "returned during the shutdown, so nothing is left running (its lease was "
+                                   "released, or expires within lease_ttl_s)")
+        # EXIT_ABANDONED otherwise: the calls running when the grace ran out returned before the end, so
+        # nothing is left running and the stop counts as clean (their leases expire; the log says so).
         if outcome is None:
             self._done.set_result(None)
         else:

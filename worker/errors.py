@@ -17,7 +17,7 @@
     FatalError
     └── WorkerStopError                 an embedded worker (worker.EmbeddedWorker) did not stop cleanly
         ├── AbandonedHandlerCalls       handler calls still running at the end: leases left to expire
-        └── WorkerFailed                it stopped without being asked (a hung call, a bug); __cause__
+        └── WorkerFailed                it stopped without being asked (a hung call, a bug): nothing left running
 
 Every class here also derives from :class:`StreamsError`, so ``except StreamsError`` catches
 all of them (and only them); ``except RetryableError`` / ``except FatalError`` keep working as for
@@ -183,9 +183,9 @@ class AbandonedHandlerCalls(WorkerStopError):
 
 
 class WorkerFailed(WorkerStopError):
-    """The worker stopped without being asked to, every lease released and nothing left running: a handler
-    call hung and then returned during the shutdown (``on_handler_timeout = exit``), or the coordinator
-    failed (a bug: the error is ``__cause__``)."""
+    """The worker stopped without being asked to, with nothing left running: a handler call hung and then
+    returned during the shutdown (``on_handler_timeout = exit``), or the coordinator failed (a bug: the
+    error is ``__cause__``; the shutdown was the graceful one)."""
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
