@@ -139,6 +139,8 @@ def test_a_worker_needs_exactly_one_handler() -> None:
     config = build_config(table="Orders")
     with pytest.raises(ConfigError, match=r"^handler \(--handler / SHARDLEASE_HANDLER\): no handler given"):
         EmbeddedWorker(config)
+    with pytest.raises(ConfigError, match=r"a function is not an import path; pass the handler object itself"):
+        build_config(table="Orders", handler=Recorder().handle.__func__)
     with pytest.raises(ConfigError, match="given both"):
         EmbeddedWorker(build_config(table="Orders", handler="tests.e2e.recording_handler:handle"),
                        handler=Recorder())
@@ -256,6 +258,26 @@ def test_start_consume_stop_leaves_no_thread_and_no_signal_handler(
     [lease] = LeaseStore(connect(redis_url), group).leases()
     assert not lease.owner  # handed back on the clean stop
     assert embedded.metrics_registry.get_sample_value("shardlease_records_processed_total") == len(written)
+
+
+async def _consume_in_async_with(embedded: EmbeddedWorker, recorder: Recorder, written: list[str]) -> None:
+    async with embedded:
+        assert embedded.running
+        while not set(written) <= set(recorder.seen):
+            await asyncio.sleep(0.02)
+
+
+def test_async_with_starts_and_stops_without_blocking_the_loop_or_leaving_a_thread(
+    stream: tuple[LocalStreamsServer, Any], redis_url: str, group: str
+) -> None:
+    server, table = stream
+    written = [str(table.put_item({"pk": f"k{n}", "n": n})) for n in range(10)]
+    before = _thread_names()
+    recorder = Recorder()
+    embedded = EmbeddedWorker(_config(server, table, redis_url, group), handler=recorder)
+    asyncio.run(_consume_in_async_with(embedded, recorder, written))
+    assert embedded.state == "stopped" and recorder.closed
+    assert _no_thread_left(before), _thread_names() - before
 
 
 def test_a_hung_call_at_stop_is_abandoned_and_reported_with_its_shard(

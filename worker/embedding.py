@@ -63,6 +63,11 @@ def build_config(*, environ: Mapping[str, str] | None = None, **settings: Any) -
     naming the setting and the fix.  Settings not given take the command's defaults, except
     ``metrics_port`` (off: see :data:`EMBEDDED_DEFAULTS`); pass ``environ=os.environ`` to let
     ``SHARDLEASE_*`` variables fill the settings not given."""
+    handler = settings.get("handler")
+    if handler is not None and not isinstance(handler, str):
+        raise SETTINGS_BY_NAME["handler"].error(
+            f"a {type(handler).__name__} is not an import path",
+            "pass the handler object itself as EmbeddedWorker(config, handler=...), or 'package.module:attr' here")
     return build_run_config(settings, environ=environ, defaults=EMBEDDED_DEFAULTS)
 
 
