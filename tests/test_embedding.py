@@ -267,7 +267,7 @@ async def _consume_in_async_with(embedded: EmbeddedWorker, recorder: Recorder, w
             await asyncio.sleep(0.02)
 
 
-def test_async_with_starts_and_stops_without_blocking_the_loop_or_leaving_a_thread(
+def test_async_with_starts_consumes_and_stops_leaving_no_thread(
     stream: tuple[LocalStreamsServer, Any], redis_url: str, group: str
 ) -> None:
     server, table = stream
