@@ -3,7 +3,8 @@
 :data:`RUN_SETTINGS` is the single source for the command-line options
 (:func:`add_run_arguments`), their ``SHARDLEASE_*`` environment variables
 (:func:`env_names`), the README's configuration table (:func:`markdown_table`)
-and the validated, frozen :class:`RunConfig` (:func:`load_run_config`).
+and the validated, frozen :class:`RunConfig` (:func:`load_run_config` from flags and
+variables, :func:`build_run_config` from Python values: the embedding API's ``worker.build_config``).
 
 Precedence: a command-line flag, else its environment variable, else the
 default.  An empty value (``--table ''`` or ``SHARDLEASE_TABLE=``) counts as not
@@ -18,12 +19,14 @@ of the same name in :class:`RunConfig` (a test checks they match).
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 import os
 import re
 import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -686,3 +689,54 @@ def load_settings(
     if {"redis_url", "redis_ca_file", "redis_cert_file", "redis_key_file"} <= values.keys():
         _check_tls(values)
     return values
+
+
+def _python_value_text(setting: Setting, value: Any) -> str:
+    """The text a Python value stands for, for its setting's parser: ``True`` -> ``"true"``,
+    ``timedelta(seconds=3)`` -> ``"3.0"`` (durations only), anything else ``str(value)``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, timedelta) and setting.name.endswith("_s"):
+        return str(value.total_seconds())
+    return str(value)
+
+
+def build_run_config(
+    settings: Mapping[str, Any],
+    *,
+    environ: Mapping[str, str] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+    source: str = "keyword argument",
+) -> RunConfig:
+    """A validated :class:`RunConfig` from Python values keyed by setting name (``batch_size=10``,
+    ``lease_ttl_s=3.0``, ``bisect_on_error=True``; a duration may be a ``timedelta``).
+
+    Each value goes through its setting's parser, exactly as its flag's text does, so a bad one raises the
+    same one-line :class:`~leaser.errors.ConfigError` naming the setting and the fix; ``None`` counts as
+    not given.  A setting not given comes from ``environ``'s ``SHARDLEASE_*`` variable (only when
+    ``environ`` is passed, e.g. ``os.environ``), else from ``defaults``, else from the table.  A stream
+    (``stream_arn`` or ``table``) is required; ``handler`` is not (a handler object may come separately).
+    """
+    unknown = sorted(set(settings) - SETTINGS_BY_NAME.keys())
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(SETTINGS_BY_NAME), n=1, cutoff=0.6)
+        raise ConfigError(
+            unknown[0], "no such setting",
+            (f"did you mean {close[0]}? " if close else "")
+            + "the settings are the names in the README's configuration tables (worker.config.RUN_SETTINGS)",
+        )
+    values: dict[str, Any] = {}
+    for setting in RUN_SETTINGS:
+        given = settings.get(setting.name)
+        if given is not None:
+            values[setting.name] = _parse_setting(setting, _python_value_text(setting, given), source)
+            continue
+        text, origin = _raw_value(setting, None, environ if environ is not None else {})
+        if text is not None:
+            values[setting.name] = _parse_setting(setting, text, origin)
+        elif defaults is not None and setting.name in defaults:
+            values[setting.name] = defaults[setting.name]
+        else:
+            values[setting.name] = setting.default_value()
+    _check_relations(values, require_stream=True)
+    return RunConfig(**values)

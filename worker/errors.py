@@ -14,6 +14,11 @@
         ├── InvalidRequest              ValidationException, bad parameters, unknown 4xx codes
         └── AccessDenied                AccessDeniedException, bad or missing credentials/signature
 
+    FatalError
+    └── WorkerStopError                 an embedded worker (worker.EmbeddedWorker) did not stop cleanly
+        ├── AbandonedHandlerCalls       handler calls still running at the end: leases left to expire
+        └── WorkerFailed                it stopped without being asked (a hung call, a bug): nothing left running
+
 Every class here also derives from :class:`StreamsError`, so ``except StreamsError`` catches
 all of them (and only them); ``except RetryableError`` / ``except FatalError`` keep working as for
 the leaser's errors.  botocore's ``ClientError`` and ``BotoCoreError`` are translated at the
@@ -25,6 +30,7 @@ from __future__ import annotations
 from leaser.errors import FatalError, RetryableError, ShardleaseError
 
 __all__ = [
+    "AbandonedHandlerCalls",
     "AccessDenied",
     "ExpiredIterator",
     "InvalidRequest",
@@ -35,6 +41,8 @@ __all__ = [
     "StreamThrottled",
     "StreamsError",
     "TrimmedData",
+    "WorkerFailed",
+    "WorkerStopError",
 ]
 
 
@@ -142,3 +150,43 @@ class InvalidRequest(StreamsError, FatalError):
 
 class AccessDenied(StreamsError, FatalError):
     """Not allowed: AccessDeniedException, unknown or missing credentials, bad signature."""
+
+
+class WorkerStopError(FatalError):
+    """An embedded worker did not stop cleanly: raised by ``EmbeddedWorker.wait()`` and ``stop()`` (and
+    their async forms) each time they are called after such a stop."""
+
+
+class AbandonedHandlerCalls(WorkerStopError):
+    """The worker stopped with handler calls still running (hung past ``handler_timeout_s``, or past
+    ``shutdown_grace_s``); Python cannot stop them.
+
+    ``shards``: the shards of those calls.  Their leases were NOT released: they expire
+    ``lease_ttl_s`` after the last renewal, then another worker re-reads their batches from the last
+    checkpoint.  ``handler.close()`` was not called and the calls' threads still run in this process.
+    The ``shardlease run`` command exits at once here (code 3), so a call can never overlap the next
+    owner's; an embedding host that wants that guarantee exits too (``os._exit(err.exit_code)``).
+    ``hung``: the worker stopped on its own because a call hung (``on_handler_timeout = exit``).
+    """
+
+    exit_code = 3
+
+    def __init__(self, shards: frozenset[str], *, hung: bool, lease_ttl_s: float) -> None:
+        self.shards = shards
+        self.hung = hung
+        why = "a handler call hung (on_handler_timeout=exit)" if hung else "the shutdown grace ran out"
+        super().__init__(
+            f"the worker stopped because {why} with handler calls still running on {', '.join(sorted(shards))}: "
+            f"their leases are not released and expire within {lease_ttl_s:g} s; exit the process (code "
+            f"{self.exit_code}) so the calls cannot overlap the next owner's"
+        )
+
+
+class WorkerFailed(WorkerStopError):
+    """The worker stopped without being asked to, with nothing left running: a handler call hung and then
+    returned during the shutdown (``on_handler_timeout = exit``), or the coordinator failed (a bug: the
+    error is ``__cause__``; the shutdown was the graceful one)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"the worker stopped on its own: {reason}")

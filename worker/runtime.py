@@ -81,6 +81,10 @@ GRANT_POLL_S = 0.2
 """Seconds between polls for handed-over leases while this worker waits for a handoff."""
 LANE_THREADS = 32
 """Threads that run the extra lanes of batches when --parallelization-factor is above 1."""
+THREAD_JOIN_S = 5.0
+"""Seconds a stopping worker waits for each of its own threads (wake-up listener, leader) to end."""
+WAKE_LISTEN_S = 0.25
+"""Seconds the wake-up listener blocks on Redis at a time: how soon it notices that the worker stops."""
 EXIT_ABANDONED = 3
 """Exit code when the worker stops with a handler call still running (hung, or past the shutdown grace):
 its lease was left to expire, and the process must exit at once (the call cannot be cancelled)."""
@@ -96,6 +100,14 @@ def redis_timeout_s(lease_ttl_s: float) -> float:
 class Resolved:
     stream_arn: str
     redis_shown: str
+
+
+def _close_quietly(what: str, close: Callable[[], Any]) -> None:
+    """``close()``, logging (not raising) its error: used while another error is on its way up."""
+    try:
+        close()
+    except Exception:
+        log.exception("closing %s failed", what)
 
 
 def _retrying(call: Callable[[], Any], what: str) -> Any:
@@ -160,16 +172,33 @@ class Worker:
         handler: Handler | None = None,
         streams: StreamsClient | None = None,
     ) -> None:
+        """Load the handler (unless given), connect to AWS and Redis, resolve the stream: the start-up
+        errors (ConfigError, RetryableError once the start-up retries are spent, ...) are raised here.
+        The worker owns ``handler`` from here on: it is closed when the worker stops, or here on an error."""
+        self._given_streams = streams
         self.config = config
-        self.handler = handler or load_handler(config.handler or "")
+        # What start-up opened is closed again if a later step fails (Redis unreachable, no stream, a bad
+        # filter, ...), so a caller that retries (the embedding API) leaks no thread, client or handler.
+        with contextlib.ExitStack() as undo:
+            self.handler = handler or load_handler(config.handler or "")
+            undo.callback(_close_quietly, "the handler", self.handler.close)
+            self._open(undo)
+            undo.pop_all()
+
+    def _open(self, undo: contextlib.ExitStack) -> None:
+        """Connect to AWS and Redis, resolve the stream and set up everything :meth:`run` needs; each
+        resource that needs closing is pushed on ``undo``."""
+        config = self.config
         # boto3 reads AWS_DEFAULT_REGION; AWS_REGION (what Lambda and newer SDKs set) is honoured too.
         region = config.region or os.environ.get("AWS_REGION") or None
-        self.streams = streams or StreamsClient(region_name=region, endpoint_url=config.endpoint_url)
+        self.streams = self._given_streams or StreamsClient(region_name=region, endpoint_url=config.endpoint_url)
+        undo.callback(self.streams.close)
         self.client, self.redis_shown = open_redis(
             config.redis_url, data_dir=config.data_dir, ca_file=config.redis_ca_file,
             cert_file=config.redis_cert_file, key_file=config.redis_key_file,
             socket_timeout_s=redis_timeout_s(config.lease_ttl_s),
         )
+        undo.callback(self.client.close)
         self.stream_arn = resolve_stream(self.streams, config)
         lease_config = LeaseConfig(
             lease_ttl_s=config.lease_ttl_s,
@@ -183,6 +212,7 @@ class Worker:
         self.health = HealthState()
         self.discovery = ShardDiscovery(self.streams, self.store, self.stream_arn, self.metrics)
         self.scheduler = Scheduler()
+        undo.callback(self.scheduler.close, wait=True)
         self.deliveries = build_deliveries(config, self.handler, self.stream_arn, region, self.client, self.metrics)
         self.settings = ConsumerSettings(
             stream_arn=self.stream_arn,
@@ -204,6 +234,11 @@ class Worker:
         self._hung: set[ShardConsumer] = set()
         """Consumers whose handler call passed handler_timeout_s (reported once each)."""
         self._hung_exit = False
+        self._wake_listener: threading.Thread | None = None
+        self.failure: BaseException | None = None
+        """The error that stopped the coordinator, when one did (a bug): the stop is then not a requested one."""
+        self.abandoned: frozenset[str] = frozenset()
+        """Shards whose handler call was still running when :meth:`run` returned (their leases not released)."""
         self._repaired = 0
         self._reported: dict[str, str] = {}
         self._reported_at = 0.0
@@ -228,41 +263,69 @@ class Worker:
         self._stopping.set()
         self._wake.set()
 
+    @property
+    def stopped_on_hung_call(self) -> bool:
+        """True once a handler call past handler_timeout_s made the worker stop (on_handler_timeout=exit)."""
+        return self._hung_exit
+
     # -- the main loop -------------------------------------------------------------------------
 
-    def run(self) -> int:
+    def run(self, on_started: Callable[[], None] | None = None) -> int:
+        """Coordinate until :meth:`stop` (or a signal, a hung handler with on_handler_timeout=exit, a bug in
+        the coordinator: then :attr:`failure` is set); returns 0, or :data:`EXIT_ABANDONED` with the shards
+        whose calls still run in :attr:`abandoned`.  ``on_started`` is called once the metrics server (a
+        taken port raises ConfigError before it) and the wake-up listener are up.  Everything the worker
+        started is stopped and joined before it returns, except what waits on an abandoned call."""
         cfg = self.config
-        self._http = start_health_server(cfg.metrics_host, cfg.metrics_port, self.metrics, self.health,
-                                         renew_interval_s=cfg.renew_interval_s)
-        self._report_meta = {REPORT_METRICS: advertised_address(self._http), REPORT_VERSION: __version__}
-        log.info("shardlease %s: worker %s joining group %r on %s; stream %s; handler %s; metrics on %s",
-                 __version__, cfg.worker_id, cfg.group, self.redis_shown, self.stream_arn, self.handler.name,
-                 self._report_meta[REPORT_METRICS])
-        wake_listener = threading.Thread(target=self._listen_for_wakeups, name="wake", daemon=True)
-        wake_listener.start()
         try:
+            self._http = start_health_server(cfg.metrics_host, cfg.metrics_port, self.metrics, self.health,
+                                             renew_interval_s=cfg.renew_interval_s)
+            self._report_meta = {REPORT_METRICS: advertised_address(self._http), REPORT_VERSION: __version__}
+            log.info("shardlease %s: worker %s joining group %r on %s; stream %s; handler %s; metrics on %s",
+                     __version__, cfg.worker_id, cfg.group, self.redis_shown, self.stream_arn, self.handler.name,
+                     self._report_meta[REPORT_METRICS])
+            self._wake_listener = threading.Thread(target=self._listen_for_wakeups, name="wake", daemon=True)
+            self._wake_listener.start()
+            if on_started is not None:
+                on_started()
             try:
                 while not self._stopping.is_set():
                     self._heartbeat()
                     self._watch_handlers()
                     self._wait_until_next_tick()
-            except Exception:
+            except Exception as exc:
                 # A bug in the coordinator: stop the way a SIGTERM does (batches finish, leases go back,
                 # calls still running keep their leases and the process exits hard).
                 log.exception("the coordinator failed; shutting down")
+                self.failure = exc
                 self._stopping.set()
             return self._shutdown()
         finally:
-            if self._http is not None:
-                self._http.stop()
-            in_flight = self.scheduler.in_flight()
-            self.scheduler.close()
-            if in_flight:
-                log.error("handler.close() not called: a handler call is still running on %s",
-                          ", ".join(sorted(in_flight)))
-            else:
-                self.handler.close()
-            self.streams.close()
+            self._close()
+
+    def _close(self) -> None:
+        """Stop and join the worker's threads, close the handler and the clients.  A handler call still
+        running (hung, or past the grace) cannot be stopped: then nothing that would wait for it is waited
+        for, and ``handler.close()`` is not called (it would race the call)."""
+        self._stopping.set()
+        if self._http is not None:
+            self._http.stop()
+        in_flight = self.scheduler.close(wait=True)
+        self.abandoned = frozenset(in_flight)
+        if self.deliveries.executor is not None:
+            self.deliveries.executor.shutdown(wait=not in_flight, cancel_futures=True)
+        for thread in (self._wake_listener, self._leader_thread):
+            if thread is not None:
+                thread.join(THREAD_JOIN_S)
+                if thread.is_alive():
+                    log.warning("the %s thread did not stop within %.0f s", thread.name, THREAD_JOIN_S)
+        if in_flight:
+            log.error("handler.close() not called: a handler call is still running on %s",
+                      ", ".join(sorted(in_flight)))
+        else:
+            self.handler.close()
+        self.streams.close()
+        self.client.close()
 
     def _heartbeat(self) -> TickResult | None:
         try:
@@ -471,7 +534,7 @@ class Worker:
             try:
                 pubsub.subscribe(self.store.keys.wake_channel)
                 while not self._stopping.is_set():
-                    if pubsub.get_message(timeout=1.0) is not None:
+                    if pubsub.get_message(timeout=WAKE_LISTEN_S) is not None:
                         self._wake.set()
             except (redis.RedisError, redis.exceptions.RedisClusterException):
                 self._stopping.wait(1.0)

@@ -103,11 +103,18 @@ class Scheduler:
                 self._cv.wait(min(left, 0.1))
         return True
 
-    def close(self) -> None:
+    def close(self, *, wait: bool = False) -> set[str]:
+        """Stop dispatching (steps not started yet are dropped); returns the shards whose step is still
+        running.  ``wait``: join the dispatcher, and the pool's threads unless a step is still running (a
+        hung handler call would block for ever)."""
         with self._cv:
             self._closed = True
             self._cv.notify_all()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if wait:
+            self._dispatcher.join()
+        running = self.in_flight()
+        self._pool.shutdown(wait=wait and not running, cancel_futures=True)
+        return running
 
     # -- the dispatcher ----------------------------------------------------------------------
 
