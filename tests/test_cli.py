@@ -109,6 +109,35 @@ def test_unknown_stream(
     assert "does not exist" in err
 
 
+def test_a_coordinator_that_fails_exits_1_after_a_clean_shutdown(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, redis_url: str, group: str,
+    stream: tuple[str, str, LocalStreamsServer],
+) -> None:
+    """A bug in the coordinator stops the worker the way SIGTERM does, but the exit code says it was not asked to
+    (it exited 0 before: a supervisor would not restart it, or an operator would not notice)."""
+    from worker.runtime import Worker
+
+    endpoint, arn, _ = stream
+    ticks = 0
+
+    def heartbeat_failing_on_the_second_tick(self: Worker) -> object:
+        nonlocal ticks
+        ticks += 1
+        if ticks == 2:
+            raise RuntimeError("a bug in the coordinator")
+        return heartbeat(self)
+
+    heartbeat = Worker._heartbeat
+    monkeypatch.setattr(Worker, "_heartbeat", heartbeat_failing_on_the_second_tick)
+    monkeypatch.setattr(Worker, "install_signal_handlers", lambda self: None)
+    code = main(["run", "--stream-arn", arn, "--endpoint-url", endpoint, "--redis-url", redis_url, "--group", group,
+                 "--metrics-port", "0", "--handler", HANDLER, "--renew-interval", "0.2", "--lease-ttl", "2"])
+    assert code == 1
+    assert "the coordinator failed; shutting down" in caplog.text
+    held = [lease for lease in LeaseStore(connect(redis_url), group).leases() if lease.owner]
+    assert held == []  # the leases went back, as on a SIGTERM
+
+
 def test_unknown_flag_exits_2_as_a_process() -> None:
     proc = subprocess.run([sys.executable, "-m", "worker", "run", "--no-such-flag"], capture_output=True, text=True,
                           cwd=ROOT, timeout=60)

@@ -246,6 +246,10 @@ def _run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+    if code == EXIT_OK and worker.failure is not None:
+        # The coordinator stopped on a bug (logged with its traceback); the shutdown itself went cleanly,
+        # but a supervisor must see that the worker did not stop because it was asked to.
+        return EXIT_FATAL
     return code
 
 
