@@ -200,6 +200,7 @@ class BatchDelivery:
         batch = [self.records[i] for i in unit.indexes]
         if guard() is not None:
             return None
+        self.metrics.batch_size(len(batch))
         call = self.calls.running()
         try:
             with call:
@@ -279,6 +280,7 @@ class BatchDelivery:
         try:
             entry_id = self.destination.send(entry)
         except Exception as exc:
+            self.metrics.destination_error()
             log.warning("could not send %d failed records to the on-failure destination (%s); retrying",
                         len(records), exc, extra={"shard_id": self.failure.shard_id})
             unit.not_before = time.monotonic() + self.backoff(unit.attempts)
