@@ -22,12 +22,10 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
-
-from collections.abc import Iterable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -377,7 +375,7 @@ class Metrics:
     # -- exposition --------------------------------------------------------
     def render(self) -> bytes:
         """The registry in the Prometheus text format."""
-        return bytes(generate_latest(_WithoutCreated(self.registry)))  # type: ignore[arg-type]
+        return bytes(generate_latest(_WithoutCreated(self.registry)))
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float | None:
         """A sample's current value (for tests and the demo), e.g. ``value("shardlease_leases_held")``."""

@@ -134,7 +134,9 @@ def instrument(client: redis.Redis | redis.cluster.RedisCluster, metrics: Metric
     if getattr(client, "_shardlease_instrumented", False):
         return
     labels = _Labels()
-    execute, register_script, pipeline = client.execute_command, client.register_script, client.pipeline
+    execute: Callable[..., Any] = client.execute_command
+    register_script: Callable[[Any], Any] = client.register_script
+    pipeline: Callable[..., Any] = client.pipeline
 
     @functools.wraps(execute)
     def execute_command(*args: Any, **options: Any) -> Any:
