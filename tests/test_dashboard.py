@@ -37,6 +37,7 @@ def _exercised() -> Metrics:
     m.lease_gained("handoff")
     m.lease_lost("handoff")
     m.shards_unowned(0)
+    m.shards_blocked(0)
     m.is_leader(True)
     m.getrecords_call(0.02)
     m.throttle("GetRecords")
@@ -113,6 +114,7 @@ def test_the_dashboard_has_the_panels_operators_look_for() -> None:
         "Redis errors": "shardlease_redis_command_errors_total",
         "Heartbeat duration": "shardlease_heartbeat_duration_seconds_bucket",
         "Stuck shards by state": "shardlease_shards_stuck",
+        "Unowned and blocked shards, leader": "shardlease_shards_blocked",
         "Iterator age of the 20 oldest shards": "shardlease_shard_iterator_age_seconds",
     }
     for title, metric in wanted.items():

@@ -242,6 +242,7 @@ def test_new_metrics_and_no_created_series() -> None:
     m.batch_size(1)
     m.batch_size(100)
     m.destination_error()
+    m.shards_blocked(4)
     assert m.timed_heartbeat(lambda: 7) == 7
     def failing_tick() -> None:
         raise RuntimeError("redis down")
@@ -256,6 +257,7 @@ def test_new_metrics_and_no_created_series() -> None:
     assert v("shardlease_batch_size_count") == 2 and v("shardlease_batch_size_sum") == 101
     assert v("shardlease_batch_size_bucket", {"le": "1.0"}) == 1
     assert v("shardlease_destination_errors_total") == 1
+    assert v("shardlease_shards_blocked") == 4
     assert v("shardlease_heartbeat_duration_seconds_count") == 2  # the one that raised too
     assert v("shardlease_redis_command_duration_seconds_count", {"command": "script:heartbeat"}) == 2
     assert v("shardlease_redis_command_duration_seconds_bucket", {"command": "script:heartbeat", "le": "0.0025"}) == 1

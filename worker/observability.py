@@ -238,6 +238,10 @@ class Metrics:
         )
         self._describe_stream = counter("shardlease_describe_stream_calls", "DescribeStream calls made.")
         self._unowned = gauge("shardlease_shards_unowned", "Ready shards that no worker holds (leader).")
+        self._blocked = gauge(
+            "shardlease_shards_blocked",
+            "Registered shards waiting for a parent shard to be read to its end (leader, after each shard sync).",
+        )
         self._is_leader = gauge("shardlease_is_leader", "1 if this worker is the group's leader, else 0.")
         self._info = Info("shardlease_worker", "This worker's identity.", registry=r)
         self._info.info({"worker_id": worker_id, "group": group, "version": version or __version__})
@@ -334,6 +338,9 @@ class Metrics:
 
     def shards_unowned(self, n: int) -> None:
         self._unowned.set(n)
+
+    def shards_blocked(self, n: int) -> None:
+        self._blocked.set(n)
 
     def is_leader(self, leader: bool) -> None:
         self._is_leader.set(1 if leader else 0)
