@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import socket
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
 import pytest
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, generate_latest
 
 from leaser.errors import ConfigError
 from worker.observability import LEASE_REASONS, THROTTLED_APIS, HealthServer, HealthState, Metrics
@@ -234,3 +235,56 @@ def test_default_metrics_port_falls_back_when_taken(caplog: pytest.LogCaptureFix
     finally:
         for sock in held:
             sock.close()
+
+
+def test_new_metrics_and_no_created_series() -> None:
+    m = Metrics("w-1", "g")
+    m.batch_size(1)
+    m.batch_size(100)
+    m.destination_error()
+    m.shards_blocked(4)
+    assert m.timed_heartbeat(lambda: 7) == 7
+    def failing_tick() -> None:
+        raise RuntimeError("redis down")
+
+    with pytest.raises(RuntimeError):
+        m.timed_heartbeat(failing_tick)
+    m.redis_command("script:heartbeat", 0.002)
+    m.redis_command("script:heartbeat", 5.0, "timeout")
+    with pytest.raises(ValueError, match="unknown redis error 'shardId-1'"):
+        m.redis_command("ping", 0.001, "shardId-1")
+    v = m.value
+    assert v("shardlease_batch_size_count") == 2 and v("shardlease_batch_size_sum") == 101
+    assert v("shardlease_batch_size_bucket", {"le": "1.0"}) == 1
+    assert v("shardlease_destination_errors_total") == 1
+    assert v("shardlease_shards_blocked") == 4
+    assert v("shardlease_heartbeat_duration_seconds_count") == 2  # the one that raised too
+    assert v("shardlease_redis_command_duration_seconds_count", {"command": "script:heartbeat"}) == 2
+    assert v("shardlease_redis_command_duration_seconds_bucket", {"command": "script:heartbeat", "le": "0.0025"}) == 1
+    assert v("shardlease_redis_command_errors_total", {"command": "script:heartbeat", "error": "timeout"}) == 1
+    assert v("shardlease_shards_stuck", {"state": "retrying"}) == 0
+    text = m.render().decode()
+    assert "_created" not in text  # prometheus_client's creation timestamps: not exposed
+    assert "# TYPE shardlease_batch_size histogram" in text and "shardlease_records_processed_total 0.0" in text
+    own = CollectorRegistry()  # a host application's registry keeps its _created series
+    Counter("host_requests", "A host application's counter.", registry=own).inc()
+    assert b"host_requests_created" in generate_latest(own)
+
+
+def test_per_shard_iterator_age_is_opt_in() -> None:
+    off = Metrics("w-1", "g")
+    off.iterator_age("shardId-1", 4.0)
+    assert "shard_id" not in off.render().decode()
+
+    m = Metrics("w-1", "g", per_shard=True)
+    assert "shardlease_shard_iterator_age_seconds{" not in m.render().decode()  # no shard held: no series
+    m.iterator_age("shardId-1", 4.0)
+    m.iterator_age("shardId-2", 1.0)
+    m.pending_since("shardId-2", time.time() - 30)  # a batch of shard 2 has waited about 30 s
+    age_of = lambda shard: m.value("shardlease_shard_iterator_age_seconds", {"shard_id": shard})  # noqa: E731
+    assert age_of("shardId-1") == 4.0
+    assert 29 <= (age_of("shardId-2") or 0) < 60
+    assert m.value("shardlease_iterator_age_seconds") == pytest.approx(age_of("shardId-2"), abs=1)
+    m.forget_shard("shardId-1")
+    assert age_of("shardId-1") is None
+    assert 'shardlease_shard_iterator_age_seconds{shard_id="shardId-2"}' in m.render().decode()

@@ -397,6 +397,10 @@ RUN_SETTINGS: tuple[Setting, ...] = (
        default_doc=f"{DEFAULT_METRICS_PORT} (or the next free)", group="observability"),
     _s("metrics_host", "--metrics-host", parse_nonempty, "0.0.0.0",
        "Address the metrics/health HTTP server listens on.", metavar="HOST", group="observability"),
+    _s("per_shard_metrics", "--per-shard-metrics", parse_bool, False,
+       "Also export each held shard's iterator age (shardlease_shard_iterator_age_seconds{shard_id}): one "
+       "series per shard, and shard ids change at every split, so only for fleets of up to a few hundred "
+       "shards.", group="observability"),
     _s("log_format", "--log-format", _choice("text", "json", upper=False), "text",
        "Log line format: text (one readable line) or json (one JSON object per line).", metavar="FORMAT",
        group="observability"),
@@ -461,6 +465,7 @@ class RunConfig:
     worker_id: str = field(default_factory=default_worker_id)
     metrics_port: int | None = None
     metrics_host: str = "0.0.0.0"
+    per_shard_metrics: bool = False
     log_format: str = "text"
     log_level: str = "INFO"
     idle_poll_interval_s: float = 1.0

@@ -106,6 +106,8 @@ class ShardConsumer:
         """Last sequence number checkpointed ('' = none: start at the initial position)."""
         self._iterator: str | None = None
         self._gathered: list[Record] = []
+        self._read_spans: list[Any] = []
+        """Contexts of the traced GetRecords calls that read records into the next batch (see worker.tracing)."""
         self._gather_started = 0.0
         self._delivery: BatchDelivery | None = None
         self._delivered_prefix = 0
@@ -244,8 +246,8 @@ class ShardConsumer:
             if wait is not None:
                 return wait
             if self._gathered:
-                self._delivery = self._deliveries.new(self._gathered, self.ctx, self.calls)
-                self._gathered = []
+                self._delivery = self._deliveries.new(self._gathered, self.ctx, self.calls, self._read_spans)
+                self._gathered, self._read_spans = [], []
                 self._delivered_prefix = 0
             elif self._at_end:
                 self._end_shard()
@@ -330,7 +332,13 @@ class ShardConsumer:
         if self._iterator is None:
             self._iterator = self._new_iterator()
         started = time.monotonic()
-        page = self._streams.get_records(self._iterator, limit, shard_id=self.shard_id)
+        iterator, tracing = self._iterator, self._deliveries.tracing
+        if tracing is None:
+            page = self._streams.get_records(iterator, limit, shard_id=self.shard_id)
+        else:
+            page = tracing.get_records(
+                self.shard_id, lambda: self._streams.get_records(iterator, limit, shard_id=self.shard_id),
+                self._read_spans)
         self._metrics.getrecords_call(time.monotonic() - started)
         self._iterator = page.next_iterator
         self._at_end = page.next_iterator is None

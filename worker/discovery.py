@@ -21,7 +21,7 @@ import time
 
 import tenacity
 
-from leaser import LeaseStore, ShardSpec
+from leaser import LeaseState, LeaseStore, ShardSpec
 from worker.errors import StreamServerError, StreamThrottled
 from worker.observability import Metrics
 from worker.reading.streams import Shard, StreamPage, StreamsClient
@@ -126,7 +126,17 @@ class ShardDiscovery:
             if new:
                 log.info("registered %d new shards (%s listing, %d listed)", new, "full" if full else "incremental",
                          len(shards))
+            self._count_blocked()
             return new
+
+    def _count_blocked(self) -> None:
+        """Set the blocked-shards gauge: one read of every lease (O(shards), by the leader once per sync)."""
+        try:
+            blocked = sum(1 for lease in self._store.leases() if lease.state is LeaseState.BLOCKED)
+        except Exception as exc:  # only a metric: never fails the sync (Redis trouble shows in other ways)
+            log.debug("could not count the blocked shards: %s", exc)
+            return
+        self._metrics.shards_blocked(blocked)
 
     def _list_page(self, cursor: str | None) -> StreamPage:
         self._pace()

@@ -2,8 +2,12 @@
 
 :class:`Metrics` owns a private registry (never prometheus_client's global one,
 so several workers in one process, as in tests and the demo, do not collide).
-No metric has a per-shard label: a fleet's series count does not grow with its
-shard count.  Label values come from fixed sets and are checked.
+No metric has a per-shard label by default: a fleet's series count does not grow with
+its shard count (``--per-shard-metrics`` adds one gauge per held shard, for small
+fleets).  Label values come from fixed sets and are checked.  The ``_created``
+series prometheus_client adds to counters and histograms are not exposed (they
+double the series count and no dashboard uses them); this is done on this
+registry's exposition only, so a host application embedding a worker keeps its own.
 
 :class:`HealthServer` serves::
 
@@ -18,10 +22,10 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -32,11 +36,15 @@ from prometheus_client import (
     Info,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 
 from leaser._version import __version__
 from leaser.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 LEASE_REASONS: tuple[str, ...] = (
     "acquired_free",  # gained: the shard had no owner
@@ -65,6 +73,20 @@ FAILURE_REASONS = ("retries_exhausted", "record_too_old")
 
 GETRECORDS_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 HANDLER_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
+BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+"""Records per handler call (``--batch-size`` is at most 10000)."""
+REDIS_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
+"""Redis round trips and heartbeats: about a millisecond on a nearby Redis, bounded by the socket timeout
+(<= 5 s).  Few buckets: the Redis histogram has 13 series per command label a worker uses (15 to 25)."""
+
+REDIS_ERRORS: tuple[str, ...] = (
+    "connection",  # the connection failed or was lost
+    "timeout",  # no reply within the socket timeout
+    "cluster",  # a Redis Cluster redirection, failover or slot not covered
+    "response",  # Redis answered with an error (NOSCRIPT, OOM, BUSY, READONLY, NOPERM, ...)
+    "other",  # anything else the client raised
+)
+"""Allowed ``error`` labels of ``shardlease_redis_command_errors_total``."""
 
 STUCK_STATES: tuple[str, ...] = (
     "retrying",  # the handler keeps failing on a batch (retried under the failure policy)
@@ -82,10 +104,53 @@ def _check(label: str, value: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
-class Metrics:
-    """This worker's metrics.  Every method is thread-safe and cheap."""
+class _WithoutCreated:
+    """A registry's exposition without the ``<name>_created`` samples of its counters and histograms."""
 
-    def __init__(self, worker_id: str, group: str, *, version: str | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        for metric in self._registry.collect():
+            created = f"{metric.name}_created"
+            metric.samples = [sample for sample in metric.samples if sample.name != created]
+            yield metric
+
+
+class _PerShardAge:
+    """``shardlease_shard_iterator_age_seconds{shard_id}``: each held shard's iterator age, computed at
+    scrape time; a shard no longer held has no series (``--per-shard-metrics`` only)."""
+
+    def __init__(self, ages: Callable[[], dict[str, float]]) -> None:
+        self._ages = ages
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._family()]
+
+    def collect(self) -> Iterable[Metric]:
+        family = self._family()
+        for shard_id, age in sorted(self._ages().items()):
+            family.add_metric([shard_id], age)
+        return [family]
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "shardlease_shard_iterator_age_seconds",
+            "As shardlease_iterator_age_seconds, for each shard this worker holds (--per-shard-metrics: one "
+            "series per shard).",
+            labels=["shard_id"],
+        )
+
+
+class Metrics:
+    """This worker's metrics.  Every method is thread-safe and cheap.
+
+    ``per_shard``: also export each held shard's iterator age with a ``shard_id`` label
+    (``--per-shard-metrics``): one series per shard, for fleets of a few hundred shards at most.
+    """
+
+    def __init__(self, worker_id: str, group: str, *, version: str | None = None, per_shard: bool = False) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
 
@@ -125,6 +190,35 @@ class Metrics:
             ("state",),
             registry=r,
         )
+        self._batch_size = Histogram(
+            "shardlease_batch_size",
+            "Records handed to the handler per call.",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self._destination_errors = counter(
+            "shardlease_destination_errors",
+            "Sends to the on-failure destination that failed (the records stay pending and the send is retried).",
+        )
+        self._heartbeat_duration = Histogram(
+            "shardlease_heartbeat_duration_seconds",
+            "Duration of each heartbeat (lease renewal, acquisitions and handoffs) in seconds, failed ones included.",
+            buckets=REDIS_BUCKETS_S,
+            registry=r,
+        )
+        self._redis_duration = Histogram(
+            "shardlease_redis_command_duration_seconds",
+            "Round trips to Redis in seconds, by command: a Redis command in lower case, script:<name> for the "
+            "lease protocol's Lua scripts, or pipeline for a pipeline of different commands; other for the rest.",
+            ("command",),
+            buckets=REDIS_BUCKETS_S,
+            registry=r,
+        )
+        self._redis_errors = counter(
+            "shardlease_redis_command_errors",
+            "Redis round trips that failed, by command and error (connection, timeout, cluster, response, other).",
+            ("command", "error"),
+        )
         self._leases_held = gauge("shardlease_leases_held", "Shard leases this worker holds.")
         self._gained = counter("shardlease_leases_gained", "Leases this worker gained.", ("reason",))
         self._lost = counter("shardlease_leases_lost", "Leases this worker lost or gave up.", ("reason",))
@@ -145,6 +239,10 @@ class Metrics:
         )
         self._describe_stream = counter("shardlease_describe_stream_calls", "DescribeStream calls made.")
         self._unowned = gauge("shardlease_shards_unowned", "Ready shards that no worker holds (leader).")
+        self._blocked = gauge(
+            "shardlease_shards_blocked",
+            "Registered shards waiting for a parent shard to be read to its end (leader, after each shard sync).",
+        )
         self._is_leader = gauge("shardlease_is_leader", "1 if this worker is the group's leader, else 0.")
         self._info = Info("shardlease_worker", "This worker's identity.", registry=r)
         self._info.info({"worker_id": worker_id, "group": group, "version": version or __version__})
@@ -163,6 +261,8 @@ class Metrics:
         self._ages: dict[str, float] = {}
         self._pending_since: dict[str, float] = {}
         self._iterator_age.set_function(self._max_age)
+        if per_shard:
+            r.register(_PerShardAge(self._shard_ages))
 
     # -- processing --------------------------------------------------------
     def records_processed(self, n: int = 1) -> None:
@@ -199,14 +299,28 @@ class Metrics:
             self._pending_since.pop(shard_id, None)
 
     def _max_age(self) -> float:
+        return max([0.0, *self._shard_ages().values()])
+
+    def _shard_ages(self) -> dict[str, float]:
+        """Each shard's iterator age in seconds now (see ``shardlease_iterator_age_seconds``)."""
         now = time.time()
         with self._ages_lock:
-            pending = (now - since for since in self._pending_since.values())
-            return max([0.0, *self._ages.values(), *pending])
+            ages = dict(self._ages)
+            for shard_id, since in self._pending_since.items():
+                ages[shard_id] = max(ages.get(shard_id, 0.0), now - since)
+        return ages
 
     def handler_duration(self, seconds: float) -> None:
         """Observe one handler call's duration in seconds."""
         self._handler_duration.observe(seconds)
+
+    def batch_size(self, records: int) -> None:
+        """Observe how many records one handler call was given."""
+        self._batch_size.observe(records)
+
+    def destination_error(self) -> None:
+        """Count one failed send to the on-failure destination."""
+        self._destination_errors.inc()
 
     def shards_stuck(self, counts: dict[str, int]) -> None:
         """Set the stuck-shard gauge: state -> how many held shards are in it now (others 0)."""
@@ -225,6 +339,9 @@ class Metrics:
 
     def shards_unowned(self, n: int) -> None:
         self._unowned.set(n)
+
+    def shards_blocked(self, n: int) -> None:
+        self._blocked.set(n)
 
     def is_leader(self, leader: bool) -> None:
         self._is_leader.set(1 if leader else 0)
@@ -247,10 +364,26 @@ class Metrics:
     def describe_stream_call(self) -> None:
         self._describe_stream.inc()
 
+    # -- Redis and the heartbeat -------------------------------------------
+    def timed_heartbeat(self, tick: Callable[[], T]) -> T:
+        """Run one heartbeat, ``tick()``, observing its duration in seconds whether it returns or raises."""
+        started = time.monotonic()
+        try:
+            return tick()
+        finally:
+            self._heartbeat_duration.observe(time.monotonic() - started)
+
+    def redis_command(self, command: str, seconds: float, error: str | None = None) -> None:
+        """Observe one Redis round trip: ``command`` is a bounded label (see worker.redis_metrics),
+        ``error`` one of :data:`REDIS_ERRORS` when it failed."""
+        self._redis_duration.labels(command=command).observe(seconds)
+        if error is not None:
+            self._redis_errors.labels(command=command, error=_check("redis error", error, REDIS_ERRORS)).inc()
+
     # -- exposition --------------------------------------------------------
     def render(self) -> bytes:
         """The registry in the Prometheus text format."""
-        return bytes(generate_latest(self.registry))
+        return bytes(generate_latest(_WithoutCreated(self.registry)))
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float | None:
         """A sample's current value (for tests and the demo), e.g. ``value("shardlease_leases_held")``."""

@@ -29,6 +29,8 @@ from leaser.embedded import find_redis_server, free_port
 from leaser.store import RedisClient
 from worker.backoff import STARTUP_RETRY_S, startup_retrying
 from worker.logs import redact_url
+from worker.observability import Metrics
+from worker.redis_metrics import instrument
 
 log = logging.getLogger("shardlease.redis")
 
@@ -167,8 +169,12 @@ def open_redis(
     key_file: str | None = None,
     socket_timeout_s: float = 5.0,
     retry_s: float | None = None,
+    metrics: Metrics | None = None,
 ) -> tuple[redis.Redis, str]:
     """A checked client for the group's Redis and a printable (redacted) description of it.
+
+    With ``metrics`` every round trip of the client (its first PING included) is measured there
+    (:mod:`worker.redis_metrics`).
 
     ``socket_timeout_s`` bounds every call (connect, then each reply): a worker passes less than its
     lease TTL, so one heartbeat against an unreachable Redis fails before the leases would expire.
@@ -197,6 +203,8 @@ def open_redis(
     def connected() -> RedisClient:
         client: RedisClient = connect(url, ca_file=ca_file, cert_file=cert_file, key_file=key_file,
                                       socket_timeout_s=socket_timeout_s)
+        if metrics is not None:
+            instrument(client, metrics)
         try:
             client.ping()
         except BaseException:

@@ -193,10 +193,11 @@ class Worker:
         region = config.region or os.environ.get("AWS_REGION") or None
         self.streams = self._given_streams or StreamsClient(region_name=region, endpoint_url=config.endpoint_url)
         undo.callback(self.streams.close)
+        self.metrics = Metrics(config.worker_id, config.group, per_shard=config.per_shard_metrics)
         self.client, self.redis_shown = open_redis(
             config.redis_url, data_dir=config.data_dir, ca_file=config.redis_ca_file,
             cert_file=config.redis_cert_file, key_file=config.redis_key_file,
-            socket_timeout_s=redis_timeout_s(config.lease_ttl_s),
+            socket_timeout_s=redis_timeout_s(config.lease_ttl_s), metrics=self.metrics,
         )
         undo.callback(self.client.close)
         self.stream_arn = resolve_stream(self.streams, config)
@@ -208,7 +209,6 @@ class Worker:
         )
         self.store = LeaseStore(self.client, config.group, lease_config)
         self.manager = LeaseManager(self.store, config.worker_id)
-        self.metrics = Metrics(config.worker_id, config.group)
         self.health = HealthState()
         self.discovery = ShardDiscovery(self.streams, self.store, self.stream_arn, self.metrics)
         self.scheduler = Scheduler()
@@ -329,7 +329,7 @@ class Worker:
 
     def _heartbeat(self) -> TickResult | None:
         try:
-            result = self.manager.tick()
+            result = self.metrics.timed_heartbeat(self.manager.tick)
         except CoordinationUnavailable as exc:
             log.warning("heartbeat failed: %s", exc)
             self.health.set_ready(False, "Redis unreachable")

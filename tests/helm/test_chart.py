@@ -9,6 +9,7 @@ skipped there and checked structurally below instead.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,7 @@ def _scenario_values(case: Path | None) -> dict[str, Any]:
 
 def test_scenarios_exist() -> None:
     names = {p.name for p in SCENARIOS}
-    for expected in ("secret-redis", "tls-acl", "irsa", "keda", "monitoring", "hpa"):
+    for expected in ("secret-redis", "tls-acl", "irsa", "keda", "monitoring", "hpa", "grafana-dashboard"):
         assert f"{expected}-values.yaml" in names
 
 
@@ -140,7 +141,7 @@ def test_config_keys_map_one_to_one_onto_settings(helm: str, tmp_path: Path) -> 
         "handlerStyle": "lambda", "batchingWindow": 2, "maxRetryAttempts": 3, "maxRecordAge": -1,
         "bisectOnError": "true", "onFailure": "file:/tmp/dlq.jsonl", "stopOnFailure": "false",
         "filterPatterns": '[{"eventName": ["INSERT"]}]', "parallelizationFactor": 4, "handlerTimeout": 60,
-        "onHandlerTimeout": "warn",
+        "onHandlerTimeout": "warn", "perShardMetrics": "true",
     }
     assert set(sample) == keys
     env = env_values(worker_container(render_values(helm, {"config": sample}, tmp_path)))
@@ -409,6 +410,33 @@ def test_service_monitor_and_prometheus_rule(helm: str) -> None:
         assert f'service="{RELEASE}-shardlease-metrics"' in alert["expr"]
 
 
+def test_grafana_dashboard_config_map(helm: str) -> None:
+    """The sidecar's ConfigMap carries the dashboard file as it is (the same bytes as docs/grafana's copy)."""
+    dashboard = (CHART / "dashboards" / "shardlease-dashboard.json").read_text()
+    docs = render(helm, [CHART / "ci" / "grafana-dashboard-values.yaml"])
+    config_map = one(docs, "ConfigMap")
+    assert config_map["metadata"]["name"] == f"{RELEASE}-shardlease-dashboard"
+    labels = config_map["metadata"]["labels"]
+    assert labels["grafana_dashboard"] == "1" and labels["release"] == "kube-prometheus-stack"
+    assert labels["app.kubernetes.io/instance"] == RELEASE
+    assert config_map["metadata"]["annotations"] == {"grafana_folder": "Streams"}
+    assert config_map["data"] == {"shardlease-dashboard.json": dashboard.strip()}
+    assert json.loads(config_map["data"]["shardlease-dashboard.json"])["uid"] == "shardlease"
+    assert env_values(worker_container(docs))["SHARDLEASE_PER_SHARD_METRICS"] == "true"
+
+    docs = render(helm, sets=["metrics.grafanaDashboard.enabled=true", "metrics.grafanaDashboard.label=dashboards",
+                              "metrics.grafanaDashboard.labelValue=shardlease",
+                              "metrics.grafanaDashboard.namespace=grafana", "fullnameOverride=" + "x" * 63])
+    config_map = one(docs, "ConfigMap")
+    assert config_map["metadata"]["labels"]["dashboards"] == "shardlease"
+    assert "grafana_dashboard" not in config_map["metadata"]["labels"]
+    assert config_map["metadata"]["namespace"] == "grafana"
+    assert len(config_map["metadata"]["name"]) <= 63 and config_map["metadata"]["name"].endswith("-dashboard")
+    done = helm_run(helm, *template_args(sets=["metrics.grafanaDashboard.enabled=true",
+                                                "metrics.grafanaDashboard.label=not a label"]))
+    assert done.returncode != 0 and "label" in done.stderr
+
+
 def test_optional_features_off_by_default(helm: str) -> None:
     kinds = {d["kind"] for d in render(helm)}
     assert not kinds & (CRD_KINDS | {"HorizontalPodAutoscaler", "Secret", "ConfigMap"})
@@ -417,6 +445,7 @@ def test_optional_features_off_by_default(helm: str) -> None:
     assert not values["handlerInstall"]["enabled"]
     assert not values["metrics"]["serviceMonitor"]["enabled"]
     assert not values["metrics"]["prometheusRule"]["enabled"]
+    assert not values["metrics"]["grafanaDashboard"]["enabled"]
     assert not values["autoscaling"]["hpa"]["enabled"] and not values["autoscaling"]["keda"]["enabled"]
 
 

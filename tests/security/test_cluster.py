@@ -18,6 +18,7 @@ import redis.cluster
 
 from leaser import CoordinationUnavailable, LeaseConfig, LeaseManager, LeaseStore, ShardSpec, connect, sequence_key
 from tests.security.servers import Cluster
+from worker.observability import Metrics
 from worker.redis_setup import open_redis
 
 pytestmark = pytest.mark.e2e
@@ -71,6 +72,27 @@ def test_scripts_run_unchanged_on_the_cluster(cluster: Cluster) -> None:
     assert shown == cluster.url and isinstance(client, redis.cluster.RedisCluster)
     client.close()
     store.client.close()
+
+
+def test_the_workers_redis_metrics_measure_the_cluster_client(cluster: Cluster) -> None:
+    """Scripts (single, and raw EVALSHA in a cluster pipeline) and plain commands are labelled as on one server."""
+    metrics = Metrics("w1", "g")
+    client, _ = open_redis(cluster.url, data_dir="/nonexistent", metrics=metrics)
+    assert isinstance(client, redis.cluster.RedisCluster)
+    try:
+        store = LeaseStore(client, f"cl-{uuid.uuid4().hex[:8]}", LeaseConfig(lease_ttl_s=3, renew_interval_s=1))
+        store.register_shards([ShardSpec("p", (), 1)])
+        manager = LeaseManager(store, "w1")
+        manager.tick()
+        manager.tick()
+        manager.checkpoint("p", "100")
+        store.candidates(5)
+        for command in ("ping", "script:register", "script:acquire", "script:heartbeat", "script:checkpoint", "time"):
+            count = metrics.value("shardlease_redis_command_duration_seconds_count", {"command": command})
+            assert count is not None and count >= 1, command
+        assert "script:other" not in metrics.render().decode()
+    finally:
+        client.close()
 
 
 def _until_ok(call: Callable[[], T], errors: list[BaseException], timeout_s: float = 30.0) -> T:

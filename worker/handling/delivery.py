@@ -46,6 +46,8 @@ from worker.handling.handler import Handler, ShardContext
 from worker.handling.lambda_compat import parse_batch_response
 from worker.observability import Metrics
 from worker.reading.records import Record
+from worker.tracing import Tracing
+from worker.tracing import from_environment as tracing_from_environment
 
 log = logging.getLogger("shardlease.delivery")
 
@@ -200,6 +202,7 @@ class BatchDelivery:
         batch = [self.records[i] for i in unit.indexes]
         if guard() is not None:
             return None
+        self.metrics.batch_size(len(batch))
         call = self.calls.running()
         try:
             with call:
@@ -279,6 +282,7 @@ class BatchDelivery:
         try:
             entry_id = self.destination.send(entry)
         except Exception as exc:
+            self.metrics.destination_error()
             log.warning("could not send %d failed records to the on-failure destination (%s); retrying",
                         len(records), exc, extra={"shard_id": self.failure.shard_id})
             unit.not_before = time.monotonic() + self.backoff(unit.attempts)
@@ -310,13 +314,22 @@ class DeliveryFactory:
     executor: Executor | None = None
     """Runs the lanes of one batch at once (parallelization_factor > 1)."""
     backoff: Backoff = backoff_s
+    tracing: Tracing | None = field(default_factory=tracing_from_environment)
+    """Spans of handler calls (and of GetRecords, made by the consumers); None: not traced."""
 
-    def new(self, records: list[Record], ctx: ShardContext, calls: HandlerCalls | None = None) -> BatchDelivery:
-        """A delivery of ``records`` (one shard, in order); ``calls`` tracks its handler calls in flight."""
+    def new(self, records: list[Record], ctx: ShardContext, calls: HandlerCalls | None = None,
+            read_spans: Sequence[Any] = ()) -> BatchDelivery:
+        """A delivery of ``records`` (one shard, in order); ``calls`` tracks its handler calls in flight;
+        ``read_spans`` are the contexts of the GetRecords spans that read them (linked from each call's span)."""
         call = self.call
+
+        def handler_call(batch: Sequence[Record]) -> Any:
+            return call(batch, ctx)
+
         return BatchDelivery(
             records=records,
-            call=lambda batch: call(batch, ctx),
+            call=handler_call if self.tracing is None else self.tracing.handler_call(ctx.shard_id, handler_call,
+                                                                                     read_spans),
             policy=self.policy,
             destination=self.destination,
             failure=FailureContext(ctx.group, ctx.stream_arn, ctx.shard_id, ctx.worker_id),
