@@ -189,6 +189,25 @@ def test_stop_frees_the_port() -> None:
         pass
 
 
+def test_stop_ends_keep_alive_connections_and_their_threads() -> None:
+    """A scraper's idle keep-alive connection must not keep a request thread alive after stop() (an embedding
+    host checks that no thread is left behind); before, it lived on for the handler's 30 s idle timeout."""
+    import http.client
+    import threading
+
+    before = set(threading.enumerate())
+    srv = HealthServer("127.0.0.1", 0, Metrics("w", "g"), HealthState()).start()
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
+    conn.request("GET", "/metrics")
+    response = conn.getresponse()
+    response.read()
+    assert response.status == 200 and response.getheader("Connection") != "close"  # the connection stays open
+    srv.stop()
+    left = [t.name for t in set(threading.enumerate()) - before if t.is_alive()]
+    conn.close()
+    assert left == []
+
+
 def test_port_in_use_is_a_config_error() -> None:
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]

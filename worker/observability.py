@@ -18,6 +18,7 @@ registry's exposition only, so a host application embedding a worker keeps its o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -469,8 +470,36 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
 
 class _Server(ThreadingHTTPServer):
+    """A thread per connection; :meth:`close_connections` ends the connections still open (a scraper's
+    keep-alive connection would otherwise hold its thread for ``_RequestHandler.timeout`` after a stop)."""
+
     daemon_threads = True
     owner: HealthServer
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self._connections_lock = threading.Lock()
+        self._connections: dict[socket.socket, threading.Thread] = {}
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            self._connections[request] = threading.current_thread()
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._connections_lock:
+                self._connections.pop(request, None)
+
+    def close_connections(self, timeout_s: float) -> None:
+        """Shut down every open connection and wait (at most ``timeout_s`` in all) for their threads."""
+        with self._connections_lock:
+            open_now = list(self._connections.items())
+        for sock, _ in open_now:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        deadline = time.monotonic() + timeout_s
+        for _, thread in open_now:
+            thread.join(max(deadline - time.monotonic(), 0))
 
 
 class HealthServer:
@@ -537,6 +566,7 @@ class HealthServer:
             return
         server.shutdown()
         server.server_close()
+        server.close_connections(timeout_s=5)
         if thread is not None:
             thread.join(timeout=5)
         self._server = None

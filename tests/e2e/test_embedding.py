@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -39,12 +38,15 @@ def test_an_asyncio_host_starts_consumes_and_stops_an_embedded_worker(
             assert host.stdout.readline() == b"started\n", (tmp_path / "host.log").read_text()
             after_start = [str(table.put_item({"pk": f"k{n % 5}", "n": n})) for n in range(30, 60)]
             rows = fleet.wait_for(set(before_start + after_start), timeout_s=30)
-            # The metrics server was asked for (metrics_port): it serves while the worker runs.
-            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/healthz", timeout=5) as reply:
-                assert reply.status == 200
-            time.sleep(0.2)  # the health server's request thread ends once its reply is sent
+            # The metrics server was asked for (metrics_port): it serves while the worker runs. The connection
+            # stays open (keep-alive, as a Prometheus scraper's does) through the stop: its thread must end too.
+            scraper = http.client.HTTPConnection("127.0.0.1", metrics_port, timeout=5)
+            scraper.request("GET", "/healthz")
+            reply = scraper.getresponse()
+            assert reply.status == 200 and reply.read() == b"ok\n"
             host.send_signal(signal.SIGTERM)
             out, _ = host.communicate(timeout=40)
+            scraper.close()
         finally:
             if host.poll() is None:
                 host.kill()
