@@ -30,7 +30,7 @@ if [ -n "${SHARDLEASE_SKIP_IMAGE:-}" ] && [ "${SHARDLEASE_SKIP_IMAGE}" != 0 ]; t
 fi
 
 # Bump BASE_TAG when the debootstrap command below changes: a cached base of the old recipe is then ignored.
-BASE_TAG=bookworm-1
+BASE_TAG=bookworm-2
 BASE_IMAGE="localhost/shardlease-ci/debian:$BASE_TAG"
 PYTHON_IMAGE="localhost/shardlease-ci/python:3.11"
 IMAGE="localhost/shardlease:ci"
@@ -48,6 +48,8 @@ cleanup() {
     rm -rf "$scratch"
 }
 trap cleanup EXIT
+trap 'exit 130' INT   # an interrupted run cleans up too (the EXIT trap)
+trap 'exit 143' TERM
 step() { echo "image stage: $* (${SECONDS}s)"; }
 
 # ---- the tools ----
@@ -85,9 +87,16 @@ mirror() {
 }
 if ! podman image exists "$BASE_IMAGE"; then
     step "making $BASE_IMAGE with debootstrap from $(mirror)"
+    # dpkg without fsync while the throwaway rootfs is made (about 2x faster here); removed afterwards.
+    mkdir -p "$scratch/rootfs/etc/dpkg/dpkg.cfg.d"
+    echo force-unsafe-io >"$scratch/rootfs/etc/dpkg/dpkg.cfg.d/shardlease-ci-unsafe-io"
     debootstrap --variant=minbase --include="$BASE_PACKAGES" bookworm "$scratch/rootfs" "$(mirror)" \
         >"$scratch/debootstrap.log" 2>&1 || { tail -n 40 "$scratch/debootstrap.log"; exit 1; }
-    rm -rf "$scratch"/rootfs/var/cache/apt/archives/*.deb "$scratch"/rootfs/var/lib/apt/lists/*
+    step "debootstrap done"
+    # What a container never needs (as Debian's own slim images leave out): ~100 MB less to import.
+    rm -rf "$scratch"/rootfs/etc/dpkg/dpkg.cfg.d/shardlease-ci-unsafe-io "$scratch"/rootfs/var/cache/apt/archives/*.deb \
+        "$scratch"/rootfs/var/lib/apt/lists/* "$scratch"/rootfs/usr/share/doc/* "$scratch"/rootfs/usr/share/man/* \
+        "$scratch"/rootfs/usr/share/locale/*
     tar -C "$scratch/rootfs" --numeric-owner -c . | podman import -q - "$BASE_IMAGE" >/dev/null
     rm -rf "$scratch/rootfs"
 fi
@@ -95,8 +104,12 @@ fi
 # ---- the stand-in for python:3.11-slim (cheap; podman's layer cache keeps it when nothing changed) ----
 mkdir -p "$scratch/python-base"
 cp /etc/ssl/certs/ca-certificates.crt "$scratch/python-base/"
+old_python="$(podman image inspect --format '{{.Id}}' "$PYTHON_IMAGE" 2>/dev/null || true)"
 podman build -q --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$PYTHON_IMAGE" \
     -f .ci/python-base.Containerfile "$scratch/python-base" >/dev/null
+new_python="$(podman image inspect --format '{{.Id}}' "$PYTHON_IMAGE")"
+# A new CA bundle makes a new stand-in; the old one would stay behind untagged.
+if [ -n "$old_python" ] && [ "$old_python" != "$new_python" ]; then podman rmi "$old_python" >/dev/null 2>&1 || true; fi
 step "base ready"
 
 # ---- the image, from the repository's Dockerfile ----

@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -83,9 +84,13 @@ def wait_for(what: str, condition: Callable[[], bool], timeout_s: float, interva
     return time.monotonic() - started
 
 
+# The published ports are on 127.0.0.1: never through a proxy from the environment.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def http_status(url: str) -> int:
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
+        with _DIRECT.open(url, timeout=2) as response:
             return int(response.status)
     except urllib.error.HTTPError as err:
         return err.code
@@ -290,7 +295,7 @@ class Fleet:
         paths = ", ".join(f"{path}:{port}" for path, port in sorted(probes))
         print(f"fleet: {len(self.workers)} workers started, probes ({paths}) answer 200 after {took:.1f}s", flush=True)
         metrics_port = int(self.container["ports"][0]["containerPort"])
-        with urllib.request.urlopen(f"http://{published(self.workers[0], metrics_port)}/metrics", timeout=5) as r:
+        with _DIRECT.open(f"http://{published(self.workers[0], metrics_port)}/metrics", timeout=5) as r:
             text = r.read().decode()
         if "shardlease_" not in text:
             raise StageFailed("/metrics answers without shardlease_ metrics")
@@ -310,7 +315,7 @@ class Fleet:
                                                                  "n": {"N": str(self.count)}}}).encode()
             request = urllib.request.Request(self.endpoint, data=body, method="POST", headers={
                 "X-Amz-Target": "ShardleaseLocal.PutItem", "Content-Type": "application/x-amz-json-1.0"})
-            with urllib.request.urlopen(request, timeout=5) as response:
+            with _DIRECT.open(request, timeout=5) as response:
                 self.written.append(json.loads(response.read())["SequenceNumber"])
 
     def handled(self) -> list[tuple[str, str, str]]:
@@ -387,6 +392,8 @@ def main() -> int:
     parser.add_argument("--image", required=True)
     parser.add_argument("--helm", required=True)
     args = parser.parse_args()
+    # SIGTERM (a cancelled CI job) unwinds like an error: the fleet's containers are removed on the way out.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
     try:
         started = time.monotonic()
         run_demo(args.image, args.helm)
