@@ -223,7 +223,8 @@ class Fleet:
         self.network = f"shardlease-{RUN}"
         self.names: list[str] = []
         self.workers: list[str] = []
-        # The environment every replica gets, but for its own name (checked below, not trusted).
+        # The rendered environment (the same for every replica but SHARDLEASE_WORKER_ID, the pod's name): the
+        # host names of the Redis and the endpoint come from it, the table too.
         sample = resolve_env(env_list(self.container), {}, "pod")
         self.redis_url = urlparse(sample["SHARDLEASE_REDIS_URL"])
         self.endpoint_url = urlparse(sample["SHARDLEASE_ENDPOINT_URL"])
@@ -239,8 +240,9 @@ class Fleet:
 
     def start(self) -> None:
         podman("network", "create", "--label", LABEL, self.network)
+        # The Redis and the endpoint are no part of the chart; they run under its restrictions all the same.
         redis_server = podman(
-            "run", "--rm", "--entrypoint", "python", self.image, "-c",
+            "run", "--rm", "--label", LABEL, "--entrypoint", "python", self.image, "-c",
             "from leaser.embedded import find_redis_server; print(find_redis_server())",
         )
         base = [*security_args(self.pod, self.container), "--tmpfs", "/tmp:rw,mode=1777"]
@@ -294,7 +296,7 @@ class Fleet:
         took = wait_for("the probes of every worker to answer 200", all_probes_pass, 60)
         paths = ", ".join(f"{path}:{port}" for path, port in sorted(probes))
         print(f"fleet: {len(self.workers)} workers started, probes ({paths}) answer 200 after {took:.1f}s", flush=True)
-        metrics_port = int(self.container["ports"][0]["containerPort"])
+        metrics_port = next(int(p["containerPort"]) for p in self.container["ports"] if p["name"] == "metrics")
         with _DIRECT.open(f"http://{published(self.workers[0], metrics_port)}/metrics", timeout=5) as r:
             text = r.read().decode()
         if "shardlease_" not in text:
