@@ -190,11 +190,57 @@ def published(name: str, port: int) -> str:
 # ---- step 2: the demo under the chart's security context ----
 
 
+# Run inside the container: what the process really gets (ids, capabilities, no_new_privs, writable paths).
+_INSPECT = """
+import json, os
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+writable = {}
+for path in ("/", "/app", "/etc", "/usr/local", *os.environ["CHECK_PATHS"].split()):
+    try:
+        with open(os.path.join(path, ".shardlease-ci-probe"), "w"):
+            pass
+        writable[path] = True
+    except OSError:
+        writable[path] = False
+print(json.dumps({"uid": os.getuid(), "gid": os.getgid(), "groups": sorted(os.getgroups()),
+                  "cap_eff": int(status["CapEff"], 16), "no_new_privs": int(status["NoNewPrivs"]),
+                  "writable": writable}))
+"""
+
+
+def check_enforced(image: str, flags: list[str], pod: dict[str, Any], container: dict[str, Any]) -> None:
+    """The flags take effect: the chart's user and group, no capabilities, no_new_privs, and only the chart's
+    emptyDir mount paths writable."""
+    ctx = dict(pod.get("securityContext") or {}) | dict(container.get("securityContext") or {})
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    empty_dirs = [m["mountPath"] for m in container.get("volumeMounts", []) if "emptyDir" in volumes[m["name"]]]
+    out = podman("run", "--rm", "--label", LABEL, *flags, "--env", f"CHECK_PATHS={' '.join(empty_dirs)}",
+                 "--entrypoint", "python", image, "-c", _INSPECT)
+    got = json.loads(out.splitlines()[-1])
+    expected_writable = {path: path in empty_dirs for path in got["writable"]}
+    problems = []
+    if (got["uid"], got["gid"]) != (ctx["runAsUser"], ctx.get("runAsGroup", ctx["runAsUser"])):
+        problems.append(f"runs as {got['uid']}:{got['gid']}")
+    if "fsGroup" in ctx and ctx["fsGroup"] not in got["groups"]:
+        problems.append(f"fsGroup {ctx['fsGroup']} not among the groups {got['groups']}")
+    if "ALL" in (ctx.get("capabilities") or {}).get("drop", []) and got["cap_eff"]:
+        problems.append(f"effective capabilities {got['cap_eff']:#x}")
+    if ctx.get("allowPrivilegeEscalation") is False and got["no_new_privs"] != 1:
+        problems.append("no_new_privs is not set")
+    if ctx.get("readOnlyRootFilesystem") and got["writable"] != expected_writable:
+        problems.append(f"writable paths {got['writable']}, expected {expected_writable}")
+    if problems:
+        raise StageFailed("the container does not run under the chart's security context: " + "; ".join(problems))
+    print(f"security context enforced: uid {got['uid']}, gid {got['gid']}, groups {got['groups']}, no capabilities, "
+          f"no_new_privs, writable only {empty_dirs}", flush=True)
+
+
 def run_demo(image: str, helm: str) -> None:
     docs = render(helm)  # the chart's defaults: what a user installs
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     container = worker_container(docs)
     flags = security_args(pod, container) + mount_args(pod, container, {})
+    check_enforced(image, flags, pod, container)
     print(f"demo: podman run {' '.join(flags)} {image} demo", flush=True)
     started = time.monotonic()
     done = subprocess.run(
