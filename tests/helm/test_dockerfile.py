@@ -1,13 +1,18 @@
-"""The Dockerfile (no engine to build it here): structure, non-root numeric user, entrypoint."""
+"""The Dockerfile: structure, non-root numeric user, entrypoint (CI's image stage, .ci/image.sh, builds and runs
+it with podman; these checks need no engine), and the CI stage's translation of the chart's pod spec."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
+import sys
+from types import ModuleType
 
+import pytest
 import yaml
 
-from tests.helm.chart import CHART, ROOT
+from tests.helm.chart import CHART, ROOT, one, render, worker_container
 
 
 def _instructions() -> list[tuple[str, str]]:
@@ -28,6 +33,8 @@ def test_dockerfile_is_multi_stage_slim_non_root_with_shardlease_entrypoint() ->
     assert len(froms) == 2 and " AS build" in froms[0]
     args = dict(rest.split("=", 1) for word, rest in steps if word == "ARG" and "=" in rest)
     assert args["PYTHON_IMAGE"] == "python:3.11-slim"
+    # Both stages build on the build argument: CI passes a stand-in (no registry there), users get the default.
+    assert [f.split()[0] for f in froms] == ["${PYTHON_IMAGE}", "${PYTHON_IMAGE}"]
     wheel = next(rest for word, rest in steps if word == "RUN" and "pip wheel" in rest)
     assert "--constraint constraints.txt" in wheel and "'.[embedded]'" in wheel, "the build installs from the lock"
     install = next(rest for word, rest in steps if word == "RUN" and "pip install" in rest)
@@ -72,3 +79,31 @@ def test_constraints_pin_every_runtime_dependency() -> None:
         name = canonicalize_name(req.name)
         assert name in pins, f"{req.name} is not in constraints.txt"
         assert req.specifier.contains(pins[name]), f"constraints.txt pins {req.name}=={pins[name]}, outside {req}"
+
+
+def _image_fleet() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("image_fleet", ROOT / ".ci" / "image_fleet.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("image_fleet", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ci_runs_the_image_under_exactly_the_charts_security_context(helm: str) -> None:
+    """.ci/image_fleet.py's podman flags for the default render: every securityContext setting is applied, and
+    the only writable mounts are the chart's emptyDirs."""
+    fleet = _image_fleet()
+    docs = render(helm)
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    container = worker_container(docs)
+    flags = fleet.security_args(pod, container) + fleet.mount_args(pod, container, {})
+    assert flags == [
+        "--user", "10001:10001", "--group-add", "10001", "--read-only", "--read-only-tmpfs=false",
+        "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+        "--tmpfs", "/tmp:rw,exec,mode=1777,size=64m", "--tmpfs", "/var/lib/shardlease:rw,exec,mode=1777",
+    ]
+    # A setting the script cannot apply stops CI instead of running the container looser than the chart.
+    loose = container | {"securityContext": container["securityContext"] | {"procMount": "Unmasked"}}
+    with pytest.raises(fleet.StageFailed, match="procMount"):
+        fleet.security_args(pod, loose)
