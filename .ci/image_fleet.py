@@ -46,8 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402  (the repository's venv)
 
-from tests.helm.chart import CHART, env_list, one, render, worker_container  # noqa: E402
-from tests.helm.test_chart_fleet import resolve_env  # noqa: E402
+from tests.helm.chart import CHART, env_list, one, render, resolve_env, worker_container  # noqa: E402
 
 FLEET_VALUES = CHART / "ci" / "container-fleet-values.yaml"
 HANDLER_DIR = ROOT / ".ci" / "fleet_handler"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -104,3 +105,28 @@ def env_list(container: dict[str, Any]) -> list[dict[str, Any]]:
 def env_values(container: dict[str, Any]) -> dict[str, str]:
     """Literal env values (``value:`` entries)."""
     return {e["name"]: e["value"] for e in env_list(container) if "value" in e}
+
+
+def resolve_env(entries: list[dict[str, Any]], secrets: dict[str, dict[str, str]], pod_name: str) -> dict[str, str]:
+    """The container environment as the kubelet builds it: in order, each ``$(VAR)`` expanded
+    from the variables defined before it (``$$`` escapes), secretKeyRef and fieldRef resolved."""
+    env: dict[str, str] = {}
+    for entry in entries:
+        if "value" in entry:
+            value = re.sub(
+                r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+                lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)),
+                str(entry["value"]),
+            )
+        else:
+            source = entry["valueFrom"]
+            if "secretKeyRef" in source:
+                ref = source["secretKeyRef"]
+                value = secrets[ref["name"]][ref["key"]]
+            elif "fieldRef" in source:
+                assert source["fieldRef"]["fieldPath"] == "metadata.name", source
+                value = pod_name
+            else:
+                raise AssertionError(f"unsupported valueFrom {source}")
+        env[entry["name"]] = value
+    return env

@@ -11,7 +11,6 @@ the chart's probe paths, and exit 0 on SIGTERM.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -21,11 +20,10 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.helm.chart import ROOT, env_list, one, render_values, worker_container
+from tests.helm.chart import ROOT, env_list, one, render_values, resolve_env, worker_container
 from worker.local import LocalStreamsServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.helm, pytest.mark.timeout(120)]
@@ -47,31 +45,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def resolve_env(entries: list[dict[str, Any]], secrets: dict[str, dict[str, str]], pod_name: str) -> dict[str, str]:
-    """The container environment as the kubelet builds it: in order, each ``$(VAR)`` expanded
-    from the variables defined before it (``$$`` escapes), secretKeyRef and fieldRef resolved."""
-    env: dict[str, str] = {}
-    for entry in entries:
-        if "value" in entry:
-            value = re.sub(
-                r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
-                lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)),
-                str(entry["value"]),
-            )
-        else:
-            source = entry["valueFrom"]
-            if "secretKeyRef" in source:
-                ref = source["secretKeyRef"]
-                value = secrets[ref["name"]][ref["key"]]
-            elif "fieldRef" in source:
-                assert source["fieldRef"]["fieldPath"] == "metadata.name", source
-                value = pod_name
-            else:
-                raise AssertionError(f"unsupported valueFrom {source}")
-        env[entry["name"]] = value
-    return env
 
 
 def _get(url: str) -> int:
