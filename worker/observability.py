@@ -163,6 +163,16 @@ class Metrics:
         self._ages: dict[str, float] = {}
         self._pending_since: dict[str, float] = {}
         self._iterator_age.set_function(self._max_age)
+        self._loop_lag = Gauge(
+            "shardlease_event_loop_lag_seconds",
+            "How late the async handlers' event loop woke from its last 0.1 s heartbeat, in seconds; while it "
+            "stalls (a blocking call in an async handler), how long it has not turned.  0 without async handlers.",
+            registry=r,
+        )
+
+    def event_loop_lag(self, seconds: float) -> None:
+        """The async handlers' event loop lag in seconds (see the gauge's help)."""
+        self._loop_lag.set(seconds)
 
     # -- processing --------------------------------------------------------
     def records_processed(self, n: int = 1) -> None:
