@@ -703,6 +703,12 @@ def add_async_handlers(add: Any, ah: dict[str, Any] | None) -> None:
     add(f"| sync | {med['sync']:.0f} | {flight['sync']} |")
     add(f"| async | {med['async']:.0f} | {flight['async']} |")
     add("")
+    rates = {k: [r["batches_per_s"] for r in ah["runs"] if r["kind"] == k] for k in ("sync", "async")}
+    spread = max(max(v) - min(v) for v in rates.values())
+    add(f"Each run, in batches/s: sync {', '.join(f'{x:.0f}' for x in rates['sync'])}; async "
+        f"{', '.join(f'{x:.0f}' for x in rates['async'])} (a shared machine: the runs of one handler spread over up "
+        f"to {spread:.0f} batches/s; the medians differ by {abs(med['async'] - med['sync']):.0f}).")
+    add("")
     add(f"**async / sync = {ah['ratio']:.2f}.** A step thread waits while its shard's coroutine runs, so async "
         "handlers run at most as many calls at once as sync ones: the scheduler's 32 step threads bound both "
         "(docs/async-handlers.md). At 5 ms per call the worker's own CPU (GetRecords, decoding) is the limit, not "

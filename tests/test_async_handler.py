@@ -164,6 +164,43 @@ def test_calls_from_different_threads_run_concurrently_on_one_loop() -> None:
     assert results == {"s1": aio.LOOP_THREAD_NAME, "s2": aio.LOOP_THREAD_NAME}
 
 
+def test_the_lanes_of_one_batch_run_concurrently_on_the_loop_each_in_order() -> None:
+    """--parallelization-factor 2: the two lanes' heads meet on the loop (so they run at once); each key's
+    records are handled in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from worker.handling.delivery import lane_of
+
+    keys = ["a"]
+    keys.append(next(k for k in (f"k{i}" for i in range(100))
+                     if lane_of(record(0, k), 2) != lane_of(record(0, "a"), 2)))
+    records = [record(i, keys[i % 2]) for i in range(6)]
+    lanes_met = asyncio.Event()
+    heads: set[str] = set()
+    seen: list[tuple[str, int]] = []
+
+    async def meet(batch: Sequence[Any], ctx: Any) -> None:
+        key = batch[0].keys["pk"]
+        heads.add(key)
+        if len(heads) == 2:
+            lanes_met.set()
+        await asyncio.wait_for(lanes_met.wait(), 10)
+        seen.extend((r.keys["pk"], int(r.new_image["n"])) for r in batch)
+
+    handler = as_handler(meet)
+    with ThreadPoolExecutor(2) as lanes:
+        d = BatchDelivery(records=records, call=lambda batch: handler.handle(batch, CTX),
+                          policy=DeliveryPolicy(parallelization_factor=2), destination=Destination(),
+                          failure=FailureContext("g", CTX.stream_arn, "shard-1", "w1"), metrics=Metrics("w1", "g"),
+                          backoff=lambda attempt: 0.0, executor=lanes)
+        d.run_round()
+    handler.close()
+    assert d.finished and d.done_prefix() == 6
+    for key in keys:
+        assert [n for k, n in seen if k == key] == sorted(n for k, n in seen if k == key)
+    assert len(seen) == 6
+
+
 # -- timeout -------------------------------------------------------------------------------------------
 
 
