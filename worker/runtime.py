@@ -19,7 +19,7 @@ still running is never released: :meth:`Worker.run` returns
 :data:`EXIT_ABANDONED` and the command exits at once without ``close()``, so the
 lease expires with the process gone and the call cannot overlap the next owner's.
 A second signal exits at once (async handler calls in flight are cancelled first and get
-``SECOND_SIGNAL_UNWIND_S`` to unwind).
+a second to unwind).
 """
 
 from __future__ import annotations
@@ -82,8 +82,6 @@ GRANT_POLL_S = 0.2
 """Seconds between polls for handed-over leases while this worker waits for a handoff."""
 LANE_THREADS = 32
 """Threads that run the extra lanes of batches when --parallelization-factor is above 1."""
-SECOND_SIGNAL_UNWIND_S = 1.0
-"""Seconds the async handler calls in flight get to unwind after their cancellation by a second signal."""
 EXIT_ABANDONED = 3
 """Exit code when the worker stops with a handler call still running (hung, or past the shutdown grace):
 its lease was left to expire, and the process must exit at once (the call cannot be cancelled)."""
@@ -225,7 +223,7 @@ class Worker:
             os.write(2, b"shardlease: second signal, exiting at once\n")
             # Async handler calls in flight are cancelled and get a moment to unwind (their finally blocks);
             # leases are not released: they expire, and the next owners re-read the unfinished batches.
-            self.handler.cancel_running(SECOND_SIGNAL_UNWIND_S)
+            self.handler.cancel_running()
             os._exit(1)
         log.info("%s received: finishing in-flight batches, then releasing leases (up to %.0f s)",
                  signal.Signals(signum).name, self.config.shutdown_grace_s)

@@ -47,6 +47,8 @@ STALL_THRESHOLD_S = 1.0
 """Seconds without a turn of the loop after which the watchdog logs a stall (a blocking call)."""
 CANCEL_GRACE_S = 2.0
 """Seconds a coroutine cancelled at its timeout has to unwind before it counts as a hung call."""
+UNWIND_ON_EXIT_S = 1.0
+"""Seconds the coroutines in flight get to unwind after their cancellation by a second signal."""
 CLOSE_UNWIND_S = 2.0
 """Seconds the loop gives tasks still pending at close (none after a clean stop) to unwind."""
 

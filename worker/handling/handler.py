@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from leaser.errors import ConfigError
-from worker.handling.aio import EventLoopThread
+from worker.handling.aio import UNWIND_ON_EXIT_S, EventLoopThread
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class Handler:
         finally:
             self._aio.close()
 
-    def cancel_running(self, wait_s: float) -> int:
+    def cancel_running(self, wait_s: float = UNWIND_ON_EXIT_S) -> int:
         """Cancel the async calls in flight and wait up to ``wait_s`` seconds for them to unwind (the process
         is about to exit).  Returns how many there were; 0 for a sync handler."""
         return self._aio.cancel_all(wait_s)
