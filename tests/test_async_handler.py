@@ -371,3 +371,32 @@ def test_a_blocking_call_in_a_coroutine_is_logged_with_its_shard(caplog: pytest.
     assert "turns again" in caplog.text
     assert max(lags) >= 0.5  # the heartbeat after a 0.7 s block wakes at least that late
     assert aio_threads() == []
+
+
+def test_an_async_close_that_ignores_its_cancellation_does_not_block_the_stop(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(aio, "CANCEL_GRACE_S", 0.1)
+    monkeypatch.setattr(aio, "CLOSE_UNWIND_S", 0.1)
+    cancellations: list[int] = []
+
+    class StubbornClose:
+        def handle(self, records: Sequence[Any], ctx: Any) -> None:
+            return None
+
+        async def close(self) -> None:
+            while True:
+                try:
+                    await asyncio.sleep(0.01)
+                except asyncio.CancelledError:
+                    cancellations.append(1)
+                    if len(cancellations) > 1:  # the loop's own stop cancels it again: then it ends
+                        raise
+
+    handler = as_handler(StubbornClose)
+    handler.use_runtime(timeout_s=0.2)
+    with caplog.at_level(logging.ERROR, "shardlease.aio"), pytest.raises(HandlerTimeout):
+        handler.close()  # returns (raising) instead of waiting for ever
+    assert "left running" in caplog.text
+    assert len(cancellations) == 2
+    assert aio_threads() == []

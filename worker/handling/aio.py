@@ -100,13 +100,15 @@ class EventLoopThread:
     def started(self) -> bool:
         return self._loop is not None
 
-    def run(self, coro: Coroutine[Any, Any, Any], *, label: str = "", timeout_s: float | None = None) -> Any:
+    def run(self, coro: Coroutine[Any, Any, Any], *, label: str = "", timeout_s: float | None = None,
+            wait_if_hung: bool = True) -> Any:
         """Run ``coro`` on the loop and wait for it; return its result or raise its exception.
 
         ``label`` (the shard id) names the call in logs.  With ``timeout_s``, the coroutine is cancelled
         once that many seconds have passed since the handler call started (the thread's
         :class:`~worker.handling.calls.Call`, else now) and :class:`HandlerTimeout` is raised; one that
-        ignores the cancellation for :data:`CANCEL_GRACE_S` is waited for as a hung call.
+        ignores the cancellation for :data:`CANCEL_GRACE_S` is waited for as a hung call, or, without
+        ``wait_if_hung`` (``close()``, which no watchdog watches), left running on the loop.
         """
         try:
             loop = self._start()
@@ -130,7 +132,11 @@ class EventLoopThread:
                   "a failed call (retried under the failure policy)", time.monotonic() - started,
                   timeout_s, extra={"shard_id": label})
         if not call.done.wait(CANCEL_GRACE_S):
-            log.error("async handler call ignored its cancellation for %.0f s: it is hung, as a sync call would be "
+            if not wait_if_hung:
+                log.error("async call ignored its cancellation for %g s: left running", CANCEL_GRACE_S,
+                          extra={"shard_id": label})
+                raise HandlerTimeout(f"async call ignored its cancellation after --handler-timeout {timeout_s:g} s")
+            log.error("async handler call ignored its cancellation for %g s: it is hung, as a sync call would be "
                       "(--on-handler-timeout applies)", CANCEL_GRACE_S, extra={"shard_id": label})
             call.done.wait()
         raise HandlerTimeout(f"async handler call cancelled after --handler-timeout {timeout_s:g} s")
@@ -307,10 +313,14 @@ class EventLoopThread:
             call = self._running.get(running) if running is not None else None
             others = sorted({c.label for c in self._running.values()})
         where = self._where()
+        if call is None and not others:
+            log.error("event loop has not turned for %.1f s (more than %.1f s) with no handler call running%s (a "
+                      "process starved of CPU, or paused)", silent_s, self.stall_threshold_s, where)
+            return
         if call is not None:
             shards, what = [call.label], f"the coroutine of shard {call.label}"
         else:
-            shards, what = others, (f"one of the coroutines of {', '.join(others)}" if others else "no handler call")
+            shards, what = others, f"one of the coroutines of {', '.join(others)}"
         log.error("event loop blocked for %.1f s (more than %.1f s): %s is running a blocking call%s; every async "
                   "handler call of this process waits (use await, or asyncio.to_thread for blocking work)",
                   silent_s, self.stall_threshold_s, what, where, extra={"shard_id": ",".join(shards)})

@@ -134,7 +134,10 @@ class Handler:
             return
         self._closed = True
         try:
-            self._finish(self._close(), "close()")
+            result = self._close()
+            if inspect.iscoroutine(result):
+                # Bounded: no hang watchdog watches close(); a coroutine that outlives its cancellation is left.
+                self._aio.run(result, label="close()", timeout_s=self.timeout_s, wait_if_hung=False)
         finally:
             self._aio.close()
 
