@@ -6,6 +6,8 @@ $SHARDLEASE_TEST_OUT.  Knobs (environment):
 
 * ``ASYNC_HANG_N``: the first call whose batch holds the record with this counter value never
   returns (until cancelled); later calls handle it normally.
+* ``ASYNC_STUBBORN_N``: a call whose batch holds this counter value swallows every cancellation and
+  never returns (a hung call even for an async handler).
 * ``ASYNC_SLOW_N``: a call whose batch holds this counter value writes ``started`` to
   $SHARDLEASE_TEST_OUT.marks, awaits 30 s, and writes ``unwound`` there when it ends or is cancelled.
 
@@ -45,6 +47,13 @@ async def handle(records: Sequence[Any], ctx: Any) -> None:
     if hang is not None and hang in ns and hang not in _hung_once:
         _hung_once.add(hang)
         await asyncio.Event().wait()  # never set: only a cancellation ends this call
+    stubborn = _knob("ASYNC_STUBBORN_N")
+    if stubborn is not None and stubborn in ns:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                continue  # the mistake: swallowing the cancellation
     if slow is not None and slow in ns:
         marks = os.environ["SHARDLEASE_TEST_OUT"] + ".marks"
         _append(marks, [b"started"])

@@ -109,6 +109,25 @@ def test_a_hung_coroutine_is_cancelled_by_the_timeout_and_a_second_signal_cancel
         assert lease is not None and lease.owner == "w1"  # not released: it expires
 
 
+def test_a_coroutine_that_swallows_its_cancellation_is_a_hung_call(tmp_path: Path, redis_url: str, group: str) -> None:
+    """A coroutine that ignores its cancellation falls back to the hung-call path: --on-handler-timeout exit stops
+    the worker with code 3, and the hung shard's lease is not released (it expires)."""
+    with LocalStreamsServer(port=0, empty_page_probability=0.0) as server:
+        table = server.create_table("orders", shards=1)
+        shard = server.model.shard_ids(table)[0]
+        table.put_item({"pk": "k1", "n": 1})
+        fleet = Fleet(tmp_path, redis_url, server.endpoint_url, table.stream_arn, group, **{"handler-timeout": "1"})
+        proc = fleet.start("w1", handler=HANDLER, ASYNC_STUBBORN_N="1")
+        assert proc.wait(20) == 3
+        log = fleet.log_text("w1")
+        lease = LeaseStore(connect(redis_url), group).lease(shard)
+    assert "past --handler-timeout 1 s: cancelled" in log
+    assert "ignored its cancellation" in log
+    assert "it is hung" in log
+    assert lease is not None and lease.owner == "w1"
+    assert fleet.handled() == []
+
+
 def test_async_lambda_handler_with_a_partial_batch_response(tmp_path: Path, redis_url: str, group: str) -> None:
     """An async lambda_handler(event, context) (detected by --handler-style auto) fails record 4 of 0..9 once:
     records 0..3 are checkpointed and never sent again, the retry starts at record 4."""
