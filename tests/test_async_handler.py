@@ -400,3 +400,25 @@ def test_an_async_close_that_ignores_its_cancellation_does_not_block_the_stop(
     assert "left running" in caplog.text
     assert len(cancellations) == 2
     assert aio_threads() == []
+
+
+def test_the_loop_lag_reaches_the_gauge() -> None:
+    metrics = Metrics("w1", "g")
+    assert metrics.value("shardlease_event_loop_lag_seconds") == 0.0  # exported, 0 without async handlers
+    lags: list[float] = []
+
+    def on_lag(seconds: float) -> None:
+        lags.append(seconds)
+        metrics.event_loop_lag(seconds)
+
+    async def blocks(records: Sequence[Any], ctx: Any) -> None:
+        time.sleep(0.3)
+
+    handler = as_handler(blocks)
+    handler.use_runtime(timeout_s=10, on_loop_lag=on_lag)
+    handler.handle([], CTX)
+    time.sleep(2 * aio.TICK_S)
+    handler.close()  # no update after this
+    assert max(lags) >= 0.1  # the heartbeat after a 0.3 s block woke at least 0.1 s late
+    assert metrics.value("shardlease_event_loop_lag_seconds") == lags[-1]
+    assert "shardlease_event_loop_lag_seconds" in metrics.render().decode()
