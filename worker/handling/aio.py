@@ -64,7 +64,7 @@ class HandlerCancelled(ShardleaseError):
 class _Call:
     """One coroutine on its way through the loop; ``done`` is set once its task has ended."""
 
-    __slots__ = ("coro", "done", "error", "label", "result", "task")
+    __slots__ = ("coro", "done", "error", "label", "result", "task", "timed_out")
 
     def __init__(self, coro: Coroutine[Any, Any, Any], label: str) -> None:
         self.coro = coro
@@ -73,6 +73,8 @@ class _Call:
         self.done = threading.Event()
         self.result: Any = None
         self.error: BaseException | None = None
+        self.timed_out = False
+        """Set on the loop when the call was cancelled at its timeout (it had not ended yet)."""
 
 
 class EventLoopThread:
@@ -122,16 +124,23 @@ class EventLoopThread:
         started = current_call_started() or time.monotonic()
         if timeout_s is not None:
             call_cancellable(CANCEL_GRACE_S)
-        loop.call_soon_threadsafe(self._begin, call)
+        try:
+            loop.call_soon_threadsafe(self._begin, call)
+        except RuntimeError:  # the loop was closed meanwhile
+            coro.close()
+            raise
         if timeout_s is None or call.done.wait(max(0.0, started + timeout_s - time.monotonic())):
             call.done.wait()
             return self._outcome(call)
         # Past the timeout: cancel, give it CANCEL_GRACE_S to unwind, then treat it as hung.
+        ran_s = time.monotonic() - started
         loop.call_soon_threadsafe(self._cancel, call)
+        finished = call.done.wait(CANCEL_GRACE_S)
+        if finished and not call.timed_out:
+            return self._outcome(call)  # it ended before the cancellation reached it: a normal call
         log.error("async handler call has run %.1f s, past --handler-timeout %g s: cancelled; its batch counts as "
-                  "a failed call (retried under the failure policy)", time.monotonic() - started,
-                  timeout_s, extra={"shard_id": label})
-        if not call.done.wait(CANCEL_GRACE_S):
+                  "a failed call (retried under the failure policy)", ran_s, timeout_s, extra={"shard_id": label})
+        if not finished:
             if not wait_if_hung:
                 log.error("async call ignored its cancellation for %g s: left running", CANCEL_GRACE_S,
                           extra={"shard_id": label})
@@ -264,7 +273,9 @@ class EventLoopThread:
 
     @staticmethod
     def _cancel(call: _Call) -> None:
-        if call.task is not None:
+        """On the loop: cancel the call's task at its timeout, unless it has already ended."""
+        if call.task is not None and not call.task.done():
+            call.timed_out = True
             call.task.cancel()
 
     def _cancel_everything(self) -> None:
