@@ -169,11 +169,6 @@ class EventLoopThread:
             time.sleep(0.01)
         return count
 
-    def in_flight(self) -> list[str]:
-        """Labels (shard ids) of the coroutines in flight."""
-        with self._running_lock:
-            return [c.label for c in self._running.values()]
-
     def close(self) -> None:
         """Stop the loop and its watchdog and wait for both threads (bounded).  Later calls do nothing; a
         coroutine submitted after close is refused."""
@@ -322,19 +317,18 @@ class EventLoopThread:
                 running = None
         with self._running_lock:
             call = self._running.get(running) if running is not None else None
-            others = sorted({c.label for c in self._running.values()})
         where = self._where()
-        if call is None and not others:
-            log.error("event loop has not turned for %.1f s (more than %.1f s) with no handler call running%s (a "
-                      "process starved of CPU, or paused)", silent_s, self.stall_threshold_s, where)
+        if call is None:
+            # A blocking call in a coroutine runs inside its task: with no task running, the loop thread is
+            # elsewhere (starved of CPU, the process paused, or a blocking callback).
+            log.error("event loop has not turned for %.1f s (more than %.1f s) and no handler coroutine is running"
+                      "%s (a process starved of CPU or paused, or a blocking callback)", silent_s,
+                      self.stall_threshold_s, where)
             return
-        if call is not None:
-            shards, what = [call.label], f"the coroutine of shard {call.label}"
-        else:
-            shards, what = others, f"one of the coroutines of {', '.join(others)}"
-        log.error("event loop blocked for %.1f s (more than %.1f s): %s is running a blocking call%s; every async "
-                  "handler call of this process waits (use await, or asyncio.to_thread for blocking work)",
-                  silent_s, self.stall_threshold_s, what, where, extra={"shard_id": ",".join(shards)})
+        log.error("event loop blocked for %.1f s (more than %.1f s): the coroutine of shard %s is running a blocking "
+                  "call%s; every async handler call of this process waits (use await, or asyncio.to_thread for "
+                  "blocking work)", silent_s, self.stall_threshold_s, call.label, where,
+                  extra={"shard_id": call.label})
 
     def _where(self) -> str:
         thread = self._thread
