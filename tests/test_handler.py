@@ -94,7 +94,6 @@ def test_as_handler_wraps_python_objects_directly() -> None:
         (f"{MOD}:missing", "has no attribute 'missing'"),
         (f"{MOD}:NOT_CALLABLE", "not a function"),
         (f"{MOD}:wrong_arity", "cannot be called as handle(records, ctx)"),
-        (f"{MOD}:async_handle", "async"),
         (f"{MOD}:FailingInit", "RuntimeError: cannot connect to the sink"),
         (f"{MOD}:BadHook", "on_lease_lost cannot be called as on_lease_lost(ctx)"),
     ],

@@ -231,6 +231,11 @@ class Metrics:
             registry=r,
         )
         self._throttles = counter("shardlease_throttles", "AWS calls throttled, by API.", ("api",))
+        self._loop_lag = gauge(
+            "shardlease_event_loop_lag_seconds",
+            "How late the async handlers' event loop woke from its last 0.1 s heartbeat, in seconds; while it "
+            "stalls (a blocking call in an async handler), how long it has not turned.  0 without async handlers.",
+        )
         self._checkpoint_failures = counter(
             "shardlease_checkpoint_failures", "Checkpoint writes that failed (other than a lost lease)."
         )
@@ -355,6 +360,10 @@ class Metrics:
 
     def throttle(self, api: str) -> None:
         self._throttles.labels(api=_check("api", api, THROTTLED_APIS)).inc()
+
+    def event_loop_lag(self, seconds: float) -> None:
+        """The async handlers' event loop lag in seconds (see the gauge's help)."""
+        self._loop_lag.set(seconds)
 
     def checkpoint_failure(self) -> None:
         self._checkpoint_failures.inc()

@@ -18,7 +18,8 @@ not in flight, so other workers take over at once.  A lease whose handler call i
 still running is never released: :meth:`Worker.run` returns
 :data:`EXIT_ABANDONED` and the command exits at once without ``close()``, so the
 lease expires with the process gone and the call cannot overlap the next owner's.
-A second signal exits at once.
+A second signal exits at once (async handler calls in flight are cancelled first and get
+a second to unwind).
 """
 
 from __future__ import annotations
@@ -146,6 +147,7 @@ def build_deliveries(
 ) -> DeliveryFactory:
     """How this worker calls the handler and what it does when the handler fails."""
     contexts = ContextFactory(config.group, stream_arn, region, config.handler_timeout_s)
+    handler.use_runtime(timeout_s=config.handler_timeout_s, on_loop_lag=metrics.event_loop_lag)
     styled = apply_handler_style(handler, config.handler_style, stream_arn=stream_arn, contexts=contexts)
     log.info("handler %s is called %s", handler.name,
              "as handle(records, ctx)" if styled is handler else "Lambda-style as handler(event, context)")
@@ -254,6 +256,9 @@ class Worker:
         self._signals += 1
         if self._signals > 1:
             os.write(2, b"shardlease: second signal, exiting at once\n")
+            # Async handler calls in flight are cancelled and get a moment to unwind (their finally blocks);
+            # leases are not released: they expire, and the next owners re-read the unfinished batches.
+            self.handler.cancel_running()
             os._exit(1)
         log.info("%s received: finishing in-flight batches, then releasing leases (up to %.0f s)",
                  signal.Signals(signum).name, self.config.shutdown_grace_s)

@@ -29,6 +29,22 @@ def call_started() -> None:
         call.restart()
 
 
+def current_call_started() -> float | None:
+    """When the handler call running on this thread (last) started (``time.monotonic()``), or None."""
+    call: Call | None = getattr(_current, "call", None)
+    return call.started if call is not None else None
+
+
+def call_cancellable(grace_s: float) -> None:
+    """Tell the hang watchdog that the call running on this thread is cancelled at its timeout (an async
+    handler's coroutine): the watchdog judges it hung only ``grace_s`` seconds later, once the
+    cancellation had its chance.  Its start as the watchdog sees it moves by ``grace_s``; its duration
+    (:attr:`Call.duration_s`) does not."""
+    call: Call | None = getattr(_current, "call", None)
+    if call is not None:
+        call._calls._update(call._id, call.started + grace_s)
+
+
 class Call:
     """One handler call, as a context manager: in flight between ``__enter__`` and ``__exit__``."""
 

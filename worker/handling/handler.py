@@ -11,6 +11,12 @@ A class or instance may also define any of ``on_lease_gained(ctx)``,
 no-ops.  :func:`load_handler` returns a :class:`Handler` with all five methods, so
 the runtime never checks what the user wrote.
 
+Any of them may be ``async`` (any mix of sync and async): a call that returns a coroutine
+is run on the process's one event loop (:mod:`worker.handling.aio`, started at the first
+coroutine) while the calling thread waits, so every caller sees a plain blocking call.  An
+async call past ``timeout_s`` (``--handler-timeout``) is cancelled and fails with
+:class:`~worker.handling.aio.HandlerTimeout`; ``close()`` stops the loop (docs/async-handlers.md).
+
 ``records`` is a sequence of :class:`worker.reading.records.Record`; ``ctx`` is a
 :class:`ShardContext`.  Its ``lease_token`` is the lease's fencing token: a sink
 that stores the highest token it has seen per shard can reject writes from a
@@ -35,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from leaser.errors import ConfigError
+from worker.handling.aio import UNWIND_ON_EXIT_S, EventLoopThread
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +71,12 @@ def _noop_close() -> None:
 
 
 class Handler:
-    """The user's handler behind one interface: ``handle``, the three lease hooks and ``close``."""
+    """The user's handler behind one interface: ``handle``, the three lease hooks and ``close``.
 
-    __slots__ = ("_close", "_closed", "_handle", "_hooks", "name", "target")
+    Each method returns once the user's code has finished: a coroutine it returns is run to its end on
+    the handler's event loop (see the module docstring)."""
+
+    __slots__ = ("_aio", "_close", "_closed", "_handle", "_hooks", "is_async", "name", "target", "timeout_s")
 
     def __init__(
         self,
@@ -89,29 +99,80 @@ class Handler:
         }
         self._close = close or _noop_close
         self._closed = False
+        self.is_async = any(_is_async(f) for f in (handle, *self._hooks.values(), self._close))
+        """True when ``handle``, a hook or ``close`` is a coroutine function (known at load time)."""
+        self.timeout_s: float | None = None
+        """Seconds after which an async call is cancelled (``--handler-timeout``); None: never."""
+        self._aio = EventLoopThread()
+        """The event loop of the async calls: its thread starts at the first coroutine, never for a sync handler."""
 
-    def handle(self, records: Sequence[Any], ctx: ShardContext) -> Any:
-        """Call the user's handler; returns what it returns (a later partial-batch response)."""
-        return self._handle(records, ctx)
+    def use_runtime(self, *, timeout_s: float | None, on_loop_lag: Callable[[float], None] | None = None) -> None:
+        """Set what the worker provides: the async calls' timeout and where the loop's lag (seconds) goes."""
+        self.timeout_s = timeout_s
+        self._aio.on_lag = on_loop_lag
+
+    def handle(self, records: Sequence[Any], ctx: ShardContext, *, shard_id: str | None = None) -> Any:
+        """Call the user's handler; returns what it returns (a later partial-batch response).
+
+        ``shard_id`` names the shard in the logs of an async call when ``ctx`` is not a
+        :class:`ShardContext` (a Lambda-style call's context)."""
+        return self._finish(self._handle(records, ctx), getattr(ctx, "shard_id", "") if shard_id is None else shard_id)
 
     def on_lease_gained(self, ctx: ShardContext) -> None:
-        self._hooks["on_lease_gained"](ctx)
+        self._finish(self._hooks["on_lease_gained"](ctx), ctx.shard_id)
 
     def on_lease_lost(self, ctx: ShardContext) -> None:
-        self._hooks["on_lease_lost"](ctx)
+        self._finish(self._hooks["on_lease_lost"](ctx), ctx.shard_id)
 
     def on_shard_end(self, ctx: ShardContext) -> None:
-        self._hooks["on_shard_end"](ctx)
+        self._finish(self._hooks["on_shard_end"](ctx), ctx.shard_id)
 
     def close(self) -> None:
-        """Call the user's ``close()`` once; later calls do nothing."""
+        """Call the user's ``close()`` once, then stop the event loop (if it ever started); later calls do
+        nothing."""
         if self._closed:
             return
         self._closed = True
-        self._close()
+        try:
+            result = self._close()
+            if inspect.iscoroutine(result):
+                # Bounded: no hang watchdog watches close(); a coroutine that outlives its cancellation is left.
+                self._aio.run(result, label="close()", timeout_s=self.timeout_s, wait_if_hung=False)
+        finally:
+            self._aio.close()
+
+    def cancel_running(self, wait_s: float = UNWIND_ON_EXIT_S) -> int:
+        """Cancel the async calls in flight and wait up to ``wait_s`` seconds for them to unwind (the process
+        is about to exit).  Returns how many there were; 0 for a sync handler."""
+        return self._aio.cancel_all(wait_s)
+
+    @property
+    def event_loop(self) -> EventLoopThread:
+        """The event loop of the async calls (its thread may not have started)."""
+        return self._aio
+
+    def _finish(self, result: Any, label: str) -> Any:
+        if inspect.iscoroutine(result):
+            return self._aio.run(result, label=label, timeout_s=self.timeout_s)
+        return result
 
     def __repr__(self) -> str:
         return f"<Handler {self.name}>"
+
+
+def _is_async(func: Any) -> bool:
+    """Whether calling ``func`` returns a coroutine: an ``async def`` function or method, a partial of one,
+    or an object whose ``__call__`` is one."""
+    if inspect.iscoroutinefunction(func):
+        return True
+    if inspect.isfunction(func) or inspect.ismethod(func):
+        return False
+    return inspect.iscoroutinefunction(_dunder_call(func))
+
+
+def _dunder_call(obj: Any) -> Any:
+    """The ``__call__`` defined by ``obj``'s class (None if none): what calling the instance runs."""
+    return inspect.getattr_static(type(obj), "__call__", None)
 
 
 def _describe(obj: Any) -> str:
@@ -226,9 +287,6 @@ def as_handler(obj: Any, *, name: str = "") -> Handler:
             obj = obj()
         except Exception as exc:
             raise _error(f"{label}() failed: {type(exc).__name__}: {exc}") from None
-    if inspect.iscoroutinefunction(obj) or inspect.iscoroutinefunction(getattr(obj, "handle", None)):
-        raise _error(f"{label} is an async function; async handlers are not supported yet",
-                     "make handle(records, ctx) a plain function")
     method = getattr(obj, "handle", None)
     if method is not None and not inspect.isfunction(obj):
         if not callable(method):
@@ -241,6 +299,9 @@ def as_handler(obj: Any, *, name: str = "") -> Handler:
             f"{label} is a {type(obj).__name__}, not a function or an object with handle(records, ctx)",
             "point --handler / SHARDLEASE_HANDLER at a function handle(records, ctx) or a class",
         )
+    if inspect.isasyncgenfunction(handle) or inspect.isasyncgenfunction(_dunder_call(handle)):
+        raise _error(f"{label} is an async generator (it has a yield), so calling it would run nothing",
+                     "make it async def handle(records, ctx) without yield, or a plain function")
     if not _accepts(handle, 2):
         raise _error(f"{label} cannot be called as handle(records, ctx)",
                      "give the handler exactly two positional parameters: records, ctx")
@@ -251,6 +312,9 @@ def as_handler(obj: Any, *, name: str = "") -> Handler:
             hooks[hook] = None
             continue
         nargs = 0 if hook == "close" else 1
+        if inspect.isasyncgenfunction(func):
+            raise _error(f"{label}.{hook} is an async generator (it has a yield), so calling it would run nothing",
+                         "remove the yield")
         if not callable(func) or not _accepts(func, nargs):
             signature = "close()" if hook == "close" else f"{hook}(ctx)"
             raise _error(f"{label}.{hook} cannot be called as {signature}",

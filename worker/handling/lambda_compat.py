@@ -30,6 +30,10 @@ calls.  shardlease handles many shards (and ``--parallelization-factor`` lanes) 
 so :func:`lambda_handler` by default lets one invocation run at a time per handler per process
 (``serialize=True``); scale out with more processes, or pass ``serialize=False`` for a handler
 known to be thread-safe.
+
+An ``async def lambda_handler(event, context)`` is awaited on the worker's event loop
+(:mod:`worker.handling.aio`), one invocation at a time per process as well (``serialize``): the
+waiting happens on the calling thread, so the loop stays free for other async work.
 """
 
 from __future__ import annotations
@@ -264,7 +268,8 @@ class LambdaContext:
     def get_remaining_time_in_millis(self) -> int:
         """Milliseconds left of ``--handler-timeout`` since the invocation started (never negative).
 
-        Informational, as the setting is: shardlease does not stop a handler that runs over.
+        A sync handler that runs over is not stopped (the hang watchdog reports it); an async one is
+        cancelled at the timeout (docs/async-handlers.md).
         """
         deadline, clock = self._deadline
         return max(0, int((deadline - clock()) * 1000))
@@ -396,11 +401,11 @@ def lambda_handler(
     def handle(records: Sequence[Record], ctx: ShardContext) -> Any:
         event = lambda_event(records, stream_arn or ctx.stream_arn)
         if lock is None:
-            return handler.handle(event, contexts.new())  # type: ignore[arg-type]
+            return handler.handle(event, contexts.new(), shard_id=ctx.shard_id)  # type: ignore[arg-type]
         call_waiting()  # waiting for the lock is not part of the call (nor of its timeout)
         with lock:
             call_started()
-            return handler.handle(event, contexts.new())  # type: ignore[arg-type]
+            return handler.handle(event, contexts.new(), shard_id=ctx.shard_id)  # type: ignore[arg-type]
 
     handle.__qualname__ = f"lambda_handler({handler.name})"
     return handle

@@ -1,0 +1,156 @@
+"""Async handlers end to end: real worker processes, a real Redis and the local stream endpoint.
+
+The handlers are in tests/e2e/async_recording_handler.py.
+"""
+
+from __future__ import annotations
+
+import collections
+import signal
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from leaser import LeaseStore, connect
+from tests.e2e.fleet import Fleet, Writer, check_order_per_key, check_parents_before_children
+from worker.local import LocalStreamsServer
+
+pytestmark = pytest.mark.e2e
+
+HANDLER = "tests.e2e.async_recording_handler:handle"
+
+
+def wait_until(predicate: object, timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_async_handler_loses_nothing_and_keeps_order_through_splits_a_sigterm_and_a_sigkill(
+    tmp_path: Path, redis_url: str, group: str
+) -> None:
+    with LocalStreamsServer(port=0, seed=5) as server:
+        table = server.create_table("orders", shards=4)
+        model = server.model
+        fleet = Fleet(tmp_path, redis_url, server.endpoint_url, table.stream_arn, group)
+        for name in ("w1", "w2", "w3"):
+            fleet.start(name, handler=HANDLER)
+        with Writer(table, keys=40) as writer:
+            time.sleep(2.5)
+            model.split_shard(table, model.shard_ids(table, open_only=True)[0])
+            time.sleep(1.5)
+            # SIGTERM: w2's coroutines in flight finish, it checkpoints and releases: nothing is handled twice.
+            fleet.signal("w2", signal.SIGTERM)
+            assert fleet.procs["w2"].wait(20) == 0
+            terminated_rows = {r.seq for r in fleet.handled() if r.worker == "w2"}
+            # SIGKILL: w3 dies with coroutines in flight; its leases expire and w1 takes them over.
+            fleet.signal("w3", signal.SIGKILL)
+            model.split_shard(table, model.shard_ids(table, open_only=True)[-1])
+            time.sleep(1.5)
+        written = writer.written
+        rows = fleet.wait_for(set(written), timeout_s=40)
+        codes = fleet.stop_all()
+    handled = [r.seq for r in rows]
+    missing = set(written) - set(handled)
+    assert not missing, f"{len(missing)} of {len(written)} records never handled"
+    assert codes["w1"] == 0 and codes["w2"] == 0
+    check_order_per_key(rows)
+    parent_of = {sid: s.parent_id for sid, s in model.stream(table.stream_arn).shards.items()}
+    check_parents_before_children(rows, parent_of)
+    counts = collections.Counter(handled)
+    assert terminated_rows and all(counts[seq] == 1 for seq in terminated_rows)
+    duplicates = [seq for seq, c in counts.items() if c > 1]
+    assert len(duplicates) <= 50 * 6, f"{len(duplicates)} duplicates"  # at most a batch per shard w3 held
+    assert {r.worker for r in rows} == {"w1", "w2", "w3"}
+    for name in ("w1", "w2"):
+        assert "event loop thread" in fleet.log_text(name)  # the handler did run on the loop
+
+
+def test_a_hung_coroutine_is_cancelled_by_the_timeout_and_a_second_signal_cancels_one_in_flight(
+    tmp_path: Path, redis_url: str, group: str
+) -> None:
+    """The first call on records 0..7 never returns: cancelled after --handler-timeout 2 s, a failed call, the
+    batch retried and handled; the worker stays up.  Then a call in flight when SIGTERM comes twice is
+    cancelled (its finally runs) and the worker exits 1 without releasing that shard's lease."""
+    with LocalStreamsServer(port=0, empty_page_probability=0.0) as server:
+        table = server.create_table("orders", shards=1)
+        shard = server.model.shard_ids(table)[0]
+        first = [str(table.put_item({"pk": f"k{n}", "n": n})) for n in range(8)]
+        fleet = Fleet(tmp_path, redis_url, server.endpoint_url, table.stream_arn, group,
+                      **{"handler-timeout": "2"})
+        proc = fleet.start("w1", handler=HANDLER, ASYNC_HANG_N="3", ASYNC_SLOW_N="100")
+        rows = fleet.wait_for(set(first), timeout_s=20)
+        assert proc.poll() is None, fleet.log_text("w1")[-2000:]
+        later = [str(table.put_item({"pk": f"k{n}", "n": n})) for n in range(8, 11)]
+        rows = fleet.wait_for(set(first + later), timeout_s=20)
+        assert proc.poll() is None
+        log = fleet.log_text("w1")
+        cancelled = [line for line in log.splitlines() if "past --handler-timeout" in line]
+        assert len(cancelled) == 1 and shard in cancelled[0], log[-2000:]
+        assert "HandlerTimeout" in log  # the delivery counted a failed call
+        assert "it is hung" not in log  # the hang watchdog never fired: no exit for a cancelled call
+        seqs = [r.seq for r in rows]
+        assert sorted(seqs) == sorted(first + later)  # the cancelled call handled nothing: no duplicates
+
+        marks = Path(str(fleet.out) + ".marks")
+        table.put_item({"pk": "k100", "n": 100})
+        assert wait_until(lambda: marks.exists() and b"started" in marks.read_bytes(), 20)
+        fleet.signal("w1", signal.SIGTERM)
+        assert wait_until(lambda: "SIGTERM received" in fleet.log_text("w1"), 10)
+        fleet.signal("w1", signal.SIGTERM)
+        assert proc.wait(10) == 1
+        assert marks.read_bytes().split() == [b"started", b"unwound"]
+        lease = LeaseStore(connect(redis_url), group).lease(shard)
+        assert lease is not None and lease.owner == "w1"  # not released: it expires
+
+
+def test_a_coroutine_that_swallows_its_cancellation_is_a_hung_call(tmp_path: Path, redis_url: str, group: str) -> None:
+    """A coroutine that ignores its cancellation falls back to the hung-call path: --on-handler-timeout exit stops
+    the worker with code 3, and the hung shard's lease is not released (it expires)."""
+    with LocalStreamsServer(port=0, empty_page_probability=0.0) as server:
+        table = server.create_table("orders", shards=1)
+        shard = server.model.shard_ids(table)[0]
+        table.put_item({"pk": "k1", "n": 1})
+        fleet = Fleet(tmp_path, redis_url, server.endpoint_url, table.stream_arn, group, **{"handler-timeout": "1"})
+        proc = fleet.start("w1", handler=HANDLER, ASYNC_STUBBORN_N="1")
+        assert proc.wait(20) == 3
+        log = fleet.log_text("w1")
+        lease = LeaseStore(connect(redis_url), group).lease(shard)
+    assert "past --handler-timeout 1 s: cancelled" in log
+    assert "ignored its cancellation" in log
+    assert "it is hung" in log
+    assert lease is not None and lease.owner == "w1"
+    assert fleet.handled() == []
+
+
+def test_async_lambda_handler_with_a_partial_batch_response(tmp_path: Path, redis_url: str, group: str) -> None:
+    """An async lambda_handler(event, context) (detected by --handler-style auto) fails record 4 of 0..9 once:
+    records 0..3 are checkpointed and never sent again, the retry starts at record 4."""
+    with LocalStreamsServer(port=0, empty_page_probability=0.0) as server:
+        table = server.create_table("orders", shards=1)
+        written = [str(table.put_item({"pk": f"k{n}", "n": n})) for n in range(10)]
+        fleet = Fleet(tmp_path, redis_url, server.endpoint_url, table.stream_arn, group)
+        calls_path = Path(str(fleet.out) + ".calls")
+
+        def calls() -> list[dict[str, list[str]]]:
+            return [orjson.loads(line) for line in calls_path.read_bytes().splitlines()] if calls_path.exists() else []
+
+        fleet.start("w1", handler="tests.e2e.async_recording_handler:lambda_handler", ASYNC_FAIL_N="4")
+        assert wait_until(lambda: {s for c in calls() for s in c["seqs"]} >= set(written)
+                          and sum(written[4] in c["seqs"] for c in calls()) >= 2, 20), fleet.log_text("w1")[-2000:]
+        assert fleet.stop_all() == {"w1": 0}
+    log = fleet.log_text("w1")
+    assert "Lambda-style" in log and "event loop thread" in log
+    made = calls()
+    failing = next(i for i, c in enumerate(made) if c["failed"])
+    assert made[failing]["failed"] == [written[4]]
+    before = set(made[failing]["seqs"][: made[failing]["seqs"].index(written[4])])
+    assert before >= set(written[:4])  # the batch began at record 0 or earlier
+    later_calls = made[failing + 1:]
+    assert later_calls[0]["seqs"][0] == written[4]  # retried from the failed record
+    assert not before & {s for c in later_calls for s in c["seqs"]}  # the records before it were checkpointed
