@@ -70,7 +70,7 @@ from worker.observability import (
 )
 from worker.reading.streams import StreamsClient, parse_stream_arn
 from worker.redis_setup import open_redis
-from worker.scheduler import Scheduler
+from worker.scheduler import ASYNC_HANDLER_THREADS, DEFAULT_THREADS, Scheduler
 
 log = logging.getLogger("shardlease.worker")
 
@@ -213,7 +213,7 @@ class Worker:
         self.manager = LeaseManager(self.store, config.worker_id)
         self.health = HealthState()
         self.discovery = ShardDiscovery(self.streams, self.store, self.stream_arn, self.metrics)
-        self.scheduler = Scheduler()
+        self.scheduler = Scheduler(ASYNC_HANDLER_THREADS if self.handler.is_async else DEFAULT_THREADS)
         undo.callback(self.scheduler.close, wait=True)
         self.deliveries = build_deliveries(config, self.handler, self.stream_arn, region, self.client, self.metrics)
         self.settings = ConsumerSettings(

@@ -22,6 +22,9 @@ log = logging.getLogger("shardlease.scheduler")
 
 DEFAULT_THREADS = 32
 """Threads that run consumer steps (GetRecords, the handler, the checkpoint) in one process."""
+ASYNC_HANDLER_THREADS = 128
+"""Step threads with an async handler: a step then mostly waits for its coroutine on the event loop, not
+for the CPU, so up to this many shards' batches can wait on I/O at once (a sync handler keeps 32)."""
 
 _RUNNING = float("inf")
 """The due time of a consumer whose step is running: it is pushed again when the step returns."""
