@@ -7,8 +7,9 @@ owns that shard's step) until it ends.  So:
 
 * batches of different shards run concurrently on the loop, one shard's batches strictly in order
   (the scheduler runs one step per shard at a time, and a step waits for its coroutine);
-* concurrency is bounded by the threads that wait: the scheduler's 32 step threads (plus the lane
-  threads with ``--parallelization-factor``); a waiting thread costs no CPU;
+* concurrency is bounded by the threads that wait: the scheduler's step threads (128 with an async
+  handler, ``worker.scheduler.ASYNC_HANDLER_THREADS``; plus the lane threads with
+  ``--parallelization-factor``); a waiting thread costs no CPU;
 * the loop is created at the first coroutine (a sync handler never has one) and stopped by
   :meth:`EventLoopThread.close` (``Handler.close()``): no thread is left behind.
 
