@@ -116,6 +116,13 @@ class ShardConsumer:
         self._from_trim_horizon = False
         self._skip_before_s = 0.0
         """While > 0 (and no checkpoint yet): drop records created before it (Unix s): see _new_iterator."""
+        if acquired.skip_before_ms and not acquired.checkpoint:
+            # Repositioned to a time (a rewind or --to-latest): read from the trim horizon and skip what was
+            # created before it.  ApproximateCreationDateTime is whole seconds (rounded down), so the cutoff
+            # is the second of that time: records of the same second just before it are handled too (the
+            # documented margin); never is a record at or after it skipped.
+            self._read_from_start = True
+            self._skip_before_s = float(acquired.skip_before_ms // 1000)
         self._started = False
         self._lock = threading.Lock()
         self._stop_reason: str | None = None
@@ -337,7 +344,10 @@ class ShardConsumer:
         self._failures = 0
         if self._skip_before_s and not self.checkpoint:
             cutoff = self._skip_before_s
-            return [r for r in page.records if r.approximate_creation_time.timestamp() >= cutoff]
+            kept = [r for r in page.records if r.approximate_creation_time.timestamp() >= cutoff]
+            if len(kept) < len(page.records):
+                self._metrics.records_skipped_before_start.inc(len(page.records) - len(kept))
+            return kept
         return page.records
 
     def _new_iterator(self) -> str:
