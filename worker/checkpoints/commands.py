@@ -225,7 +225,7 @@ def _import_kcl(args: argparse.Namespace) -> int:
     streams, arn = _streams(args, required=True)
     values = load_settings(["region", "endpoint_url"], args)
     entries = read_lease_table(args.lease_table, region=values["region"] or os.environ.get("AWS_REGION"),
-                               endpoint_url=values["endpoint_url"], stream_arn=arn)
+                               endpoint_url=values["endpoint_url"])
     epoch = store.epoch()
     steps = plan_import(entries, store.leases(), streams.list_shards(arn), source=f"lease table {args.lease_table}")
     return _apply(args, store, shown, f"import-kcl --lease-table {args.lease_table}", steps, epoch, mark_listed=True)

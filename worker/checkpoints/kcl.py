@@ -20,15 +20,16 @@ _SETTING = "lease-table (--lease-table)"
 _SENTINELS = {"TRIM_HORIZON", "LATEST", "SHARD_END", "AT_TIMESTAMP"}
 
 
-def read_lease_table(table: str, *, region: str | None, endpoint_url: str | None,
-                     stream_arn: str | None = None) -> dict[str, dict[str, Any]]:
+def read_lease_table(table: str, *, region: str | None, endpoint_url: str | None) -> dict[str, dict[str, Any]]:
     """shard id -> import entry (``checkpoint``, ``read_from_start``, ``skip_before_ms``, ``why``) from the
     lease table; ConfigError (one line) for a table that does not exist or is not a KCL lease table."""
     import boto3
     from boto3.dynamodb.types import TypeDeserializer
     from botocore.exceptions import BotoCoreError, ClientError
 
-    client = boto3.client("dynamodb", region_name=region or os.environ.get("AWS_REGION"), endpoint_url=endpoint_url)
+    # The lease table may live elsewhere than the stream's endpoint: AWS_ENDPOINT_URL_DYNAMODB wins when set.
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_DYNAMODB") or endpoint_url
+    client = boto3.client("dynamodb", region_name=region or os.environ.get("AWS_REGION"), endpoint_url=endpoint)
     try:
         schema = client.describe_table(TableName=table)["Table"]["KeySchema"]
     except ClientError as exc:
