@@ -445,11 +445,11 @@ class LeaseStore:
     def history(self, limit: int = 10) -> list[dict[str, Any]]:
         """The group's last rewinds, imports and exports, newest first (see :meth:`reposition`)."""
         with translate_redis_errors():
-            raw = self.client.lrange(self.keys.history, 0, max(limit, 1) - 1)
+            raw = self.client.hgetall(self.keys.history)  # at most HISTORY_KEPT entries
         out = []
-        for item in raw:
+        for _, text in sorted(((int(_s(seq)), text) for seq, text in raw.items()), reverse=True)[:max(limit, 1)]:
             try:
-                out.append(json.loads(_s(item)))
+                out.append(json.loads(_s(text)))
             except ValueError:
                 continue
         return out
@@ -458,9 +458,10 @@ class LeaseStore:
         """Add an operation that changes no position (an export) to the group's history."""
         entry = {"at_ms": self.server_time_ms(), "epoch": self.epoch(), **dict(record)}
         with translate_redis_errors():
-            pipe = self.client.pipeline(transaction=True)
-            pipe.lpush(self.keys.history, json.dumps(entry, separators=(",", ":"), sort_keys=True))
-            pipe.ltrim(self.keys.history, 0, HISTORY_KEPT - 1)
+            seq = int(self.client.hincrby(self.keys.meta, "history_seq", 1))
+            pipe = self.client.pipeline(transaction=False)  # MULTI is not in the worker's ACL
+            pipe.hset(self.keys.history, str(seq), json.dumps(entry, separators=(",", ":"), sort_keys=True))
+            pipe.hdel(self.keys.history, str(seq - HISTORY_KEPT))
             pipe.execute()
 
     def server_time_ms(self) -> int:

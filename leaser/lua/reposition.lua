@@ -7,7 +7,7 @@
 -- parent is not ended.  The group's epoch counts these changes; the request id makes a retry after a
 -- lost reply answer 'done' instead of applying twice.
 -- KEYS[1] shards zset   KEYS[2] free zset   KEYS[3] owned zset   KEYS[4] ended zset   KEYS[5] tombstones
--- KEYS[6] token counter   KEYS[7] meta hash   KEYS[8] history list
+-- KEYS[6] token counter   KEYS[7] meta hash   KEYS[8] history hash (meta.history_seq -> JSON)
 -- KEYS[9..] per entry, in entry order: its lease key, the held set of the owner the caller read (the
 --           lease key again when it read none), then the lease keys of its parents (ARGV parents csv)
 -- ARGV[1] request id   ARGV[2] epoch the caller planned from   ARGV[3] the history record: a JSON
@@ -130,8 +130,9 @@ for _, e in ipairs(entries) do
   end
 end
 
-redis.call('LPUSH', KEYS[8], '{"at_ms":' .. string.format('%.0f', now) .. ',"epoch":' .. epoch .. ','
-           .. string.sub(ARGV[3], 2))
-redis.call('LTRIM', KEYS[8], 0, tonumber(ARGV[4]) - 1)
+local seq = redis.call('HINCRBY', KEYS[7], 'history_seq', 1)
+redis.call('HSET', KEYS[8], seq,
+           '{"at_ms":' .. string.format('%.0f', now) .. ',"epoch":' .. epoch .. ',' .. string.sub(ARGV[3], 2))
+redis.call('HDEL', KEYS[8], seq - tonumber(ARGV[4]))
 if #ready > 0 then redis.call('PUBLISH', ARGV[5], table.concat(ready, ',')) end
 return {'ok', epoch, table.concat(fenced, ',')}

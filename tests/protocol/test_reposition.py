@@ -170,3 +170,13 @@ def test_history_keeps_who_and_what_newest_first(store: LeaseStore) -> None:
     history = store.history()
     assert [h["what"] for h in history] == ["test", "export"]
     assert history[0]["epoch"] == 1 and history[0]["at_ms"] > 0
+
+
+def test_history_is_capped_and_newest_first(store: LeaseStore) -> None:
+    from leaser.positions import HISTORY_KEPT
+
+    for n in range(HISTORY_KEPT + 5):
+        store.record_history({"what": f"export {n}"})
+    history = store.history(limit=1000)
+    assert len(history) == HISTORY_KEPT
+    assert history[0]["what"] == f"export {HISTORY_KEPT + 4}" and history[-1]["what"] == "export 5"
