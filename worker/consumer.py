@@ -123,6 +123,8 @@ class ShardConsumer:
             # documented margin); never is a record at or after it skipped.
             self._read_from_start = True
             self._skip_before_s = float(acquired.skip_before_ms // 1000)
+        self._skipped_page = False
+        """The last page read had records, all skipped (created before the start time)."""
         self._started = False
         self._lock = threading.Lock()
         self._stop_reason: str | None = None
@@ -310,6 +312,9 @@ class ShardConsumer:
         if not self._gathered:
             if self._at_end:
                 return None
+            if self._skipped_page:  # a page of records skipped (before the start time) is not an idle shard
+                self._skipped_page = False
+                return 0.0
             self._metrics.iterator_age(self.shard_id, 0.0)  # caught up: nothing waits to be read
             self._empty_polls += 1
             return float(min(FIRST_IDLE_DELAY_S * 2 ** (self._empty_polls - 1), settings.idle_poll_interval_s))
@@ -347,6 +352,7 @@ class ShardConsumer:
             kept = [r for r in page.records if r.approximate_creation_time.timestamp() >= cutoff]
             if len(kept) < len(page.records):
                 self._metrics.records_skipped_before_start.inc(len(page.records) - len(kept))
+                self._skipped_page = not kept  # more may follow at once: no idle wait (see _gather)
             return kept
         return page.records
 
