@@ -24,7 +24,7 @@ import redis.cluster
 from leaser.config import LeaseConfig
 from leaser.errors import ConcurrentUpdate, ConfigError, CoordinationUnavailable, LeaseLostError
 from leaser.keys import META_KEY_PATTERN, GroupKeys, group_of_meta_key, validate_id
-from leaser.lease import SHARD_END, Acquired, Lease, ShardSpec, validate_sequence_number
+from leaser.lease import Acquired, Lease, ShardSpec, validate_sequence_number
 from leaser.positions import HISTORY_KEPT, Position, Repositioned
 from leaser.scripts import Scripts
 
@@ -390,8 +390,8 @@ class LeaseStore:
         for _ in range(_RETRIES_ON_CONCURRENT_UPDATE):
             current = self._lineage_rows(list(wanted))
             keep: list[str] = []
-            for shard, position in wanted.items():
-                if position.checkpoint != SHARD_END and shard in current:
+            for shard in wanted:
+                if shard in current:  # re-opened: its children wait again; ended: blocked ones may start
                     keep += [c for c in current[shard]["children"] if c not in wanted and c not in keep]
             kept_rows = self._lineage_rows(keep)
             parents = {s: (current[s]["parents"] if s in current else list(p.parent_ids)) for s, p in wanted.items()}

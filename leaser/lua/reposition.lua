@@ -3,8 +3,8 @@
 -- it before this call can land (checkpoint, end_shard, begin, offer and release are refused, the next
 -- heartbeat reports it lost); its state is rebuilt from its new checkpoint and its parents' states
 -- (a shard set to anything but SHARD_END is ready, or blocked while a parent has not ended).  Children
--- of re-opened shards that the caller does not set ('keep') are blocked again, and fenced, while a
--- parent is not ended.  The group's epoch counts these changes; the request id makes a retry after a
+-- of the shards set that the caller does not set ('keep') are judged again: blocked, and fenced, while a
+-- parent is not ended (a re-opened parent); ready once every parent has ended.  The group's epoch counts these changes; the request id makes a retry after a
 -- lost reply answer 'done' instead of applying twice.
 -- KEYS[1] shards zset   KEYS[2] free zset   KEYS[3] owned zset   KEYS[4] ended zset   KEYS[5] tombstones
 -- KEYS[6] token counter   KEYS[7] meta hash   KEYS[8] history hash (meta.history_seq -> JSON)

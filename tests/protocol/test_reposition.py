@@ -180,3 +180,12 @@ def test_history_is_capped_and_newest_first(store: LeaseStore) -> None:
     history = store.history(limit=1000)
     assert len(history) == HISTORY_KEPT
     assert history[0]["what"] == f"export {HISTORY_KEPT + 4}" and history[-1]["what"] == "export 5"
+
+
+def test_setting_a_parent_to_shard_end_lets_its_waiting_child_start(store: LeaseStore) -> None:
+    store.register_shards([ShardSpec("p", (), 1), ShardSpec("c", ("p",), 2)])
+    assert store.acquire("w1", ["c"])[1] == {"c": "a parent has not ended"}
+    _reposition(store, [Position("p", checkpoint=SHARD_END)])
+    child = store.lease("c")
+    assert child is not None and child.state == LeaseState.READY
+    assert store.candidates(10) == ["c"]

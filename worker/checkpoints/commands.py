@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from leaser import ConfigError, CoordinationUnavailable, Lease, LeaseStore, Repositioned
@@ -201,7 +202,7 @@ def _import(args: argparse.Namespace) -> int:
 
     source = "stdin" if args.input == "-" else args.input
     try:
-        text = sys.stdin.read() if args.input == "-" else open(args.input, encoding="utf-8").read()  # noqa: SIM115
+        text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError("input (--input)", f"cannot read {source}: {exc.strerror}", "give a readable file") from None
     doc = parse_document(text, source)
