@@ -115,3 +115,26 @@ def test_rewind_one_shard_to_a_sequence_number_and_show_it(
     [entry] = store.history()
     assert entry["what"].startswith(f"rewind --shard {shard}") and entry["plan"][0]["to"] == f"after {second}"
     assert first < second
+
+
+def test_a_change_whose_reply_was_lost_is_retried_and_applied_once(
+    store: LeaseStore, stream: tuple[LocalStreamsServer, str], capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from leaser import CoordinationUnavailable
+
+    real = LeaseStore.reposition
+    calls: list[str] = []
+
+    def reply_lost_once(self: LeaseStore, *args: object, **kwargs: object) -> object:
+        result = real(self, *args, **kwargs)  # type: ignore[arg-type]
+        calls.append(str(kwargs["request_id"]))
+        if len(calls) == 1:
+            raise CoordinationUnavailable("Redis unavailable: the reply was lost")
+        return result
+
+    monkeypatch.setattr(LeaseStore, "reposition", reply_lost_once)
+    assert _cli(store, stream, "rewind", "--to-trim-horizon", "--yes") == 0
+    assert "already applied" in capsys.readouterr().out
+    assert len(calls) == 2 and calls[0] == calls[1]  # the same request both times
+    assert store.epoch() == 1 and len(store.history()) == 1
