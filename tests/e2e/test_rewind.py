@@ -53,6 +53,16 @@ def _after(rows: list[Handled], token: int) -> list[Handled]:
     return [r for r in rows if r.token > token]
 
 
+def _wait_owning(client: redis.Redis, group: str, worker: str, timeout_s: float = 10) -> list[str]:
+    """The shards ``worker`` holds, once it holds any (or [] after ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        held = [lease.shard_id for lease in LeaseStore(client, group).leases() if lease.owner == worker]
+        if held or time.monotonic() > deadline:
+            return held
+        time.sleep(0.1)
+
+
 def _wait_handled_after(fleet: Fleet, wanted: set[str], token: int, timeout_s: float = 45) -> list[Handled]:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -76,7 +86,8 @@ def test_rewind_to_a_time_under_writes_through_a_split_with_a_paused_worker_then
             time.sleep(1.5)
             server.model.split_shard(table, server.model.shard_ids(table, open_only=True)[0])
             time.sleep(1.5)
-            # w2 is frozen while the group is rewound: when it wakes, none of its writes may land.
+            # w2 is frozen, holding leases, while the group is rewound: when it wakes, none of its writes may land.
+            paused_with = _wait_owning(redis_client, group, "w2")
             fleet.signal("w2", signal.SIGSTOP)
             time.sleep(0.5)
             assert _cli(fleet, group, "rewind", "--to-time", iso(int(to_time * 1000)), "--yes") == 0
@@ -97,7 +108,10 @@ def test_rewind_to_a_time_under_writes_through_a_split_with_a_paused_worker_then
         check_order_per_key(after)
         parent_of = {sid: s.parent_id for sid, s in server.model.stream(table.stream_arn).shards.items()}
         check_parents_before_children(after, parent_of)
-        assert re.search(r"lease lost.*(taken|owned) by nobody", fleet.log_text("w2"))  # refused by the fence
+        # The woken worker found its leases gone (its heartbeat or a fenced write was refused) and stopped them.
+        assert paused_with
+        lost = re.findall(r"shard=(\S+) lease lost", fleet.log_text("w2"))
+        assert set(paused_with) & set(lost), (paused_with, lost)
         out = capsys.readouterr().out
         assert "skipping before" in out and "done:" in out
 

@@ -26,6 +26,10 @@ RETENTION_S = 24 * 3600
 FUTURE_TOLERANCE_S = 1.0
 """A --to-time this far ahead of the local clock is still taken as now (clocks differ a little)."""
 
+CLOSED_MARGIN_S = 300.0
+"""A closed shard counts as ended before T when its children were created this long before T: DynamoDB
+closes a shard when it creates its children, though a listing may briefly show both open."""
+
 _SHARD_TIME = re.compile(r"^shardId-(\d{13,20})-")
 
 
@@ -127,6 +131,12 @@ def plan_rewind(target: Target, leases: list[Lease], shards: list[Shard], *, now
         check_time(target.time_ms, now_ms)
     if target.kind == "sequence":
         return [_plan_sequence(target, by_lease.get(target.shard_id), listed)]
+    children_created: dict[str, int] = {}
+    for shard in shards:
+        created_ms = shard_created_ms(shard.shard_id)
+        if shard.parent_shard_id and created_ms is not None:
+            children_created[shard.parent_shard_id] = min(created_ms, children_created.get(shard.parent_shard_id,
+                                                                                          created_ms))
     steps: list[Step] = []
     for index, shard in enumerate(shards):
         lease = by_lease.get(shard.shard_id)
@@ -150,9 +160,13 @@ def plan_rewind(target: Target, leases: list[Lease], shards: list[Shard], *, now
         else:
             t = target.time_ms
             created = shard_created_ms(shard.shard_id)
+            closed_ms = children_created.get(shard.shard_id) if shard.is_closed else None
             if ended and lease is not None and 0 < lease.ended_ms < t:
                 steps.append(Step(shard.shard_id, before, before,
                                   f"ended at {iso(lease.ended_ms)}, before the time: left ended", None))
+            elif (ended or lease is None) and closed_ms is not None and closed_ms < t - CLOSED_MARGIN_S * 1000:
+                steps.append(Step(shard.shard_id, before, before, f"closed when its children were created at "
+                                  f"{iso(closed_ms)}, before the time: left as it is", None))
             elif created is not None and created >= t:
                 steps.append(move("trim horizon", f"created at {iso(created)}, after the time: read whole", t))
             else:
