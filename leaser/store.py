@@ -389,14 +389,18 @@ class LeaseStore:
         k = self.keys
         for _ in range(_RETRIES_ON_CONCURRENT_UPDATE):
             current = self._lineage_rows(list(wanted))
+            unknown = [s for s in wanted if s not in current]
+            registered_children = self._registered_children(unknown)
             keep: list[str] = []
             for shard in wanted:
-                if shard in current:  # re-opened: its children wait again; ended: blocked ones may start
-                    keep += [c for c in current[shard]["children"] if c not in wanted and c not in keep]
+                # Re-opened: its children wait again; ended: blocked ones may start.
+                children = current[shard]["children"] if shard in current else registered_children[shard]
+                keep += [c for c in children if c not in wanted and c not in keep]
             kept_rows = self._lineage_rows(keep)
             parents = {s: (current[s]["parents"] if s in current else list(p.parent_ids)) for s, p in wanted.items()}
             parents.update({s: row["parents"] for s, row in kept_rows.items()})
-            new_children = {s: [c for c in wanted if s in parents[c]] for s in wanted if s not in current}
+            new_children = {s: sorted({c for c in wanted if s in parents[c]} | set(registered_children[s]))
+                            for s in unknown}
             keys = [k.shards, k.free, k.owned, k.ended, k.tombstones, k.token, k.meta, k.history]
             args: list[Any] = [request_id, expected_epoch, body, HISTORY_KEPT, k.wake_channel, len(parents)]
             for shard in _parents_first(parents):
@@ -425,6 +429,19 @@ class LeaseStore:
                                        f"was planned (epoch {int(answer[1])}, planned from {expected_epoch}): "
                                        "nothing changed; plan again")
         raise ConcurrentUpdate(f"the leases of group {self.group!r} kept changing while repositioning them")
+
+    def _registered_children(self, shards: list[str]) -> dict[str, list[str]]:
+        """For shards the group does not know (cleaned up, or never registered): the registered leases
+        naming them as a parent.  Reads every lease's parents (O(shards)): only when there are such shards."""
+        if not shards:
+            return {}
+        found: dict[str, list[str]] = {s: [] for s in shards}
+        everyone = self.shard_ids()
+        for child, row in self._lineage_rows(everyone).items():
+            for parent in row["parents"]:
+                if parent in found:
+                    found[parent].append(child)
+        return found
 
     def _lineage_rows(self, shards: list[str]) -> dict[str, dict[str, Any]]:
         """owner, children and parents of each registered shard among ``shards`` (one pipeline)."""

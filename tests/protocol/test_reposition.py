@@ -189,3 +189,26 @@ def test_setting_a_parent_to_shard_end_lets_its_waiting_child_start(store: Lease
     child = store.lease("c")
     assert child is not None and child.state == LeaseState.READY
     assert store.candidates(10) == ["c"]
+
+
+def test_a_cleaned_up_parent_set_again_holds_back_its_registered_child(
+    store: LeaseStore, redis_client: redis.Redis
+) -> None:
+    store.register_shards([ShardSpec("p", (), 1), ShardSpec("c", ("p",), 2)])
+    [p], _ = store.acquire("w1", ["p"])
+    store.end_shard("w1", "p", p.token)
+    [c], _ = store.acquire("w2", ["c"])
+    store.checkpoint("w2", "c", c.token, "5")
+    redis_client.delete(store.keys.lease("p"))  # cleaned up (as cleanup.lua would, with a tombstone)
+    redis_client.zrem(store.keys.shards, "p")
+    redis_client.zadd(store.keys.tombstones, {"p": 1})
+
+    result = _reposition(store, [Position("p", checkpoint="10", order=1)])
+
+    assert result.fenced == ("c",)  # type: ignore[attr-defined]
+    parent, child = store.lease("p"), store.lease("c")
+    assert parent is not None and child is not None
+    assert (parent.state, parent.child_ids) == (LeaseState.READY, ("c",))
+    assert (child.state, child.checkpoint) == (LeaseState.BLOCKED, "5")
+    [p2], _ = store.acquire("w3", ["p"])
+    assert store.end_shard("w3", "p", p2.token) == ["c"]
