@@ -110,7 +110,8 @@ def check_time(time_ms: int, now_ms: int) -> None:
     if time_ms < oldest:
         raise ConfigError("to-time (--to-time)",
                           f"{iso(time_ms)} is older than the stream's 24 h retention; the oldest time still "
-                          f"available is {iso(oldest + 60_000)}", "give a later time, or --to-trim-horizon")
+                          f"available is {iso(oldest)}",
+                          f"give {iso(oldest + 60_000)} or later (a minute to spare), or --to-trim-horizon")
 
 
 def _order(shard: Shard, index: int) -> float:
