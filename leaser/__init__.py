@@ -33,10 +33,12 @@ from leaser.errors import (
 from leaser.keys import GroupKeys, validate_group, validate_id
 from leaser.lease import SHARD_END, Acquired, Lease, LeaseState, ShardSpec, sequence_key, validate_sequence_number
 from leaser.manager import LeaseManager, TickResult
+from leaser.positions import SKIP_BEFORE_NOW, Position, Repositioned
 from leaser.store import Heartbeat, Leader, LeaseStore, connect, translate_redis_errors
 
 __all__ = [
     "SHARD_END",
+    "SKIP_BEFORE_NOW",
     "VERSION_NOT_INSTALLED",
     "Acquired",
     "ConcurrentUpdate",
@@ -53,7 +55,9 @@ __all__ = [
     "LeaseState",
     "LeaseStore",
     "Plan",
+    "Position",
     "RedisServer",
+    "Repositioned",
     "RetryableError",
     "ShardSpec",
     "ShardleaseError",

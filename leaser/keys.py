@@ -17,7 +17,8 @@ script touches hashes to the same Redis Cluster slot::
     shardlease:{<group>}:grants:<worker>    ZSET   shards handed off to <worker> -> reservation end
     shardlease:{<group>}:leader             HASH   leader lease: owner, token, expires_ms
     shardlease:{<group>}:report:<worker>    HASH   a worker's notes per shard it runs (for status tools)
-    shardlease:{<group>}:meta               HASH   group facts: created_ms, listed_ms
+    shardlease:{<group>}:meta               HASH   group facts: created_ms, listed_ms, epoch, epoch_request, history_seq
+    shardlease:{<group>}:history            HASH   the last rewinds, imports and exports: meta history_seq -> JSON
     shardlease:{<group>}:wake               pub/sub channel: a lease was released, look now
 """
 
@@ -139,6 +140,10 @@ class GroupKeys:
     @property
     def meta(self) -> str:
         return f"{self.base}:meta"
+
+    @property
+    def history(self) -> str:
+        return f"{self.base}:history"
 
     @property
     def wake_channel(self) -> str:

@@ -82,6 +82,9 @@ class Lease:
     """Taker its owner is handing it over to ('' if none): only an offered lease can be taken by force."""
     read_from_start: bool
     """Without a checkpoint, read the shard from its first record, not the group's initial position."""
+    skip_before_ms: int
+    """Set by a reposition (rewind, import): while it has no checkpoint, its reader skips records created
+    before this time (Unix ms); 0 = none.  Opaque to the lease protocol."""
     began_ms: int
     """When its first owner began reading it from its start position (0: not yet); see ``LeaseStore.begin``."""
     created_ms: int
@@ -113,6 +116,7 @@ class Lease:
             reserved_until_ms=num("reserved_until_ms"),
             offered_to=fields.get("offered_to", ""),
             read_from_start=fields.get("start") == "beginning",
+            skip_before_ms=num("skip_before_ms"),
             began_ms=num("began_ms"),
             created_ms=num("created_ms"),
             acquired_ms=num("acquired_ms"),
@@ -136,3 +140,6 @@ class Acquired:
     read_from_start: bool = False
     """With no checkpoint: read from the shard's first record (it was created after the group started),
     not from the group's initial position."""
+    skip_before_ms: int = 0
+    """With no checkpoint: records created before this time (Unix ms) are to be skipped, not handled (set by a
+    rewind to a time); 0 = none."""

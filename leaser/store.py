@@ -13,6 +13,7 @@ Redis errors are translated here: connection failures and timeouts become
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ from leaser.config import LeaseConfig
 from leaser.errors import ConcurrentUpdate, ConfigError, CoordinationUnavailable, LeaseLostError
 from leaser.keys import META_KEY_PATTERN, GroupKeys, group_of_meta_key, validate_id
 from leaser.lease import Acquired, Lease, ShardSpec, validate_sequence_number
+from leaser.positions import HISTORY_KEPT, Position, Repositioned
 from leaser.scripts import Scripts
 
 _REGISTER_CHUNK = 500
@@ -131,6 +133,26 @@ class Leader:
     owner: str
     token: int
     expires_ms: int
+
+
+def _parents_first(parents: Mapping[str, list[str]]) -> list[str]:
+    """The shards of ``parents`` (shard -> its parent ids), each after those of its parents that are in it."""
+    done: set[str] = set()
+    out: list[str] = []
+
+    def visit(shard: str, path: set[str]) -> None:
+        if shard in done or shard in path:
+            return
+        path.add(shard)
+        for parent in parents[shard]:
+            if parent in parents:
+                visit(parent, path)
+        done.add(shard)
+        out.append(shard)
+
+    for shard in sorted(parents):
+        visit(shard, set())
+    return out
 
 
 def order_for_registration(specs: Iterable[ShardSpec]) -> list[ShardSpec]:
@@ -327,6 +349,138 @@ class LeaseStore:
         if _s(answer[0]) == "lost":
             raise LeaseLostError(shard_id, token, _s(answer[1]))
 
+    # -- repositioning (rewind, import) ----------------------------------------------------------
+
+    def known(self) -> bool:
+        """True if the group has written state to this Redis (a heartbeat, a registration or a reposition)."""
+        with translate_redis_errors():
+            return bool(self.client.exists(self.keys.meta))
+
+    def epoch(self) -> int:
+        """The group's epoch: how many repositions it has had.  Plan a reposition from it."""
+        with translate_redis_errors():
+            return int(self.client.hget(self.keys.meta, "epoch") or 0)
+
+    def reposition(self, positions: Sequence[Position], *, expected_epoch: int, request_id: str,
+                   record: Mapping[str, Any]) -> Repositioned:
+        """Move the given shards to new positions in one script (see ``lua/reposition.lua``), fenced.
+
+        When it returns, every shard set has no owner and a fresh token: a consumer that held it
+        stops at its next heartbeat or fenced write, and none of its writes lands.  States are rebuilt
+        from the new checkpoints (parents before children); children of re-opened shards that are not
+        set are blocked again until their parents end.  ``record`` (a non-empty JSON object: who, what,
+        the plan) is added to the group's history with the Redis time and the new epoch.
+
+        ``expected_epoch`` is the epoch the positions were planned from (:meth:`epoch`): if another
+        reposition ran since, nothing changes and ConcurrentUpdate is raised.  ``request_id`` (unique
+        per request) makes a retry of a call whose reply was lost answer ``repeated=True`` instead of
+        applying it twice.
+        """
+        wanted = {p.shard_id: p for p in positions}
+        if not wanted:
+            raise ValueError("reposition needs at least one position")
+        for shard, position in wanted.items():
+            validate_id("shard_id", shard)
+            for parent in position.parent_ids:
+                validate_id("shard_id", parent)
+        body = json.dumps(dict(record), separators=(",", ":"), sort_keys=True)
+        if body == "{}":
+            raise ValueError("reposition needs a history record")
+        k = self.keys
+        for _ in range(_RETRIES_ON_CONCURRENT_UPDATE):
+            current = self._lineage_rows(list(wanted))
+            unknown = [s for s in wanted if s not in current]
+            registered_children = self._registered_children(unknown)
+            keep: list[str] = []
+            for shard in wanted:
+                # Re-opened: its children wait again; ended: blocked ones may start.
+                children = current[shard]["children"] if shard in current else registered_children[shard]
+                keep += [c for c in children if c not in wanted and c not in keep]
+            kept_rows = self._lineage_rows(keep)
+            parents = {s: (current[s]["parents"] if s in current else list(p.parent_ids)) for s, p in wanted.items()}
+            parents.update({s: row["parents"] for s, row in kept_rows.items()})
+            new_children = {s: sorted({c for c in wanted if s in parents[c]} | set(registered_children[s]))
+                            for s in unknown}
+            keys = [k.shards, k.free, k.owned, k.ended, k.tombstones, k.token, k.meta, k.history]
+            args: list[Any] = [request_id, expected_epoch, body, HISTORY_KEPT, k.wake_channel, len(parents)]
+            for shard in _parents_first(parents):
+                row = current.get(shard) or kept_rows.get(shard)
+                owner = row["owner"] if row else ""
+                keys += [k.lease(shard), k.held(owner) if owner else k.lease(shard)]
+                keys += [k.lease(p) for p in parents[shard]]
+                children = ",".join(row["children"] if row else new_children[shard])
+                wanted_here = wanted.get(shard)
+                if wanted_here is None:
+                    args += [shard, "keep", owner, children, ",".join(parents[shard]), "0", "", "", "0"]
+                else:
+                    args += [shard, "set", owner, children, ",".join(parents[shard]),
+                             repr(float(wanted_here.order)), wanted_here.checkpoint,
+                             "beginning" if wanted_here.read_from_start else "initial",
+                             str(wanted_here.skip_before_ms)]
+            answer = self._run("reposition", keys, args)
+            status = _s(answer[0])
+            if status == "ok":
+                fenced = _s(answer[2])
+                return Repositioned(int(answer[1]), tuple(fenced.split(",")) if fenced else ())
+            if status == "done":
+                return Repositioned(int(answer[1]), (), repeated=True)
+            if status == "conflict":
+                raise ConcurrentUpdate(f"group {self.group!r} was repositioned by another operation since this one "
+                                       f"was planned (epoch {int(answer[1])}, planned from {expected_epoch}): "
+                                       "nothing changed; plan again")
+        raise ConcurrentUpdate(f"the leases of group {self.group!r} kept changing while repositioning them")
+
+    def _registered_children(self, shards: list[str]) -> dict[str, list[str]]:
+        """For shards the group does not know (cleaned up, or never registered): the registered leases
+        naming them as a parent.  Reads every lease's parents (O(shards)): only when there are such shards."""
+        if not shards:
+            return {}
+        found: dict[str, list[str]] = {s: [] for s in shards}
+        everyone = self.shard_ids()
+        for child, row in self._lineage_rows(everyone).items():
+            for parent in row["parents"]:
+                if parent in found:
+                    found[parent].append(child)
+        return found
+
+    def _lineage_rows(self, shards: list[str]) -> dict[str, dict[str, Any]]:
+        """owner, children and parents of each registered shard among ``shards`` (one pipeline)."""
+        if not shards:
+            return {}
+        with translate_redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for shard in shards:
+                pipe.hmget(self.keys.lease(shard), ["state", "owner", "children", "parents"])
+            rows = pipe.execute()
+        out: dict[str, dict[str, Any]] = {}
+        for shard, (state, owner, children, parents) in zip(shards, rows, strict=True):
+            if state is not None:
+                out[shard] = {"owner": _s(owner or ""), "children": [c for c in _s(children or "").split(",") if c],
+                              "parents": [p for p in _s(parents or "").split(",") if p]}
+        return out
+
+    def history(self, limit: int = 10) -> list[dict[str, Any]]:
+        """The group's last rewinds, imports and exports, newest first (see :meth:`reposition`)."""
+        with translate_redis_errors():
+            raw = self.client.hgetall(self.keys.history)  # at most HISTORY_KEPT entries
+        out = []
+        for _, text in sorted(((int(_s(seq)), text) for seq, text in raw.items()), reverse=True)[:max(limit, 1)]:
+            try:
+                out.append(json.loads(_s(text)))
+            except ValueError:
+                continue
+        return out
+
+    def record_history(self, record: Mapping[str, Any]) -> None:
+        """Add an operation that changes no position (an export) to the group's history."""
+        entry = {"at_ms": self.server_time_ms(), "epoch": self.epoch(), **dict(record)}
+        with translate_redis_errors():
+            seq = int(self.client.hincrby(self.keys.meta, "history_seq", 1))
+            pipe = self.client.pipeline(transaction=False)  # MULTI is not in the worker's ACL
+            pipe.hset(self.keys.history, str(seq), json.dumps(entry, separators=(",", ":"), sort_keys=True))
+            pipe.hdel(self.keys.history, str(seq - HISTORY_KEPT))
+            pipe.execute()
+
     def server_time_ms(self) -> int:
         """Redis server time; on a cluster, the clock of the primary serving the group's slot (the scripts' clock)."""
         with translate_redis_errors():
@@ -363,7 +517,8 @@ class LeaseStore:
         for shard, answer in zip(shard_ids, answers, strict=True):
             if _s(answer[0]) == "ok":
                 acquired.append(Acquired(shard, int(answer[1]), _s(answer[2]), _s(answer[3]), _s(answer[4]),
-                                         read_from_start=_s(answer[5]) == "beginning"))
+                                         read_from_start=_s(answer[5]) == "beginning",
+                                         skip_before_ms=int(answer[6] or 0)))
             else:
                 refused[shard] = _s(answer[1])
         return acquired, refused

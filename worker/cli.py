@@ -170,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--all", action="store_true", help="replay every entry")
     dlq_replay.add_argument("--dry-run", action="store_true", help="show what would be replayed; change nothing")
 
+    from worker.checkpoints.commands import add_parser as add_checkpoint_parser
+
+    add_checkpoint_parser(sub)
+
     stop = sub.add_parser("stop-embedded", help="stop the embedded Redis started by workers without --redis-url")
     add_run_arguments(stop, [SETTINGS_BY_NAME["data_dir"]])
     return parser
@@ -212,6 +216,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.dlq_command == "list":
             return dlq_commands.cli_list(args)
         return dlq_commands.cli_replay(args)
+    if args.command == "checkpoint":
+        from worker.checkpoints.commands import run as run_checkpoint_command
+
+        return run_checkpoint_command(args)
     if args.command == "stop-embedded":
         from worker.redis_setup import stop_embedded_redis
 
@@ -292,6 +300,9 @@ def _status(args: argparse.Namespace) -> int:
             f"groups found: {', '.join(groups)} (choose one with --group)" if groups
             else "no group has used this Redis yet" if groups is not None
             else "check --group (listing the groups needs the SCAN command, which this user may not run)")
+    from worker.checkpoints.commands import history_lines
+
+    changes = history_lines(store)
     workers = [{"worker_id": w, "leases": n, "metrics": reports.get(w, {}).get(REPORT_METRICS),
                 "version": reports.get(w, {}).get(REPORT_VERSION)} for w, n in sorted(members.items())]
     if args.json:
@@ -310,6 +321,7 @@ def _status(args: argparse.Namespace) -> int:
         }
         if hint:
             doc["note"] = hint
+        doc["position_changes"] = store.history(3)
         print(json.dumps(doc, indent=2))
         return EXIT_OK
     print(f"group {group!r} on {shown}; leader: {leader.owner if leader else '(none)'}")
@@ -329,6 +341,9 @@ def _status(args: argparse.Namespace) -> int:
         shown = "-" if state is None else state if stuck_for is None else f"{state.upper()} {stuck_for:.0f}s"
         rows.append((lease.shard_id, _state(lease, now), lease.owner or "-", lease.checkpoint or "-",
                      "-" if age is None else f"{age:.0f}s", shown))
+    if changes:
+        print("\nlast position changes (rewind, import, export):")
+        print("\n".join("  " + line for line in changes))
     stuck = sum(1 for state, _ in health.values() if state not in (None, "ok"))
     if stuck:
         print(f"{_plural(stuck, 'shard')} stuck (marked in capitals below): see HEALTH")

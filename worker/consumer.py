@@ -118,6 +118,15 @@ class ShardConsumer:
         self._from_trim_horizon = False
         self._skip_before_s = 0.0
         """While > 0 (and no checkpoint yet): drop records created before it (Unix s): see _new_iterator."""
+        if acquired.skip_before_ms and not acquired.checkpoint:
+            # Repositioned to a time (a rewind or --to-latest): read from the trim horizon and skip what was
+            # created before it.  ApproximateCreationDateTime is whole seconds (rounded down), so the cutoff
+            # is the second of that time: records of the same second just before it are handled too (the
+            # documented margin); never is a record at or after it skipped.
+            self._read_from_start = True
+            self._skip_before_s = float(acquired.skip_before_ms // 1000)
+        self._skipped_page = False
+        """The last page read had records, all skipped (created before the start time)."""
         self._started = False
         self._lock = threading.Lock()
         self._stop_reason: str | None = None
@@ -305,6 +314,9 @@ class ShardConsumer:
         if not self._gathered:
             if self._at_end:
                 return None
+            if self._skipped_page:  # a page of records skipped (before the start time) is not an idle shard
+                self._skipped_page = False
+                return 0.0
             self._metrics.iterator_age(self.shard_id, 0.0)  # caught up: nothing waits to be read
             self._empty_polls += 1
             return float(min(FIRST_IDLE_DELAY_S * 2 ** (self._empty_polls - 1), settings.idle_poll_interval_s))
@@ -345,7 +357,11 @@ class ShardConsumer:
         self._failures = 0
         if self._skip_before_s and not self.checkpoint:
             cutoff = self._skip_before_s
-            return [r for r in page.records if r.approximate_creation_time.timestamp() >= cutoff]
+            kept = [r for r in page.records if r.approximate_creation_time.timestamp() >= cutoff]
+            if len(kept) < len(page.records):
+                self._metrics.records_skipped_before_start.inc(len(page.records) - len(kept))
+                self._skipped_page = not kept  # more may follow at once: no idle wait (see _gather)
+            return kept
         return page.records
 
     def _new_iterator(self) -> str:

@@ -244,6 +244,11 @@ class Metrics:
             "Times a checkpoint pointed at records already trimmed from the stream (data was skipped).",
         )
         self._describe_stream = counter("shardlease_describe_stream_calls", "DescribeStream calls made.")
+        self.records_skipped_before_start = counter(
+            "shardlease_records_skipped_before_start",
+            "Records read but skipped, never handled, because they were created before the shard's start time "
+            "(a rewind to a time, --to-latest, or a LATEST start resumed by a later owner).",
+        )
         self._unowned = gauge("shardlease_shards_unowned", "Ready shards that no worker holds (leader).")
         self._blocked = gauge(
             "shardlease_shards_blocked",

@@ -6,8 +6,9 @@
 -- ARGV[4] victim: '' for a normal acquire; a worker id to take the lease from that live owner
 --         (a hard take-over after a handoff timed out: only a lease the owner offered to the caller)
 -- ARGV[5] with a victim: the handoff timeout (ms) the offer must be older than
--- Returns {'ok', token, checkpoint, previous owner, how, start} with how in
--- free|expired|handoff|takeover|reclaimed and start as registered (initial|beginning), or {'no', reason}.
+-- Returns {'ok', token, checkpoint, previous owner, how, start, skip_before_ms} with how in
+-- free|expired|handoff|takeover|reclaimed, start as registered (initial|beginning) and skip_before_ms as
+-- set by reposition ('0' if never), or {'no', reason}.
 -- Each acquisition draws a new token, so tokens only grow, even across a lease deleted and registered
 -- again; a reclaimed lease gets a new token too, which fences any write still using the old one.
 local now = now_ms()
@@ -18,7 +19,7 @@ local function refuse(reason)
 end
 local f = redis.call('HMGET', KEYS[1], 'state', 'owner', 'expires_ms', 'reserved_for',
                      'reserved_until_ms', 'checkpoint', 'switches', 'last_owner', 'offered_to', 'start',
-                     'offered_ms')
+                     'offered_ms', 'skip_before_ms')
 local state, owner, expires = f[1], f[2], tonumber(f[3])
 if not state then return refuse('unknown shard') end
 if state == 'blocked' then return refuse('a parent has not ended') end
@@ -57,4 +58,4 @@ redis.call('ZREM', KEYS[6], ARGV[3])
 if how ~= 'reclaimed' and redis.call('HEXISTS', KEYS[7], ARGV[1]) == 1 then
   redis.call('HINCRBY', KEYS[7], ARGV[1], 1)
 end
-return {'ok', token, f[6], previous, how, f[10] or ''}
+return {'ok', token, f[6], previous, how, f[10] or '', f[12] or '0'}

@@ -1,0 +1,139 @@
+"""Rewind, fast-forward, export and import with a real fleet: worker processes, a real Redis, the local
+stream endpoint, writes going on and a split in between.
+
+Rows are told apart by lease token: a row whose token is above the group's token counter right after a
+change was handled by a consumer that acquired its lease after it (a consumer from before may still
+finish the batch it had in flight, and handle it a second time; it cannot checkpoint it).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from leaser import LeaseStore
+from tests.e2e.fleet import Fleet, Handled, Writer, check_order_per_key, check_parents_before_children
+from worker.checkpoints.plan import iso
+from worker.cli import main
+from worker.local import LocalStreamsServer
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(autouse=True)
+def _aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_REGION", "us-east-1")):
+        monkeypatch.setenv(name, value)
+
+
+def _cli(fleet: Fleet, group: str, *args: str) -> int:
+    return main(["checkpoint", *args, "--group", group, "--redis-url", fleet.redis_url,
+                 "--stream-arn", fleet.stream_arn, "--endpoint-url", fleet.endpoint_url])
+
+
+def _created(server: LocalStreamsServer, stream_arn: str) -> dict[str, float]:
+    """Sequence number -> creation time (Unix s, exact) of every record in the local stream."""
+    out: dict[str, float] = {}
+    for shard in server.model.stream(stream_arn).shards.values():
+        out.update({str(seq): t for seq, t in zip(shard.seqs, shard.times, strict=True)})
+    return out
+
+
+def _token_counter(client: redis.Redis, group: str) -> int:
+    return int(client.get(LeaseStore(client, group).keys.token) or 0)
+
+
+def _after(rows: list[Handled], token: int) -> list[Handled]:
+    return [r for r in rows if r.token > token]
+
+
+def _wait_owning(client: redis.Redis, group: str, worker: str, timeout_s: float = 10) -> list[str]:
+    """The shards ``worker`` holds, once it holds any (or [] after ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        held = [lease.shard_id for lease in LeaseStore(client, group).leases() if lease.owner == worker]
+        if held or time.monotonic() > deadline:
+            return held
+        time.sleep(0.1)
+
+
+def _wait_handled_after(fleet: Fleet, wanted: set[str], token: int, timeout_s: float = 45) -> list[Handled]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        rows = fleet.handled()
+        if wanted <= {r.seq for r in _after(rows, token)} or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.3)
+
+
+def test_rewind_to_a_time_under_writes_through_a_split_with_a_paused_worker_then_to_latest(
+    tmp_path: Path, redis_url: str, group: str, redis_client: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with LocalStreamsServer(port=0, seed=5) as server:
+        table = server.create_table("orders", shards=2)
+        fleet = Fleet(tmp_path, redis_url, server.endpoint_url, table.stream_arn, group)
+        for name in ("w1", "w2"):
+            fleet.start(name)
+        with Writer(table, keys=20) as writer:
+            time.sleep(2.5)
+            to_time = time.time()
+            time.sleep(1.5)
+            server.model.split_shard(table, server.model.shard_ids(table, open_only=True)[0])
+            time.sleep(1.5)
+            # w2 is frozen, holding leases, while the group is rewound: when it wakes, none of its writes may land.
+            paused_with = _wait_owning(redis_client, group, "w2")
+            fleet.signal("w2", signal.SIGSTOP)
+            time.sleep(0.5)
+            assert _cli(fleet, group, "rewind", "--to-time", iso(int(to_time * 1000)), "--yes") == 0
+            fence = _token_counter(redis_client, group)
+            time.sleep(1.0)
+            fleet.signal("w2", signal.SIGCONT)
+            time.sleep(2.0)
+        created = _created(server, table.stream_arn)
+        again = {seq for seq in writer.written if created[seq] >= to_time}
+        rows = _wait_handled_after(fleet, again, fence)
+        after = _after(rows, fence)
+
+        missing = again - {r.seq for r in after}
+        assert not missing, f"{len(missing)} of {len(again)} records at or after the time not handled again"
+        cutoff_s = math.floor(to_time)  # ApproximateCreationDateTime is whole seconds: the same-second margin
+        early = [r.seq for r in after if math.floor(created[r.seq]) < cutoff_s]
+        assert not early, f"{len(early)} records created before the time's second handled again"
+        check_order_per_key(after)
+        parent_of = {sid: s.parent_id for sid, s in server.model.stream(table.stream_arn).shards.items()}
+        check_parents_before_children(after, parent_of)
+        # The woken worker found its leases gone (its heartbeat or a fenced write was refused) and stopped them.
+        assert paused_with
+        lost = re.findall(r"shard=(\S+) lease lost", fleet.log_text("w2"))
+        assert set(paused_with) & set(lost), (paused_with, lost)
+        out = capsys.readouterr().out
+        assert "skipping before" in out and "done:" in out
+
+        # --to-latest with the fleet running: nothing written before it is handled from then on.
+        with Writer(table, keys=20) as writer2:
+            time.sleep(1.0)
+            assert _cli(fleet, group, "rewind", "--to-latest", "--yes") == 0
+            fence2 = _token_counter(redis_client, group)
+            latest_s = LeaseStore(redis_client, group).history(1)[0]["at_ms"] / 1000
+            time.sleep(2.0)
+        created = _created(server, table.stream_arn)
+        later = {seq for seq in writer2.written if created[seq] >= latest_s}
+        rows = _wait_handled_after(fleet, later, fence2)
+        after = _after(rows, fence2)
+        assert later <= {r.seq for r in after}
+        stale = [r.seq for r in after if math.floor(created[r.seq]) < math.floor(latest_s)]
+        assert not stale, f"{len(stale)} records written before --to-latest handled after it"
+        assert [r.worker for r in after if r.seq in writer.written] == []
+        codes = fleet.stop_all()
+        assert codes == {"w1": 0, "w2": 0}
+
+        # Every change is in the group's history, and status shows the last ones.
+        assert main(["status", "--group", group, "--redis-url", redis_url]) == 0
+        status = capsys.readouterr().out
+        assert "rewind --to-latest by" in status and "rewind --to-time" in status
