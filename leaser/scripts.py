@@ -18,7 +18,7 @@ import redis.cluster
 _LUA_DIR = Path(__file__).parent / "lua"
 
 NAMES = ("register", "acquire", "heartbeat", "checkpoint", "end_shard", "release", "ask", "leader", "cleanup",
-         "offer", "begin", "reposition")
+         "offer", "begin", "reposition", "report")
 
 
 @cache

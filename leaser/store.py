@@ -634,14 +634,8 @@ class LeaseStore:
 
         Not lease state (nothing is fenced by it): status tools read it with :meth:`reports`.
         """
-        key = self.keys.report(worker_id)
-        with translate_redis_errors():
-            pipe = self.client.pipeline(transaction=True)
-            pipe.delete(key)
-            if notes:
-                pipe.hset(key, mapping={str(k): str(v) for k, v in notes.items()})
-                pipe.pexpire(key, int(ttl_s * 1000))
-            pipe.execute()
+        fields = [text for k, v in notes.items() for text in (str(k), str(v))]
+        self._run("report", [self.keys.report(worker_id)], [int(ttl_s * 1000), *fields])
 
     def reports(self, worker_ids: Iterable[str]) -> dict[str, dict[str, str]]:
         """The reports of ``worker_ids`` (see :meth:`report`); a worker without one maps to {}."""

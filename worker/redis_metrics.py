@@ -39,7 +39,7 @@ COMMANDS: frozenset[str] = frozenset({
 
 SCRIPTS: frozenset[str] = frozenset({
     "register", "acquire", "heartbeat", "checkpoint", "end_shard", "release", "ask", "leader", "cleanup", "offer",
-    "begin",
+    "begin", "reposition", "report",
 })
 """The lease protocol's scripts (leaser/lua/<name>.lua, each starting ``-- <name>: ...``), labelled
 ``script:<name>``; an unknown script is ``script:other``.  tests/test_redis_metrics.py checks this
@@ -47,7 +47,7 @@ list against the scripts the leaser registers."""
 
 _SCRIPT_NAME = re.compile(r"^-- ([a-z_]+): ", re.MULTILINE)
 _MAX_SCRIPTS = 64
-"""At most this many SHAs are remembered (the leaser registers 11, once per store)."""
+"""At most this many SHAs are remembered (the leaser registers 13, once per store)."""
 
 
 def error_kind(exc: BaseException) -> str | None:

@@ -227,3 +227,18 @@ def test_status_trusts_a_private_ca_through_ssl_cert_file(tls_server: RedisServe
                           env={**env, "SSL_CERT_FILE": str(certs.ca)})
     assert done.returncode == 0, done.stderr
     assert WORKER_PASSWORD not in done.stdout + done.stderr and f"{WORKER_USER}:***@" in done.stdout
+
+
+def test_the_acl_user_publishes_its_shard_report(
+    worker_client: redis.Redis, mtls_server: RedisServer, certs: Certs
+) -> None:
+    """The report `status` reads was written with MULTI/EXEC, which the ACL does not grant: under the documented
+    ACL every report failed (logged at debug only) and `status` showed the worker with no shards."""
+    store = LeaseStore(worker_client, "report-acl")
+    store.report("w1", {"shard-a": "reading", "@metrics": "10.0.0.1:9400"}, ttl_s=5)
+    assert store.reports(["w1"]) == {"w1": {"shard-a": "reading", "@metrics": "10.0.0.1:9400"}}
+    assert 0 < admin(mtls_server, certs).pttl(store.keys.report("w1")) <= 5000  # (the ACL user may not ask)
+    store.report("w1", {"shard-b": "idle"}, ttl_s=5)  # replaced, not merged
+    assert store.reports(["w1"]) == {"w1": {"shard-b": "idle"}}
+    store.report("w1", {}, ttl_s=5)
+    assert store.reports(["w1"]) == {"w1": {}}
