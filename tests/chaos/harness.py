@@ -401,8 +401,10 @@ class Chaos:
                               "batch-size": str(BATCH_SIZE), "log-format": "json", "idle-poll-interval": "0.3",
                               **self.worker_settings})
         self.poller = CheckpointPoller(self.redis.url, self.group).start()
-        for _ in range(self.initial_workers):
-            self.start_worker()
+        started = [self.start_worker() for _ in range(self.initial_workers)]
+        # The timeline of faults starts once the fleet runs (start-up is slow when tests run 4 at a time).
+        self.fleet.wait_joined(started, redis_url=self.redis.url)
+        self.started_at, self.started_wall = time.monotonic(), time.time()
         self.writer = threading.Thread(target=self._write, name="writer", daemon=True)
         self.writer.start()
         return self

@@ -65,6 +65,24 @@ class Fleet:
         self.procs[name] = proc
         return proc
 
+    def wait_joined(self, names: list[str], timeout_s: float = 60, redis_url: str | None = None) -> None:
+        """Wait until each named worker is a member of the group (its first heartbeat went through), so a test's
+        timeline of faults starts from a running fleet however slow start-up is on a loaded machine (tests run
+        4 at a time).  ``redis_url``: where to look, when the workers reach Redis through a proxy."""
+        from leaser import LeaseStore, connect
+
+        client = connect(redis_url or self.redis_url)
+        try:
+            store = LeaseStore(client, self.group)
+            deadline = time.monotonic() + timeout_s
+            while set(names) - set(store.members()):
+                dead = {n: self.procs[n].poll() for n in names if self.procs[n].poll() is not None}
+                assert not dead, f"workers exited before joining the group: {dead}"
+                assert time.monotonic() < deadline, f"{set(names) - set(store.members())} never joined"
+                time.sleep(0.05)
+        finally:
+            client.close()
+
     def signal(self, name: str, signum: int) -> None:
         self.procs[name].send_signal(signum)
 

@@ -24,6 +24,7 @@ def test_fleet_loses_nothing_and_keeps_order_through_splits_rollovers_and_kills(
         fleet = Fleet(tmp_path, redis_url, server.endpoint_url, table.stream_arn, group)
         for name in ("w1", "w2", "w3"):
             fleet.start(name)
+        fleet.wait_joined(["w1", "w2", "w3"])
 
         with Writer(table, keys=40) as writer:
             time.sleep(3)
