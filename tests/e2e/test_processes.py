@@ -143,3 +143,22 @@ def test_worker_processes_of_a_killed_supervisor_hand_back_their_leases_and_exit
         assert wait_until(lambda: all(gone(pid) for pid in children), 15), "worker processes run on orphaned"
         # They stopped on the SIGTERM the kernel sent them: the leases were handed back, not left to expire.
         assert not [lease.owner for lease in store.leases() if lease.owner]
+
+
+def test_a_handler_call_abandoned_at_shutdown_makes_the_supervisor_exit_3(
+    tmp_path: Path, redis_url: str, group: str
+) -> None:
+    with LocalStreamsServer(port=0) as server:
+        table = server.create_table("orders", shards=2)
+        for n in range(20):
+            table.put_item({"pk": f"k{n}", "n": n})
+        fleet = Fleet(tmp_path, redis_url, server.endpoint_url, table.stream_arn, group, processes="2",
+                      **{"shutdown-grace": "1"})
+        sup = fleet.start("pod", SHARDLEASE_TEST_SLOW_S="60")
+        store = LeaseStore(connect(redis_url), group)
+        assert wait_until(lambda: {lease.owner for lease in store.leases()} == {"pod-p0", "pod-p1"}, 30)
+        time.sleep(1.5)  # each process's first batch is in its (60 s) handler call
+        sup.send_signal(signal.SIGTERM)
+        assert sup.wait(20) == 3, fleet.log_text("pod")[-3000:]
+        # The calls' leases were not handed back (they expire): the next owner must not overlap a running call.
+        assert {lease.owner for lease in store.leases()} == {"pod-p0", "pod-p1"}
