@@ -10,9 +10,11 @@ per count N (order reversed on odd repetitions, so drift hits every count alike)
 ``python -m worker run --processes N`` (N = 1 is the plain single process, no supervisor) with a fresh
 group drains the whole backlog with batch size 500 and ``--max-shards`` shards/N, so each process takes
 its share from the start (without it the first process up takes every shard and hands some over as the
-others join, which on a short drain is most of the difference).  The handler (:func:`work`) touches every record's
-keys and images and then spends ``--work-us`` microseconds of CPU per record (a handler that does real
-work per record, so the worker side, not the in-process local server, is what has to scale).
+others join, which on a short drain is most of the difference).  The group's shards are registered
+before the workers start (:func:`register_shards`), as for every start of a group but its first.  The
+handler (:func:`work`) touches every record's keys and images and then spends ``--work-us``
+microseconds of CPU per record (a handler that does real work per record, so the worker side, not the
+in-process local server, is what has to scale).
 
 Figures per N: records/s from ``Popen`` to the last batch's end (start-up, supervisor, rebalancing
 included) and "steady" from the first batch's start to the last batch's end; the speed-up of each over
@@ -64,6 +66,24 @@ def work(records: Sequence[Any], ctx: Any) -> None:
     _append(orjson.dumps({"t0": t0, "t1": time.time(), "n": len(records), "acc": acc, "w": ctx.worker_id}))
 
 
+def register_shards(endpoint_url: str, redis_url: str, group: str, stream_arn: str) -> None:
+    """List the stream's shards into the group, as its leader does at its first start: a drain then
+    measures workers taking a registered group's shards (every start but a group's very first), not how
+    soon the first leader's listing reaches the others."""
+    from leaser import LeaseStore, connect
+    from worker.discovery import ShardDiscovery
+    from worker.observability import Metrics
+    from worker.reading.streams import StreamsClient
+
+    streams = StreamsClient(region_name="us-east-1", endpoint_url=endpoint_url)
+    client = connect(redis_url)
+    try:
+        ShardDiscovery(streams, LeaseStore(client, group), stream_arn, Metrics("bench", group)).sync(full=True)
+    finally:
+        streams.close()
+        client.close()
+
+
 def drain(processes: int, shards: int, endpoint_url: str, stream_arn: str, redis_url: str, group: str,
           expected: int, work_us: float, tmp: Path, timeout_s: float = 600) -> dict[str, Any]:
     import psutil
@@ -75,6 +95,7 @@ def drain(processes: int, shards: int, endpoint_url: str, stream_arn: str, redis
             "--redis-url", redis_url, "--group", group, "--worker-id", "bench", "--handler", "bench.processes:work",
             "--batch-size", "500", "--metrics-port", "0", "--processes", str(processes),
             "--max-shards", str(math.ceil(shards / processes))]
+    register_shards(endpoint_url, redis_url, group, stream_arn)
     bench_cpu0 = time.process_time()
     with open(log_path, "wb") as log:
         t_wall0 = time.time()
@@ -107,7 +128,9 @@ def drain(processes: int, shards: int, endpoint_url: str, stream_arn: str, redis
     return {"processes": processes, "records": n, "exit_code": code, "from_popen_s": last - t_wall0,
             "steady_s": last - first, "startup_s": first - t_wall0, "cpu_s": sum(cpu.values()),
             "server_cpu_s": bench_cpu,
-            "workers": sorted({r["w"] for r in rows}), "acc": sum(r["acc"] for r in rows)}
+            "workers": sorted({r["w"] for r in rows}), "acc": sum(r["acc"] for r in rows),
+            "spans": {w: [min(r["t0"] for r in rows if r["w"] == w) - first,
+                          max(r["t1"] for r in rows if r["w"] == w) - first] for w in {r["w"] for r in rows}}}
 
 
 CAPACITY_LOOP = (
@@ -188,8 +211,8 @@ def main() -> None:
     print("| processes | records/s from Popen | speed-up | records/s steady | speed-up | CPU s | machine's "
           "capacity for N CPU-bound processes |")
     print("|---|---|---|---|---|---|---|")
-    for n, s in summary.items():
-        print(f"| {n} | {s['rate_from_popen']:,.0f} | {s['speedup_from_popen']:.2f}x | {s['rate_steady']:,.0f} | "
+    for label, s in summary.items():
+        print(f"| {label} | {s['rate_from_popen']:,.0f} | {s['speedup_from_popen']:.2f}x | {s['rate_steady']:,.0f} | "
               f"{s['speedup_steady']:.2f}x | {s['cpu_s']:.2f} | {s['capacity_ratio']:.2f}x |")
     write_json(args.json, {"args": vars(args), "cores": cores, "machine": machine_info(), "runs": runs,
                            "summary": summary})
@@ -233,7 +256,8 @@ def markdown(add: Any, data: dict[str, Any] | None, made: dict[str, str]) -> Non
     add("")
     add(f"One backlog of {a['records']:,} records (~1.4 KB NEW_AND_OLD_IMAGES) over {a['shards']} shards, drained by "
         f"`shardlease run --processes N` (N = 1: the plain single process), batch size 500, `--max-shards` shards/N "
-        f"(each process takes its share from the start); the handler touches "
+        f"(each process takes its share from the start), the group's shards registered before the start (as for every "
+        f"start of a group but its very first); the handler touches "
         f"every record's images and spends {a['work_us']:g} us of CPU per record. Median of {a['reps']} runs per N, "
         f"alternated. The machine has {data['cores']} cores, shared with the in-process local server (and, when "
         f"this ran, other work: load average {data['machine']['loadavg_1m']:.1f}).")
