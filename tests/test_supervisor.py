@@ -104,3 +104,45 @@ def test_a_worker_process_that_ignores_the_signal_is_killed_after_the_grace_and_
     assert time.monotonic() - started < 15
     for pid in map(int, pids.read_text().split()):
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
+def test_a_second_signal_is_sent_on_as_a_second_and_the_exit_code_reflects_the_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each process counts the SIGTERMs it gets: the first starts its shutdown, the second ends it (exit 1,
+    as a worker's second signal does)."""
+    got = tmp_path / "signals"
+    monkeypatch.setattr(supervisor_module, "CHILD_COMMAND", (
+        "import os, signal, time\n"
+        "count = 0\n"
+        "def on_term(signum, frame):\n"
+        "    global count\n"
+        "    count += 1\n"
+        f"    open({str(got)!r}, 'a').write(f'{{os.getpid()}} {{count}}' + chr(10))\n"
+        "    if count == 2:\n"
+        "        os._exit(1)\n"
+        "signal.signal(signal.SIGTERM, on_term)\n"
+        f"open({str(got)!r}, 'a').write(f'{{os.getpid()}} 0' + chr(10))\n"
+        "while True:\n"
+        "    time.sleep(0.05)\n"))
+    sup = Supervisor(RunConfig(processes=2, metrics_port=0, shutdown_grace_s=30))
+
+    def lines() -> list[str]:
+        return got.read_text().splitlines() if got.exists() else []
+
+    def signal_twice() -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(lines()) < 2:
+            time.sleep(0.05)
+        sup._on_signal(15, None)  # what the handler does on SIGTERM (handlers need the main thread)
+        while time.monotonic() < deadline and sum(line.endswith(" 1") for line in lines()) < 2:
+            time.sleep(0.05)
+        sup._on_signal(15, None)
+
+    threading.Thread(target=signal_twice, daemon=True).start()
+    assert sup.run() == 1
+    counts: dict[str, list[int]] = {}
+    for line in lines():
+        pid, n = line.split()
+        counts.setdefault(pid, []).append(int(n))
+    assert sorted(counts.values()) == [[0, 1, 2], [0, 1, 2]]

@@ -23,7 +23,10 @@ Failure paths, and the state each leaves:
   supervisor starts it again after a backoff (:data:`RESTART_BACKOFF_S` doubling to
   :data:`MAX_RESTART_BACKOFF_S`, reset once it has run :data:`STABLE_AFTER_S`).  /healthz fails meanwhile.
 - a process that exits 2 (a configuration error: the handler does not import, bad Redis credentials...):
-  restarting cannot help, so the supervisor stops the others and exits 2 with that process's one-line error.
+  restarting cannot help, so the supervisor stops the others and exits 2 with that process's one-line error
+  (unless the error is about its private metrics port, taken between the supervisor's pick and its bind:
+  then it is restarted on another).  Exit 75 (Redis or AWS unavailable at start-up) is restarted with
+  backoff like a crash: it is temporary.
 - the supervisor killed (SIGKILL): every process gets SIGTERM from the kernel (Linux ``PR_SET_PDEATHSIG``;
   elsewhere a thread that watches the parent pid), hands its leases back and exits: none runs on orphaned.
 - a process that hangs at shutdown: killed as above; its leases expire.
@@ -301,7 +304,8 @@ class Supervisor:
             p.final_code = EXIT_OK if clean_kill else code
             log.info("worker process %s stopped (exit code %d)", p.worker_id, code)
             return
-        if code == EXIT_USAGE:
+        private_port_taken = error.find("metrics_port") != -1  # our pick of a free loopback port raced: retry
+        if code == EXIT_USAGE and not private_port_taken:
             log.error("worker process %s (pid %d) failed to start: %s; stopping the others", p.worker_id, pid,
                       error or "exit code 2")
             self._fatal = p
