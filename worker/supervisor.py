@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import http.client
 import logging
 import os
 import signal
@@ -47,8 +48,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -367,13 +366,16 @@ class Supervisor:
             proc, port = p.proc, p.port
             if proc is None or proc.poll() is not None or not port:
                 return p, None, b"not running"
+            # http.client, not urllib: urllib would send a loopback request through an HTTP_PROXY of the pod.
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=SCRAPE_TIMEOUT_S)
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=SCRAPE_TIMEOUT_S) as reply:
-                    return p, int(reply.status), reply.read()
-            except urllib.error.HTTPError as exc:
-                return p, int(exc.code), exc.read()
-            except (OSError, ValueError) as exc:
+                conn.request("GET", path)
+                reply = conn.getresponse()
+                return p, int(reply.status), reply.read()
+            except (OSError, http.client.HTTPException) as exc:
                 return p, None, f"unreachable ({exc})".encode()
+            finally:
+                conn.close()
 
         return list(self._pool.map(one, self.processes))
 
