@@ -177,13 +177,15 @@ class Supervisor:
     def __init__(self, config: RunConfig) -> None:
         self.config = config
         self.processes = [_Process(i, child_worker_id(config.worker_id, i)) for i in range(config.processes)]
-        for p in self.processes:
-            try:
-                validate_id("worker_id", p.worker_id)
-            except ConfigError:
-                raise SETTINGS_BY_NAME["worker_id"].error(
-                    f"{config.worker_id!r} with the suffix -p{p.index} of a worker process is too long",
-                    "give a --worker-id of at most 250 characters") from None
+        longest = self.processes[-1].worker_id  # the ids differ only in their -p<i> suffix
+        try:
+            validate_id("worker_id", longest)
+        except ConfigError:
+            suffix = len(longest) - len(config.worker_id)
+            raise SETTINGS_BY_NAME["worker_id"].error(
+                f"{config.worker_id!r} with the suffix of worker process {longest.rsplit('-', 1)[1]} is not a valid "
+                "worker id", f"give a --worker-id of at most {256 - suffix} characters from letters, digits, "
+                "'_', '.', ':', '-'") from None
         self._signals = 0
         self._stopping = False
         self._stop_deadline = 0.0
