@@ -1,7 +1,7 @@
 """Drain rate vs ``--processes``: N worker processes in one pod (one supervisor) vs one process.
 
     .venv/bin/python bench/processes.py [--counts 1,2,<cores>] [--records 12000] [--shards 8]
-                                        [--work-us 250] [--reps 3] [--json PATH]
+                                        [--work-us 250] [--reps 5] [--json PATH]
 
 One backlog of ``--records`` realistic MODIFY records (NEW_AND_OLD_IMAGES, ~1.4 KB each, the records of
 ``bench/worker_throughput.py``) over ``--shards`` shards, in an in-process
@@ -175,7 +175,7 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=12000)
     ap.add_argument("--shards", type=int, default=8)
     ap.add_argument("--work-us", type=float, default=250.0)
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--json", metavar="PATH")
     args = ap.parse_args()
     for k, v in ENV.items():
@@ -277,6 +277,15 @@ def markdown(add: Any, data: dict[str, Any] | None, made: dict[str, str]) -> Non
         "one) can only be shown up to this machine's cores; past them processes share cores and the curve "
         "flattens. Processes also share the pod's network and the Redis, which one process at a time does not "
         "saturate here.")
+    swings = "; ".join(
+        f"N={n}: {min(r['capacity'] for r in data['runs'] if r['processes'] == int(n)):,.0f} to "
+        f"{max(r['capacity'] for r in data['runs'] if r['processes'] == int(n)):,.0f} hashes/s"
+        for n in data["summary"])
+    add("")
+    add(f"The last column is a rough ceiling: N plain CPU-bound processes for 1.5 s right after each drain, not "
+        f"during it. On this shared machine it swung widely ({swings}), so read each speed-up against it "
+        "loosely; the CPU seconds, which other load does not change much, show the work itself: N processes "
+        "spend about the same CPU per record as one, plus one interpreter's start-up each.")
     add("")
     startups = ", ".join(f"N={n}: {s['startup_s']:.1f} s" for n, s in data["summary"].items())
     add(f"From Popen counts the supervisor and the N start-ups (Popen to the first batch, median: {startups}); "
