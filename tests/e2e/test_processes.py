@@ -83,6 +83,10 @@ def test_two_processes_share_metrics_health_and_shutdown_and_heal_a_killed_one(
             # SIGKILL one worker process: the supervisor starts it again; its shards come back.
             victim = started_pids(fleet.log_text("pod"), "pod-p1")[-1]
             os.kill(victim, signal.SIGKILL)
+            # Until it is back (a backoff of 1 s, then its start-up), the pod is not healthy, and says which process.
+            answers: list[tuple[int, str]] = []
+            assert wait_until(lambda: answers.append(get(base + "/healthz")) or answers[-1][0] == 503, 5)
+            assert "process 1 (pod-p1): not running" in answers[-1][1], answers[-1]
             assert wait_until(lambda: len(started_pids(fleet.log_text("pod"), "pod-p1")) == 2, 15)
             assert wait_until(lambda: get(base + "/healthz")[0] == 200, 20)
             restarted_at = time.time()
