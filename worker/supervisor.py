@@ -137,7 +137,7 @@ def die_with_parent(parent_pid: int) -> None:
 
 
 def child_main(argv: list[str] | None = None) -> int:
-    """Entry of a worker process: ``python -c '...child_main()' <supervisor pid>``; its settings come
+    """Entry of a worker process: ``python -P -c '...child_main()' <supervisor pid>``; its settings come
     from the environment (:func:`child_environment`)."""
     args = sys.argv[1:] if argv is None else argv
     die_with_parent(int(args[0]))
@@ -265,7 +265,9 @@ class Supervisor:
     def _spawn(self, p: _Process) -> None:
         p.port = free_loopback_port() if self.config.metrics_port != 0 else 0
         env = child_environment(self.config, p.index, p.port)
-        p.proc = subprocess.Popen([sys.executable, "-c", CHILD_COMMAND, str(os.getpid())], env=env,
+        # -P: no current directory in front of sys.path (a ./worker/ of the user's must not shadow this package);
+        # the handler loader appends it at the end, as under the console script.
+        p.proc = subprocess.Popen([sys.executable, "-P", "-c", CHILD_COMMAND, str(os.getpid())], env=env,
                                   stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, process_group=0)
         p.started_at, p.signals_sent, p.last_error, p.final_code = time.monotonic(), 0, b"", None
         p.runs += 1

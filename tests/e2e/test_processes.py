@@ -171,3 +171,30 @@ def test_a_handler_call_abandoned_at_shutdown_makes_the_supervisor_exit_3(
         assert sup.wait(20) == 3, fleet.log_text("pod")[-3000:]
         # The calls' leases were not handed back (they expire): the next owner must not overlap a running call.
         assert {lease.owner for lease in store.leases()} == {"pod-p0", "pod-p1"}
+
+
+def test_worker_processes_take_the_handler_from_the_current_directory_without_it_shadowing_shardlease(
+    tmp_path: Path, redis_url: str, group: str
+) -> None:
+    """Under the console script the current directory is searched after shardlease's packages: so must it be
+    in the worker processes (a user's ./worker/ must not replace shardlease's own worker package)."""
+    (tmp_path / "worker").mkdir()
+    (tmp_path / "worker" / "__init__.py").write_text("raise SystemExit('the user\\'s worker package was imported')\n")
+    (tmp_path / "sink.py").write_text("def handle(records, ctx):\n    pass\n")
+    script = Path(sys.executable).parent / "shardlease"
+    with LocalStreamsServer(port=0) as server:
+        table = server.create_table("orders", shards=2)
+        env = dict(os.environ, AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_REGION="us-east-1")
+        env.pop("PYTHONPATH", None)
+        sup = subprocess.Popen([str(script), "run", "--stream-arn", table.stream_arn, "--endpoint-url",
+                                server.endpoint_url, "--redis-url", redis_url, "--group", group, "--worker-id", "pod",
+                                "--handler", "sink:handle", "--processes", "2", "--metrics-port", "0",
+                                "--lease-ttl", "3", "--renew-interval", "1"],
+                               cwd=tmp_path, env=env, stderr=subprocess.PIPE)
+        store = LeaseStore(connect(redis_url), group)
+        try:
+            assert wait_until(lambda: {lease.owner for lease in store.leases()} == {"pod-p0", "pod-p1"}, 30)
+        finally:
+            sup.send_signal(signal.SIGTERM)
+            _, err = sup.communicate(timeout=30)
+        assert sup.returncode == 0, err.decode()[-2000:]
