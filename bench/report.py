@@ -32,6 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import processes as processes_bench  # noqa: E402
 from bench._common import machine_info, percentile  # noqa: E402
 
 # name -> (full arguments, quick arguments, timeout s)
@@ -45,6 +46,7 @@ BENCHES: dict[str, tuple[list[str], list[str], int]] = {
     "latency": ([], ["--seconds", "10"], 600),
     "memory": ([], ["--shards", "300", "--seconds", "10"], 900),
     "async_handlers": ([], ["--reps", "1", "--records", "3200"], 900),
+    "processes": ([], ["--reps", "1", "--records", "4000"], 900),
 }
 
 KCL_FAILOVER_S = 10.0
@@ -91,6 +93,7 @@ def plots(data: dict[str, Any], img: Path) -> dict[str, str]:
 
     img.mkdir(parents=True, exist_ok=True)
     made: dict[str, str] = {}
+    made.update(processes_bench.plot(data.get("processes"), img))
     colors = {"w1": "tab:red", "w2": "tab:blue", "w3": "tab:green"}
     titles = {"term": "SIGTERM 1 of 3 workers", "kill": "SIGKILL 1 of 3 workers", "join": "3rd worker joins 2"}
 
@@ -671,6 +674,7 @@ def build_markdown(data: dict[str, Any], status: dict[str, Any], made: dict[str,
             add("")
 
     add_async_handlers(add, data.get("async_handlers"))
+    processes_bench.markdown(add, data.get("processes"), made)
 
     add("## How each benchmark was run")
     add("")

@@ -233,6 +233,10 @@ def _run(args: argparse.Namespace) -> int:
     config = load_run_config(args)
     configure_logging(config.log_format, config.log_level,
                       context={"worker_id": config.worker_id, "group": config.group})
+    if config.processes > 1:  # N worker processes under one supervisor (worker/supervisor.py)
+        from worker.supervisor import supervise
+
+        return supervise(config)
     from worker.runtime import Worker
 
     if config.redis_url is None:

@@ -227,6 +227,51 @@ def parse_filter_patterns(text: str) -> str:
     return text.strip()
 
 
+MAX_PROCESSES = 256
+"""Most worker processes one ``shardlease run`` supervises."""
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (rounded up), at least 1."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        cpus = min(cpus, max(1, math.ceil(quota)))
+    return max(1, cpus)
+
+
+def _cgroup_cpu_quota() -> float | None:
+    """The cgroup's CPU limit in CPUs (v2 ``cpu.max``, else v1 ``cfs_quota_us / cfs_period_us``); None if none."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
+    except (OSError, ValueError):
+        return None
+
+
+def parse_processes(text: str) -> int:
+    """A whole number from 1 to :data:`MAX_PROCESSES`, or ``auto``: :func:`available_cpus`."""
+    if text.strip().lower() == "auto":
+        return min(available_cpus(), MAX_PROCESSES)
+    try:
+        value = int(text.strip(), 10)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number of processes; use a whole number such as 4, or auto for one "
+                         "per available CPU") from None
+    if not 1 <= value <= MAX_PROCESSES:
+        raise ValueError(f"{text!r} is out of range; use 1 to {MAX_PROCESSES}, or auto for one per available CPU")
+    return value
+
+
 def default_worker_id() -> str:
     """``<hostname>-<pid>``, with characters a worker id cannot hold replaced by ``-``."""
     host = re.sub(r"[^A-Za-z0-9_.:\-]", "-", socket.gethostname() or "host")
@@ -411,6 +456,11 @@ RUN_SETTINGS: tuple[Setting, ...] = (
     _s("shutdown_grace_s", "--shutdown-grace", _ranged(parse_duration, 0, 3600), 20.0,
        "Maximum seconds to finish in-flight batches and hand off leases after SIGTERM.", metavar="SECONDS",
        group="coordination"),
+    _s("processes", "--processes", parse_processes, 1,
+       "Worker processes to run under one supervisor sharing one metrics endpoint, one health answer and one "
+       "graceful shutdown (each a worker of the group named <worker id>-p<i>): 1 runs one process as always; "
+       "auto is one per CPU this process may use (affinity and cgroup CPU quota).", metavar="N|auto",
+       group="coordination"),
     _s("shard_sync_interval_s", "--shard-sync-interval",
        _ranged(parse_duration, 0, 86400, low_open=True), 60.0,
        "Seconds between DescribeStream scans for new and closed shards (done by the leader).",
@@ -470,6 +520,7 @@ class RunConfig:
     log_level: str = "INFO"
     idle_poll_interval_s: float = 1.0
     shutdown_grace_s: float = 20.0
+    processes: int = 1
     shard_sync_interval_s: float = 60.0
     handoff_timeout_s: float = 10.0
     max_shards: int = 0

@@ -52,6 +52,7 @@ CHART_MANAGED = {
     "SHARDLEASE_REGION": "aws.region",
     "SHARDLEASE_ENDPOINT_URL": "aws.endpointUrl",
     "SHARDLEASE_DATA_DIR": "set to an emptyDir when no shared Redis is configured",
+    "SHARDLEASE_PROCESSES": "processes (a top-level value, beside replicaCount and resources)",
 }
 K8S_VERSIONS = (
     re.sub(r"[^0-9.]", "", yaml.safe_load((CHART / "Chart.yaml").read_text())["kubeVersion"]).strip(".") or "1.25.0",
@@ -177,6 +178,18 @@ def test_metrics_port_value_moves_everything(helm: str) -> None:
     assert container["ports"][0]["containerPort"] == 9555
 
 
+def test_processes_value_is_the_processes_setting(helm: str) -> None:
+    from worker.config import SETTINGS_BY_NAME, parse_processes
+
+    setting = SETTINGS_BY_NAME["processes"]
+    default = env_values(worker_container(render(helm)))[setting.env]
+    assert default == "1" and parse_processes(default) == setting.default
+    for value in ("4", "auto"):
+        rendered = env_values(worker_container(render(helm, sets=[f"processes={value}"])))[setting.env]
+        assert rendered == value
+        parse_processes(rendered)  # the worker takes it
+
+
 @pytest.mark.parametrize("case", ALL_CASES, ids=ALL_IDS)
 def test_grace_period_exceeds_shutdown_bound(helm: str, case: Path | None) -> None:
     docs = _render_case(helm, case)
@@ -287,6 +300,8 @@ def test_tls_files_are_mounted_from_secrets(helm: str) -> None:
         (["config.batchSize=lots"], "batchSize"),
         (["config.initialPosition=OLDEST"], "initialPosition"),
         (["autoscaling.keda.maxReplicaCount=null"], "maxReplicaCount"),
+        (["processes=0"], "processes"),
+        (["processes=many"], "processes"),
     ],
 )
 def test_schema_rejects_typos_and_wrong_types(helm: str, sets: list[str], message: str) -> None:
