@@ -374,3 +374,12 @@ def test_run_in_the_foreground_installs_signal_handlers_only_when_asked(
     assert seen_during and seen_during[0] is not previous
     assert signal.getsignal(signal.SIGINT) is previous
     assert recorder.closed and set(written) <= set(recorder.seen)
+
+
+def test_processes_other_than_one_is_refused_in_one_line() -> None:
+    """--processes runs a supervisor of worker processes: an embedded worker cannot (it ignored the setting)."""
+    config = build_config(table="Orders", group="g", processes=2)
+    with pytest.raises(ConfigError) as caught:
+        EmbeddedWorker(config, handler=lambda records, ctx: None)
+    text = str(caught.value)
+    assert "processes" in text and "one EmbeddedWorker per process" in text and "\n" not in text

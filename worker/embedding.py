@@ -99,6 +99,10 @@ class EmbeddedWorker:
         if handler is not None and config.handler is not None:
             raise SETTINGS_BY_NAME["handler"].error(
                 "a handler is given both in the config and as handler=", "give only one of them")
+        if config.processes != 1:
+            raise SETTINGS_BY_NAME["processes"].error(
+                f"an embedded worker runs in your process, so processes={config.processes} cannot apply",
+                "leave processes at 1 and start one EmbeddedWorker per process, or use `shardlease run --processes`")
         self.config = config
         self._handler_spec = handler
         self._configure_logging = configure_logging
