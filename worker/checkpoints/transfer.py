@@ -80,17 +80,31 @@ def plan_import(entries: dict[str, dict[str, Any]], leases: list[Lease], shards:
     ``checkpoint`` and optionally ``read_from_start``/``skip_before_ms``/``why``).
 
     A listed shard without an entry starts at its trim horizon (created after the positions were
-    taken).  An entry for a shard no longer listed is skipped.  A checkpoint outside its shard's range
+    taken), unless it is an ancestor of a shard with an entry: then the source had finished it and
+    deleted its lease (KCL's cleanup once the children started, or the group's own cleanup), so it is
+    ended.  An entry for a shard no longer listed is skipped.  A checkpoint outside its shard's range
     raises ConfigError.
     """
     by_lease = {lease.shard_id: lease for lease in leases}
     listed = {s.shard_id for s in shards}
+    parent_of = {s.shard_id: s.parent_shard_id for s in shards}
+    finished: set[str] = set()
+    for shard_id in entries:
+        parent = parent_of.get(shard_id)
+        while parent in parent_of and parent not in entries and parent not in finished:
+            finished.add(parent)
+            parent = parent_of[parent]
     steps: list[Step] = []
     for index, shard in enumerate(shards):
         lease = by_lease.get(shard.shard_id)
         parents = (shard.parent_shard_id,) if shard.parent_shard_id else ()
         order = lease.order if lease else float(shard_created_ms(shard.shard_id) or index)
         entry = entries.get(shard.shard_id)
+        if entry is None and shard.shard_id in finished:
+            steps.append(Step(shard.shard_id, describe_lease(lease), SHARD_END,
+                              f"not in {source} but a descendant is: finished there (lease cleaned up)",
+                              Position(shard.shard_id, SHARD_END, True, 0, parents, order)))
+            continue
         if entry is None:
             steps.append(Step(shard.shard_id, describe_lease(lease), "trim horizon",
                               f"not in {source} (created since): read whole",
