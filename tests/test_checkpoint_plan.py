@@ -66,3 +66,10 @@ def test_to_sequence_checks_the_shards_range() -> None:
     for outside in ("29", "41"):
         with pytest.raises(ConfigError, match="outside shard"):
             plan_rewind(Target("sequence", shard_id=ENDED_AFTER, sequence_number=outside), LEASES, SHARDS, now_ms=NOW)
+
+
+def test_to_latest_leaves_a_closed_shard_whose_lease_was_cleaned_up() -> None:
+    # Cleaned up = ended: re-registering it would re-open it and block its children until its whole
+    # retention (and its ancestors') is read, only to skip it.
+    steps = {s.shard_id: s for s in plan_rewind(Target("latest"), LEASES, SHARDS, now_ms=NOW)}
+    assert steps[CLEANED].position is None, steps[CLEANED]

@@ -156,6 +156,9 @@ def plan_rewind(target: Target, leases: list[Lease], shards: list[Shard], *, now
         elif target.kind == "latest":
             if ended:
                 steps.append(Step(shard.shard_id, before, before, "ended: nothing left to skip", None))
+            elif lease is None and shard.is_closed:  # its lease was cleaned up: it had ended
+                steps.append(Step(shard.shard_id, before, before, "closed, its lease cleaned up: nothing left to "
+                                  "skip", None))
             else:
                 steps.append(move("latest", "records written before the rewind are skipped", SKIP_BEFORE_NOW))
         else:
