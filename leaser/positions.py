@@ -42,6 +42,7 @@ class Position:
         if self.checkpoint not in ("", SHARD_END):
             validate_sequence_number(self.checkpoint)
         if self.skip_before_ms != SKIP_BEFORE_NOW and (not isinstance(self.skip_before_ms, int)
+                                                       or isinstance(self.skip_before_ms, bool)
                                                        or self.skip_before_ms < 0):
             raise ValueError(f"skip_before_ms must be a non-negative int or {SKIP_BEFORE_NOW!r}")
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from leaser import SHARD_END
+import pytest
+
+from leaser import SHARD_END, ConfigError
 from worker.checkpoints.kcl import entry
 from worker.checkpoints.transfer import plan_import
 from worker.reading.streams import Shard
@@ -28,3 +30,11 @@ def test_ancestors_of_a_leased_shard_that_kcl_cleaned_up_are_ended_not_read_agai
     assert child is not None and child.checkpoint == "35"
     new = steps[NEW].position
     assert new is not None and (new.checkpoint, new.read_from_start, new.skip_before_ms) == ("", True, 0)
+
+
+@pytest.mark.parametrize("skip", [True, -1, "soon", 1.5])
+def test_a_skip_time_that_is_not_unix_ms_is_one_line_of_bad_input(skip: object) -> None:
+    # True passed as an int and reached Redis as 'True': every worker acquiring the shard then failed
+    # to parse it; -1 failed later with a ValueError instead of the one-line error.
+    with pytest.raises(ConfigError, match="skip_before_ms"):
+        plan_import({CHILD: {"checkpoint": "35", "skip_before_ms": skip}}, [], SHARDS, source="f.json")

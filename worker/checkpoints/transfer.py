@@ -121,7 +121,8 @@ def plan_import(entries: dict[str, dict[str, Any]], leases: list[Lease], shards:
                                   f"({shard.starting_sequence_number} to {shard.ending_sequence_number or '(open)'})",
                                   "the positions belong to another stream: check --stream-arn/--table")
         skip = entry.get("skip_before_ms") or 0
-        if not (isinstance(skip, int) or (allow_latest_skip and skip == "now")):
+        unix_ms = isinstance(skip, int) and not isinstance(skip, bool) and skip >= 0
+        if not (unix_ms or (allow_latest_skip and skip == "now")):
             raise ConfigError("input (--input)", f"{source}: shard {shard.shard_id} has skip_before_ms {skip!r}",
                               "a time in Unix ms, or 0")
         position = Position(shard.shard_id, checkpoint, bool(entry.get("read_from_start", True)), skip, parents, order)
