@@ -73,6 +73,12 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(
     _one_error_line(capsys, "is outside shard")
     assert _cli(store, stream, "rewind", "--shard", "shardId-nope", "--to-sequence", "1", "--yes") == 2
     _one_error_line(capsys, "is not a shard of the stream")
+    # Beyond the last record of an open shard: no iterator can be had after it (the worker would fail on
+    # the shard for ever, and skip every record written below that number).
+    server, arn = stream
+    beyond = str(max(max(s.seqs) for s in server.model.stream(arn).shards.values()) + 1000)
+    assert _cli(store, stream, "rewind", "--shard", shard, "--to-sequence", beyond, "--yes") == 2
+    _one_error_line(capsys, "to-sequence", beyond)
     with pytest.raises(SystemExit) as exit_info:  # exactly one --to-*
         _cli(store, stream, "rewind", "--to-latest", "--to-trim-horizon", "--yes")
     assert exit_info.value.code == 2

@@ -195,9 +195,25 @@ def _rewind(args: argparse.Namespace) -> int:
     epoch = store.epoch()
 
     def plan() -> list[Step]:
-        return plan_rewind(target, store.leases(), streams.list_shards(arn), now_ms=int(time.time() * 1000))
+        steps = plan_rewind(target, store.leases(), streams.list_shards(arn), now_ms=int(time.time() * 1000))
+        if target.kind == "sequence":
+            _check_readable_after(streams, arn, target)
+        return steps
 
     return _apply(args, store, shown, f"rewind {target.describe()}", plan, epoch)
+
+
+def _check_readable_after(streams: Any, arn: str | None, target: Target) -> None:
+    """Refuse a sequence number the stream gives no iterator after (beyond an open shard's last record:
+    an open shard has no ending sequence number to check it against)."""
+    from worker.errors import InvalidRequest
+
+    try:
+        streams.get_shard_iterator(arn, target.shard_id, "AFTER_SEQUENCE_NUMBER", target.sequence_number)
+    except InvalidRequest as exc:
+        raise ConfigError("to-sequence (--to-sequence)", f"shard {target.shard_id} cannot be read after "
+                          f"{target.sequence_number} ({exc})", "give the sequence number of a record of that "
+                          "shard (`checkpoint show` shows each checkpoint)") from None
 
 
 def _import(args: argparse.Namespace) -> int:
