@@ -206,10 +206,12 @@ def _rewind(args: argparse.Namespace) -> int:
 def _check_readable_after(streams: Any, arn: str | None, target: Target) -> None:
     """Refuse a sequence number the stream gives no iterator after (beyond an open shard's last record:
     an open shard has no ending sequence number to check it against)."""
-    from worker.errors import InvalidRequest
+    from worker.errors import InvalidRequest, TrimmedData
 
     try:
         streams.get_shard_iterator(arn, target.shard_id, "AFTER_SEQUENCE_NUMBER", target.sequence_number)
+    except TrimmedData:
+        pass  # past the retention: the worker reads from the trim horizon, as after any trimmed checkpoint
     except InvalidRequest as exc:
         raise ConfigError("to-sequence (--to-sequence)", f"shard {target.shard_id} cannot be read after "
                           f"{target.sequence_number} ({exc})", "give the sequence number of a record of that "
