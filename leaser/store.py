@@ -383,9 +383,9 @@ class LeaseStore:
             validate_id("shard_id", shard)
             for parent in position.parent_ids:
                 validate_id("shard_id", parent)
-        body = json.dumps(dict(record), separators=(",", ":"), sort_keys=True)
-        if body == "{}":
+        if not record:
             raise ValueError("reposition needs a history record")
+        body = json.dumps({**record, "request": request_id}, separators=(",", ":"), sort_keys=True)
         k = self.keys
         for _ in range(_RETRIES_ON_CONCURRENT_UPDATE):
             current = self._lineage_rows(list(wanted))

@@ -11,7 +11,8 @@
 -- KEYS[9..] per entry, in entry order: its lease key, the held set of the owner the caller read (the
 --           lease key again when it read none), then the lease keys of its parents (ARGV parents csv)
 -- ARGV[1] request id   ARGV[2] epoch the caller planned from   ARGV[3] the history record: a JSON
--- object of at least one member   ARGV[4] history entries kept   ARGV[5] wake-up channel
+-- object with the request id as its member 'request' (a retry after later changes finds it there)
+-- ARGV[4] history entries kept   ARGV[5] wake-up channel
 -- ARGV[6] number of entries, then 9 values per entry (parents before children):
 --   shard id, mode ('set' or 'keep'), owner read ('' for none), children read (csv; for a shard not
 --   registered yet, the children to register it with), parents (csv),
@@ -24,7 +25,15 @@ local now = now_ms()
 local meta = redis.call('HMGET', KEYS[7], 'epoch', 'epoch_request')
 local epoch = tonumber(meta[1] or 0)
 if meta[2] == ARGV[1] then return {'done', epoch} end
-if epoch ~= tonumber(ARGV[2]) then return {'conflict', epoch} end
+if epoch ~= tonumber(ARGV[2]) then
+  -- A retry whose first try ran, followed by another change: its history entry names its request.
+  local kept = redis.call('HGETALL', KEYS[8])
+  for i = 2, #kept, 2 do
+    local ok, entry = pcall(cjson.decode, kept[i])
+    if ok and type(entry) == 'table' and entry.request == ARGV[1] then return {'done', epoch} end
+  end
+  return {'conflict', epoch}
+end
 local entries = {}
 local k = 9
 for i = 1, tonumber(ARGV[6]) do
