@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from leaser import SHARD_END, SKIP_BEFORE_NOW, ConfigError, Lease, LeaseState
@@ -87,3 +89,13 @@ def test_to_sequence_in_an_ended_shard_reads_its_descendants_whole_again_after_i
     assert child is not None and (child.checkpoint, child.read_from_start, child.skip_before_ms) == ("", True, 0)
     assert set(steps) == {ENDED_AFTER, OPEN, NEW}  # NEW (not registered yet) has no progress to undo
     assert steps[NEW].position is None
+
+
+def test_to_sequence_reads_again_a_descendant_left_skipping_by_an_earlier_rewind() -> None:
+    # OPEN, set by an earlier --to-time to skip what was created before T (records it had handled), has
+    # not checkpointed since: left so, its parent's records after 35 would be handled after its own.
+    skipping = dataclasses.replace(LEASES[2], checkpoint="", skip_before_ms=T)
+    steps = {s.shard_id: s for s in plan_rewind(Target("sequence", shard_id=ENDED_AFTER, sequence_number="35"),
+                                                [*LEASES[:2], skipping, *LEASES[3:]], SHARDS, now_ms=NOW)}
+    child = steps[OPEN].position
+    assert child is not None and (child.checkpoint, child.skip_before_ms) == ("", 0)

@@ -207,7 +207,8 @@ def _plan_sequence(target: Target, lease: Lease | None, listed: dict[str, Shard]
 
 def _descendants_again(shard_id: str, by_lease: dict[str, Lease], shards: list[Shard]) -> list[Step]:
     """Steps for the listed descendants of a shard moved by ``--to-sequence``: each one that progressed
-    (a checkpoint, ended, or closed with its lease cleaned up) is read whole again, after the shard.
+    (a checkpoint, ended, skipping up to an earlier rewind's time, or closed with its lease cleaned up)
+    is read whole again, after the shard.
     Resuming them at their own checkpoints would handle the shard's records again after their newer
     ones of the same keys (order per key).  One not started yet waits for the shard as it is."""
     children: dict[str, list[Shard]] = {}
@@ -221,7 +222,8 @@ def _descendants_again(shard_id: str, by_lease: dict[str, Lease], shards: list[S
         todo += children.get(shard.shard_id, [])
         lease = by_lease.get(shard.shard_id)
         before = describe_lease(lease)
-        progressed = (lease.checkpoint != "" or lease.state == LeaseState.ENDED) if lease else shard.is_closed
+        progressed = (lease.checkpoint != "" or lease.state == LeaseState.ENDED or lease.skip_before_ms > 0
+                      if lease else shard.is_closed)
         if not progressed:
             steps.append(Step(shard.shard_id, before, before, f"a descendant of {shard_id} not started yet: waits "
                               "for it", None))
