@@ -17,7 +17,7 @@
 --   shard id, mode ('set' or 'keep'), owner read ('' for none), children read (csv; for a shard not
 --   registered yet, the children to register it with), parents (csv),
 --   order, checkpoint ('' none, 1-40 digits, or SHARD_END), start ('beginning' or 'initial'),
---   skip_before_ms (digits, or 'now' for this call's Redis time)
+--   skip_before_ms (digits, or 'now-<ms>' for this call's Redis time less <ms>)
 -- Returns {'ok', epoch, fenced csv}, {'done', epoch} (this request ran already), {'conflict', epoch}
 -- (another change moved the epoch since the caller planned: nothing changed), or {'retry', why} (an
 -- owner or the children changed since the caller read them: read again; nothing changed).
@@ -114,7 +114,8 @@ for _, e in ipairs(entries) do
     end
     unown(e)
     local skip = e.skip
-    if skip == 'now' then skip = now end
+    local back = string.match(skip, '^now%-(%d+)$')
+    if back then skip = now - tonumber(back) end
     redis.call('HSET', e.lease, 'checkpoint', e.checkpoint, 'checkpoint_ms', now, 'start', e.start,
                'skip_before_ms', skip, 'began_ms', 0, 'switches', 0)
     if e.checkpoint == 'SHARD_END' then

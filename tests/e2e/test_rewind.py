@@ -18,6 +18,7 @@ import pytest
 import redis
 
 from leaser import LeaseStore
+from leaser.positions import SKIP_BEFORE_NOW_MARGIN_MS
 from tests.e2e.fleet import Fleet, Handled, Writer, check_order_per_key, check_parents_before_children
 from worker.checkpoints.plan import iso
 from worker.cli import main
@@ -128,9 +129,10 @@ def test_rewind_to_a_time_under_writes_through_a_split_with_a_paused_worker_then
         rows = _wait_handled_after(fleet, later, fence2)
         after = _after(rows, fence2)
         assert later <= {r.seq for r in after}
-        stale = [r.seq for r in after if math.floor(created[r.seq]) < math.floor(latest_s)]
-        assert not stale, f"{len(stale)} records written before --to-latest handled after it"
-        assert [r.worker for r in after if r.seq in writer.written] == []
+        # The margin for DynamoDB's clock behind Redis's: a few records written just before may be handled.
+        cutoff_s = math.floor(latest_s - SKIP_BEFORE_NOW_MARGIN_MS / 1000)
+        stale = [r.seq for r in after if math.floor(created[r.seq]) < cutoff_s]
+        assert not stale, f"{len(stale)} records written before --to-latest (and its margin) handled after it"
 
         # --to-sequence in the split's parent, ended long ago: its children, read since, are read again after
         # it, so each key's last handled record is its last written one again (not the parent's older one).
