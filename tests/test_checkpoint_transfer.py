@@ -38,3 +38,18 @@ def test_a_skip_time_that_is_not_unix_ms_is_one_line_of_bad_input(skip: object) 
     # to parse it; -1 failed later with a ValueError instead of the one-line error.
     with pytest.raises(ConfigError, match="skip_before_ms"):
         plan_import({CHILD: {"checkpoint": "35", "skip_before_ms": skip}}, [], SHARDS, source="f.json")
+
+
+@pytest.mark.parametrize("foreign", ["shardId-00000001800020000000-ffff0001", "shardId-000000000001"])
+def test_positions_of_no_shard_of_this_stream_are_refused_not_read_as_everything_new(foreign: str) -> None:
+    # Another table's lease table (or a Kinesis application's): no entry names a listed shard, though
+    # the stream would still list it (created after its oldest listed shard), or it is no DynamoDB
+    # Streams shard at all.  Imported, every shard of this stream read whole again.
+    with pytest.raises(ConfigError, match="none of"):
+        plan_import({foreign: {"checkpoint": "35"}}, [], SHARDS, source="lease table t")
+
+
+def test_positions_all_trimmed_since_are_read_from_the_trim_horizon() -> None:
+    old = "shardId-00000001700000000000-aaaa0000"  # older than every listed shard: trimmed since
+    steps = plan_import({old: {"checkpoint": "35"}}, [], SHARDS, source="lease table t")
+    assert all(s.position is not None and s.position.checkpoint == "" for s in steps if s.shard_id != old)

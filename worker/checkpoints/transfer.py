@@ -74,6 +74,23 @@ def checkpoint_fits(shard: Shard, checkpoint: str) -> bool:
     return shard.ending_sequence_number is None or number <= int(shard.ending_sequence_number)
 
 
+def _check_of_this_stream(entries: dict[str, Any], listed: set[str], source: str) -> None:
+    """Refuse positions none of which names a listed shard, unless all of them were trimmed since (each
+    created before the oldest listed shard): they belong to another stream, and imported they would
+    send every shard of this one to its trim horizon."""
+    if not entries or not listed or set(entries) & listed:
+        return
+    listed_ms = [ms for ms in map(shard_created_ms, listed) if ms is not None]
+    if not listed_ms:
+        return  # shard ids without creation times: nothing to judge by
+    created = [shard_created_ms(s) for s in entries]
+    if all(ms is not None and ms < min(listed_ms) for ms in created):
+        return
+    raise ConfigError("positions (--input / --lease-table)",
+                      f"none of the {len(entries)} shards in {source} is a shard of the stream, nor one trimmed "
+                      "from it", "give the positions of this stream (check --stream-arn/--table)")
+
+
 def plan_import(entries: dict[str, dict[str, Any]], leases: list[Lease], shards: list[Shard], *,
                 source: str, allow_latest_skip: bool = True) -> list[Step]:
     """Steps setting each listed shard to the position in ``entries`` (shard id -> entry with
@@ -87,6 +104,7 @@ def plan_import(entries: dict[str, dict[str, Any]], leases: list[Lease], shards:
     """
     by_lease = {lease.shard_id: lease for lease in leases}
     listed = {s.shard_id for s in shards}
+    _check_of_this_stream(entries, listed, source)
     parent_of = {s.shard_id: s.parent_shard_id for s in shards}
     finished: set[str] = set()
     for shard_id in entries:
