@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from leaser.lease import SHARD_END, validate_sequence_number
 
 SKIP_BEFORE_NOW = "now"
-"""``Position.skip_before_ms`` meaning the Redis server time of the reposition itself (``--to-latest``)."""
+"""``Position.skip_before_ms`` meaning the Redis server time of the reposition itself (``--to-latest``),
+less :data:`SKIP_BEFORE_NOW_MARGIN_MS`."""
+
+SKIP_BEFORE_NOW_MARGIN_MS = 2000
+"""Milliseconds :data:`SKIP_BEFORE_NOW` reaches back before the reposition's Redis time.  Readers compare
+it with the records' creation times, taken on the stream's clock, not Redis's: a few records written just
+before the change are handled rather than one written just after it skipped while Redis's clock runs
+ahead (the margin a LATEST start resumed by a later owner allows too, ``worker.consumer.LATEST_MARGIN_S``)."""
 
 HISTORY_KEPT = 50
 """Entries kept in the group's history of rewinds, imports and exports (newest first)."""
@@ -26,7 +33,7 @@ class Position:
     ``SHARD_END`` = the shard is finished (its children may start).  Without a checkpoint the shard
     is read from its first record when ``read_from_start`` (else from the group's initial position),
     and its reader skips records created before ``skip_before_ms`` (Unix ms; 0 = none;
-    :data:`SKIP_BEFORE_NOW` = the Redis time of the reposition).  ``parent_ids`` and ``order`` are used
+    :data:`SKIP_BEFORE_NOW` = the Redis time of the reposition, less a margin).  ``parent_ids`` and ``order`` are used
     only for a shard the group does not know yet (never registered, or cleaned up): it is registered
     with them.
     """
@@ -42,6 +49,7 @@ class Position:
         if self.checkpoint not in ("", SHARD_END):
             validate_sequence_number(self.checkpoint)
         if self.skip_before_ms != SKIP_BEFORE_NOW and (not isinstance(self.skip_before_ms, int)
+                                                       or isinstance(self.skip_before_ms, bool)
                                                        or self.skip_before_ms < 0):
             raise ValueError(f"skip_before_ms must be a non-negative int or {SKIP_BEFORE_NOW!r}")
 

@@ -25,7 +25,7 @@ from leaser.config import LeaseConfig
 from leaser.errors import ConcurrentUpdate, ConfigError, CoordinationUnavailable, LeaseLostError
 from leaser.keys import META_KEY_PATTERN, GroupKeys, group_of_meta_key, validate_id
 from leaser.lease import Acquired, Lease, ShardSpec, validate_sequence_number
-from leaser.positions import HISTORY_KEPT, Position, Repositioned
+from leaser.positions import HISTORY_KEPT, SKIP_BEFORE_NOW, SKIP_BEFORE_NOW_MARGIN_MS, Position, Repositioned
 from leaser.scripts import Scripts
 
 _REGISTER_CHUNK = 500
@@ -383,9 +383,9 @@ class LeaseStore:
             validate_id("shard_id", shard)
             for parent in position.parent_ids:
                 validate_id("shard_id", parent)
-        body = json.dumps(dict(record), separators=(",", ":"), sort_keys=True)
-        if body == "{}":
+        if not record:
             raise ValueError("reposition needs a history record")
+        body = json.dumps({**record, "request": request_id}, separators=(",", ":"), sort_keys=True)
         k = self.keys
         for _ in range(_RETRIES_ON_CONCURRENT_UPDATE):
             current = self._lineage_rows(list(wanted))
@@ -416,7 +416,8 @@ class LeaseStore:
                     args += [shard, "set", owner, children, ",".join(parents[shard]),
                              repr(float(wanted_here.order)), wanted_here.checkpoint,
                              "beginning" if wanted_here.read_from_start else "initial",
-                             str(wanted_here.skip_before_ms)]
+                             f"now-{SKIP_BEFORE_NOW_MARGIN_MS}" if wanted_here.skip_before_ms == SKIP_BEFORE_NOW
+                             else str(wanted_here.skip_before_ms)]
             answer = self._run("reposition", keys, args)
             status = _s(answer[0])
             if status == "ok":

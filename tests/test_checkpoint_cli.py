@@ -73,6 +73,12 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(
     _one_error_line(capsys, "is outside shard")
     assert _cli(store, stream, "rewind", "--shard", "shardId-nope", "--to-sequence", "1", "--yes") == 2
     _one_error_line(capsys, "is not a shard of the stream")
+    # Beyond the last record of an open shard: no iterator can be had after it (the worker would fail on
+    # the shard for ever, and skip every record written below that number).
+    server, arn = stream
+    beyond = str(max(max(s.seqs) for s in server.model.stream(arn).shards.values()) + 1000)
+    assert _cli(store, stream, "rewind", "--shard", shard, "--to-sequence", beyond, "--yes") == 2
+    _one_error_line(capsys, "to-sequence", beyond)
     with pytest.raises(SystemExit) as exit_info:  # exactly one --to-*
         _cli(store, stream, "rewind", "--to-latest", "--to-trim-horizon", "--yes")
     assert exit_info.value.code == 2
@@ -138,3 +144,29 @@ def test_a_change_whose_reply_was_lost_is_retried_and_applied_once(
     assert "already applied" in capsys.readouterr().out
     assert len(calls) == 2 and calls[0] == calls[1]  # the same request both times
     assert store.epoch() == 1 and len(store.history()) == 1
+
+
+def test_a_split_read_while_the_plan_waits_for_its_confirmation_is_not_left_behind(
+    store: LeaseStore, stream: tuple[LocalStreamsServer, str], capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # While the operator reads the plan, a shard splits, the group ends it and reads a child (its
+    # records are after the rewind's time).  Applied as planned, the child is not in the plan: it only
+    # waits for its re-opened parent and then resumes at its checkpoint, so what it had handled (after
+    # the time) is not handled again.
+    server, arn = stream
+    parent = store.shard_ids()[1]
+
+    def meanwhile(group: str) -> None:
+        child, other = server.model.split_shard(arn, parent)
+        store.register_shards([ShardSpec(child, (parent,), 10.0), ShardSpec(other, (parent,), 11.0)])
+        [p], _ = store.acquire("w2", [parent])
+        store.end_shard("w2", parent, p.token)
+        [c], _ = store.acquire("w3", [child])
+        store.checkpoint("w3", child, c.token, "7")
+
+    monkeypatch.setattr("worker.checkpoints.commands._confirm", meanwhile)
+    assert _cli(store, stream, "rewind", "--to-time", _iso(-timedelta(minutes=5))) != 0  # not as planned
+    _one_error_line(capsys, "changed while", "nothing changed")
+    read = [lease for lease in store.leases() if lease.parent_ids == (parent,) and lease.checkpoint]
+    assert store.epoch() == 0 and [(lease.checkpoint, lease.owner) for lease in read] == [("7", "w3")]

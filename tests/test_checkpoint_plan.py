@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from leaser import SHARD_END, SKIP_BEFORE_NOW, ConfigError, Lease, LeaseState
@@ -61,8 +63,39 @@ def test_to_latest_skips_up_to_the_change_on_every_shard_not_ended() -> None:
 
 
 def test_to_sequence_checks_the_shards_range() -> None:
-    [step] = plan_rewind(Target("sequence", shard_id=ENDED_AFTER, sequence_number="35"), LEASES, SHARDS, now_ms=NOW)
+    step = plan_rewind(Target("sequence", shard_id=ENDED_AFTER, sequence_number="35"), LEASES, SHARDS, now_ms=NOW)[0]
     assert step.position is not None and step.position.checkpoint == "35"
     for outside in ("29", "41"):
         with pytest.raises(ConfigError, match="outside shard"):
             plan_rewind(Target("sequence", shard_id=ENDED_AFTER, sequence_number=outside), LEASES, SHARDS, now_ms=NOW)
+
+
+def test_to_latest_leaves_a_closed_shard_whose_lease_was_cleaned_up() -> None:
+    # Cleaned up = ended: re-registering it would re-open it and block its children until its whole
+    # retention (and its ancestors') is read, only to skip it.
+    steps = {s.shard_id: s for s in plan_rewind(Target("latest"), LEASES, SHARDS, now_ms=NOW)}
+    assert steps[CLEANED].position is None, steps[CLEANED]
+
+
+def test_to_sequence_in_an_ended_shard_reads_its_descendants_whole_again_after_it() -> None:
+    # ENDED_AFTER is re-opened at 35; its child OPEN had handled up to 55.  Resuming OPEN at 55 would leave
+    # a key written in ENDED_AFTER after 35 and again in OPEN before 55 with the older value last handled:
+    # order per key holds only if OPEN (and its descendants) are handled again, after their parent.
+    steps = {s.shard_id: s for s in plan_rewind(Target("sequence", shard_id=ENDED_AFTER, sequence_number="35"),
+                                                LEASES, SHARDS, now_ms=NOW)}
+    parent = steps[ENDED_AFTER].position
+    assert parent is not None and parent.checkpoint == "35"
+    child = steps[OPEN].position
+    assert child is not None and (child.checkpoint, child.read_from_start, child.skip_before_ms) == ("", True, 0)
+    assert set(steps) == {ENDED_AFTER, OPEN, NEW}  # NEW (not registered yet) has no progress to undo
+    assert steps[NEW].position is None
+
+
+def test_to_sequence_reads_again_a_descendant_left_skipping_by_an_earlier_rewind() -> None:
+    # OPEN, set by an earlier --to-time to skip what was created before T (records it had handled), has
+    # not checkpointed since: left so, its parent's records after 35 would be handled after its own.
+    skipping = dataclasses.replace(LEASES[2], checkpoint="", skip_before_ms=T)
+    steps = {s.shard_id: s for s in plan_rewind(Target("sequence", shard_id=ENDED_AFTER, sequence_number="35"),
+                                                [*LEASES[:2], skipping, *LEASES[3:]], SHARDS, now_ms=NOW)}
+    child = steps[OPEN].position
+    assert child is not None and (child.checkpoint, child.skip_before_ms) == ("", 0)

@@ -11,12 +11,13 @@
 -- KEYS[9..] per entry, in entry order: its lease key, the held set of the owner the caller read (the
 --           lease key again when it read none), then the lease keys of its parents (ARGV parents csv)
 -- ARGV[1] request id   ARGV[2] epoch the caller planned from   ARGV[3] the history record: a JSON
--- object of at least one member   ARGV[4] history entries kept   ARGV[5] wake-up channel
+-- object with the request id as its member 'request' (a retry after later changes finds it there)
+-- ARGV[4] history entries kept   ARGV[5] wake-up channel
 -- ARGV[6] number of entries, then 9 values per entry (parents before children):
 --   shard id, mode ('set' or 'keep'), owner read ('' for none), children read (csv; for a shard not
 --   registered yet, the children to register it with), parents (csv),
 --   order, checkpoint ('' none, 1-40 digits, or SHARD_END), start ('beginning' or 'initial'),
---   skip_before_ms (digits, or 'now' for this call's Redis time)
+--   skip_before_ms (digits, or 'now-<ms>' for this call's Redis time less <ms>)
 -- Returns {'ok', epoch, fenced csv}, {'done', epoch} (this request ran already), {'conflict', epoch}
 -- (another change moved the epoch since the caller planned: nothing changed), or {'retry', why} (an
 -- owner or the children changed since the caller read them: read again; nothing changed).
@@ -24,7 +25,15 @@ local now = now_ms()
 local meta = redis.call('HMGET', KEYS[7], 'epoch', 'epoch_request')
 local epoch = tonumber(meta[1] or 0)
 if meta[2] == ARGV[1] then return {'done', epoch} end
-if epoch ~= tonumber(ARGV[2]) then return {'conflict', epoch} end
+if epoch ~= tonumber(ARGV[2]) then
+  -- A retry whose first try ran, followed by another change: its history entry names its request.
+  local kept = redis.call('HGETALL', KEYS[8])
+  for i = 2, #kept, 2 do
+    local ok, entry = pcall(cjson.decode, kept[i])
+    if ok and type(entry) == 'table' and entry.request == ARGV[1] then return {'done', epoch} end
+  end
+  return {'conflict', epoch}
+end
 local entries = {}
 local k = 9
 for i = 1, tonumber(ARGV[6]) do
@@ -105,7 +114,8 @@ for _, e in ipairs(entries) do
     end
     unown(e)
     local skip = e.skip
-    if skip == 'now' then skip = now end
+    local back = string.match(skip, '^now%-(%d+)$')
+    if back then skip = now - tonumber(back) end
     redis.call('HSET', e.lease, 'checkpoint', e.checkpoint, 'checkpoint_ms', now, 'start', e.start,
                'skip_before_ms', skip, 'began_ms', 0, 'switches', 0)
     if e.checkpoint == 'SHARD_END' then

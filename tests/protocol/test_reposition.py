@@ -79,6 +79,20 @@ def test_a_lost_reply_retried_with_the_same_request_changes_nothing_more(store: 
     assert [h["what"] for h in store.history()] == ["rewind"]
 
 
+def test_a_lost_reply_retried_after_another_operators_change_is_known_as_applied(store: LeaseStore) -> None:
+    # The retry finds the epoch moved by another operator in between: it must not say "nothing changed,
+    # plan again" (the operator would apply it a second time, over the other change).
+    store.register_shards([ShardSpec("a", (), 1)])
+    first = store.reposition([Position("a", checkpoint="50")], expected_epoch=0, request_id="r-1",
+                             record={"what": "rewind"})
+    _reposition(store, [Position("a", checkpoint="70")], request_id="r-2")
+    retried = store.reposition([Position("a", checkpoint="50")], expected_epoch=0, request_id="r-1",
+                               record={"what": "rewind"})
+    assert (first.repeated, retried.repeated) == (False, True)
+    lease = store.lease("a")
+    assert lease is not None and lease.checkpoint == "70" and store.epoch() == 2
+
+
 def test_a_plan_made_before_another_reposition_is_refused_and_changes_nothing(store: LeaseStore) -> None:
     store.register_shards([ShardSpec("a", (), 1)])
     _reposition(store, [Position("a", checkpoint="70")])

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from leaser import ConfigError, CoordinationUnavailable, Lease, LeaseStore, Repositioned
+from leaser import ConcurrentUpdate, ConfigError, CoordinationUnavailable, Lease, LeaseStore, Repositioned
 from worker.checkpoints.plan import Step, Target, describe_lease, iso, parse_time, plan_rewind, positions
 from worker.config import REDIS_SETTINGS, SETTINGS_BY_NAME, add_run_arguments, load_settings
 
@@ -193,8 +193,29 @@ def _rewind(args: argparse.Namespace) -> int:
     store, shown = _store(args)
     streams, arn = _streams(args, required=True)
     epoch = store.epoch()
-    steps = plan_rewind(target, store.leases(), streams.list_shards(arn), now_ms=int(time.time() * 1000))
-    return _apply(args, store, shown, f"rewind {target.describe()}", steps, epoch)
+
+    def plan() -> list[Step]:
+        steps = plan_rewind(target, store.leases(), streams.list_shards(arn), now_ms=int(time.time() * 1000))
+        if target.kind == "sequence":
+            _check_readable_after(streams, arn, target)
+        return steps
+
+    return _apply(args, store, shown, f"rewind {target.describe()}", plan, epoch)
+
+
+def _check_readable_after(streams: Any, arn: str | None, target: Target) -> None:
+    """Refuse a sequence number the stream gives no iterator after (beyond an open shard's last record:
+    an open shard has no ending sequence number to check it against)."""
+    from worker.errors import InvalidRequest, TrimmedData
+
+    try:
+        streams.get_shard_iterator(arn, target.shard_id, "AFTER_SEQUENCE_NUMBER", target.sequence_number)
+    except TrimmedData:
+        pass  # past the retention: the worker reads from the trim horizon, as after any trimmed checkpoint
+    except InvalidRequest as exc:
+        raise ConfigError("to-sequence (--to-sequence)", f"shard {target.shard_id} cannot be read after "
+                          f"{target.sequence_number} ({exc})", "give the sequence number of a record of that "
+                          "shard (`checkpoint show` shows each checkpoint)") from None
 
 
 def _import(args: argparse.Namespace) -> int:
@@ -213,9 +234,12 @@ def _import(args: argparse.Namespace) -> int:
                           "import it with that stream's --stream-arn/--table")
     epoch = store.epoch()
     entries = {e["shard_id"]: e for e in doc["shards"]}
-    steps = plan_import(entries, store.leases(), streams.list_shards(arn), source=source)
+
+    def plan() -> list[Step]:
+        return plan_import(entries, store.leases(), streams.list_shards(arn), source=source)
+
     what = f"import {source} (group {doc.get('group')!r}, exported at {iso(int(doc.get('exported_at_ms') or 0))})"
-    return _apply(args, store, shown, what, steps, epoch, mark_listed=True)
+    return _apply(args, store, shown, what, plan, epoch, mark_listed=True)
 
 
 def _import_kcl(args: argparse.Namespace) -> int:
@@ -228,12 +252,16 @@ def _import_kcl(args: argparse.Namespace) -> int:
     entries = read_lease_table(args.lease_table, region=values["region"] or os.environ.get("AWS_REGION"),
                                endpoint_url=values["endpoint_url"])
     epoch = store.epoch()
-    steps = plan_import(entries, store.leases(), streams.list_shards(arn), source=f"lease table {args.lease_table}")
-    return _apply(args, store, shown, f"import-kcl --lease-table {args.lease_table}", steps, epoch, mark_listed=True)
+
+    def plan() -> list[Step]:
+        return plan_import(entries, store.leases(), streams.list_shards(arn), source=f"lease table {args.lease_table}")
+
+    return _apply(args, store, shown, f"import-kcl --lease-table {args.lease_table}", plan, epoch, mark_listed=True)
 
 
-def _apply(args: argparse.Namespace, store: LeaseStore, shown: str, what: str, steps: list[Step], epoch: int, *,
-           mark_listed: bool = False) -> int:
+def _apply(args: argparse.Namespace, store: LeaseStore, shown: str, what: str, plan: Callable[[], list[Step]],
+           epoch: int, *, mark_listed: bool = False) -> int:
+    steps = plan()
     moving = positions(steps)
     print(f"{what}: plan for group {store.group!r} on {shown} ({len(moving)} of {len(steps)} shards move)")
     _table([("SHARD", "FROM", "TO", "WHY")] + [(s.shard_id, s.before, s.after, s.why) for s in steps])
@@ -245,6 +273,11 @@ def _apply(args: argparse.Namespace, store: LeaseStore, shown: str, what: str, s
         return EXIT_OK
     if not args.yes:
         _confirm(store.group)
+        # The plan aged while the operator read it: a shard may have split and its child been read since,
+        # which a stale plan would leave at its checkpoint.  Apply only what planning now gives.
+        if positions(plan()) != moving:
+            raise ConcurrentUpdate(f"group {store.group!r} or its stream changed while the plan waited for the "
+                                   "confirmation: nothing changed; run the command again")
     if mark_listed:
         # Shards registered from now on are children created after these positions: read them whole,
         # never from the group's initial position.

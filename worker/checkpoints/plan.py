@@ -131,7 +131,8 @@ def plan_rewind(target: Target, leases: list[Lease], shards: list[Shard], *, now
     if target.kind == "time":
         check_time(target.time_ms, now_ms)
     if target.kind == "sequence":
-        return [_plan_sequence(target, by_lease.get(target.shard_id), listed)]
+        return [_plan_sequence(target, by_lease.get(target.shard_id), listed),
+                *_descendants_again(target.shard_id, by_lease, shards)]
     children_created: dict[str, int] = {}
     for shard in shards:
         created_ms = shard_created_ms(shard.shard_id)
@@ -156,6 +157,9 @@ def plan_rewind(target: Target, leases: list[Lease], shards: list[Shard], *, now
         elif target.kind == "latest":
             if ended:
                 steps.append(Step(shard.shard_id, before, before, "ended: nothing left to skip", None))
+            elif lease is None and shard.is_closed:  # its lease was cleaned up: it had ended
+                steps.append(Step(shard.shard_id, before, before, "closed, its lease cleaned up: nothing left to "
+                                  "skip", None))
             else:
                 steps.append(move("latest", "records written before the rewind are skipped", SKIP_BEFORE_NOW))
         else:
@@ -199,6 +203,36 @@ def _plan_sequence(target: Target, lease: Lease | None, listed: dict[str, Shard]
     return Step(shard.shard_id, describe_lease(lease), f"after {target.sequence_number}",
                 "records after this sequence number are handled again; children wait for this shard again",
                 Position(shard.shard_id, target.sequence_number, True, 0, parents, order))
+
+
+def _descendants_again(shard_id: str, by_lease: dict[str, Lease], shards: list[Shard]) -> list[Step]:
+    """Steps for the listed descendants of a shard moved by ``--to-sequence``: each one that progressed
+    (a checkpoint, ended, skipping up to an earlier rewind's time, or closed with its lease cleaned up)
+    is read whole again, after the shard.
+    Resuming them at their own checkpoints would handle the shard's records again after their newer
+    ones of the same keys (order per key).  One not started yet waits for the shard as it is."""
+    children: dict[str, list[Shard]] = {}
+    for shard in shards:
+        if shard.parent_shard_id:
+            children.setdefault(shard.parent_shard_id, []).append(shard)
+    steps: list[Step] = []
+    todo = list(children.get(shard_id, []))
+    while todo:
+        shard = todo.pop(0)
+        todo += children.get(shard.shard_id, [])
+        lease = by_lease.get(shard.shard_id)
+        before = describe_lease(lease)
+        progressed = (lease.checkpoint != "" or lease.state == LeaseState.ENDED or lease.skip_before_ms > 0
+                      if lease else shard.is_closed)
+        if not progressed:
+            steps.append(Step(shard.shard_id, before, before, f"a descendant of {shard_id} not started yet: waits "
+                              "for it", None))
+            continue
+        order = lease.order if lease else float(shard_created_ms(shard.shard_id) or 0)
+        parents = (shard.parent_shard_id,) if shard.parent_shard_id else ()
+        steps.append(Step(shard.shard_id, before, "trim horizon", f"a descendant of {shard_id}: read whole again "
+                          "after it (order per key)", Position(shard.shard_id, "", True, 0, parents, order)))
+    return steps
 
 
 def positions(steps: list[Step]) -> list[Position]:

@@ -74,23 +74,55 @@ def checkpoint_fits(shard: Shard, checkpoint: str) -> bool:
     return shard.ending_sequence_number is None or number <= int(shard.ending_sequence_number)
 
 
+def _check_of_this_stream(entries: dict[str, Any], listed: set[str], source: str) -> None:
+    """Refuse positions none of which names a listed shard, unless all of them were trimmed since (each
+    created before the oldest listed shard): they belong to another stream, and imported they would
+    send every shard of this one to its trim horizon."""
+    if not entries or not listed or set(entries) & listed:
+        return
+    listed_ms = [ms for ms in map(shard_created_ms, listed) if ms is not None]
+    if not listed_ms:
+        return  # shard ids without creation times: nothing to judge by
+    created = [shard_created_ms(s) for s in entries]
+    if all(ms is not None and ms < min(listed_ms) for ms in created):
+        return
+    raise ConfigError("positions (--input / --lease-table)",
+                      f"none of the {len(entries)} shards in {source} is a shard of the stream, nor one trimmed "
+                      "from it", "give the positions of this stream (check --stream-arn/--table)")
+
+
 def plan_import(entries: dict[str, dict[str, Any]], leases: list[Lease], shards: list[Shard], *,
                 source: str, allow_latest_skip: bool = True) -> list[Step]:
     """Steps setting each listed shard to the position in ``entries`` (shard id -> entry with
     ``checkpoint`` and optionally ``read_from_start``/``skip_before_ms``/``why``).
 
     A listed shard without an entry starts at its trim horizon (created after the positions were
-    taken).  An entry for a shard no longer listed is skipped.  A checkpoint outside its shard's range
+    taken), unless it is an ancestor of a shard with an entry: then the source had finished it and
+    deleted its lease (KCL's cleanup once the children started, or the group's own cleanup), so it is
+    ended.  An entry for a shard no longer listed is skipped.  A checkpoint outside its shard's range
     raises ConfigError.
     """
     by_lease = {lease.shard_id: lease for lease in leases}
     listed = {s.shard_id for s in shards}
+    _check_of_this_stream(entries, listed, source)
+    parent_of = {s.shard_id: s.parent_shard_id for s in shards}
+    finished: set[str] = set()
+    for shard_id in entries:
+        parent = parent_of.get(shard_id)
+        while parent in parent_of and parent not in entries and parent not in finished:
+            finished.add(parent)
+            parent = parent_of[parent]
     steps: list[Step] = []
     for index, shard in enumerate(shards):
         lease = by_lease.get(shard.shard_id)
         parents = (shard.parent_shard_id,) if shard.parent_shard_id else ()
         order = lease.order if lease else float(shard_created_ms(shard.shard_id) or index)
         entry = entries.get(shard.shard_id)
+        if entry is None and shard.shard_id in finished:
+            steps.append(Step(shard.shard_id, describe_lease(lease), SHARD_END,
+                              f"not in {source} but a descendant is: finished there (lease cleaned up)",
+                              Position(shard.shard_id, SHARD_END, True, 0, parents, order)))
+            continue
         if entry is None:
             steps.append(Step(shard.shard_id, describe_lease(lease), "trim horizon",
                               f"not in {source} (created since): read whole",
@@ -107,7 +139,8 @@ def plan_import(entries: dict[str, dict[str, Any]], leases: list[Lease], shards:
                                   f"({shard.starting_sequence_number} to {shard.ending_sequence_number or '(open)'})",
                                   "the positions belong to another stream: check --stream-arn/--table")
         skip = entry.get("skip_before_ms") or 0
-        if not (isinstance(skip, int) or (allow_latest_skip and skip == "now")):
+        unix_ms = isinstance(skip, int) and not isinstance(skip, bool) and skip >= 0
+        if not (unix_ms or (allow_latest_skip and skip == "now")):
             raise ConfigError("input (--input)", f"{source}: shard {shard.shard_id} has skip_before_ms {skip!r}",
                               "a time in Unix ms, or 0")
         position = Position(shard.shard_id, checkpoint, bool(entry.get("read_from_start", True)), skip, parents, order)
