@@ -374,3 +374,45 @@ def test_run_in_the_foreground_installs_signal_handlers_only_when_asked(
     assert seen_during and seen_during[0] is not previous
     assert signal.getsignal(signal.SIGINT) is previous
     assert recorder.closed and set(written) <= set(recorder.seen)
+
+
+def test_stop_from_inside_a_handler_call_does_not_wait_for_that_call(
+    stream: tuple[LocalStreamsServer, Any], redis_url: str, group: str
+) -> None:
+    """A handler (sync, or async on the worker's loop) that calls stop() would wait for its own call until the
+    shutdown grace ran out, then find its lease abandoned.  wait() from inside this worker's handler call raises
+    RuntimeError at once (like joining the current thread); the stop it asked for goes on cleanly."""
+    server, table = stream
+    table.put_item({"pk": "k", "n": 1})
+    outcomes: list[str] = []
+    holder: list[EmbeddedWorker] = []
+
+    async def stops_itself(records: Sequence[worker.Record], ctx: ShardContext) -> None:
+        for stop in (holder[0].stop, holder[0].wait):
+            try:
+                stop(timeout_s=10)
+                outcomes.append("returned")
+            except RuntimeError as exc:
+                outcomes.append(f"RuntimeError: {exc}")
+            except Exception as exc:
+                outcomes.append(type(exc).__name__)
+
+    def stops_itself_sync(records: Sequence[worker.Record], ctx: ShardContext) -> None:
+        try:
+            holder[0].stop(timeout_s=10)
+            outcomes.append("returned")
+        except RuntimeError as exc:
+            outcomes.append(f"RuntimeError: {exc}")
+        except Exception as exc:
+            outcomes.append(type(exc).__name__)
+
+    for handler in (stops_itself_sync, stops_itself):
+        outcomes.clear()
+        embedded = EmbeddedWorker(_config(server, table, redis_url, group, shutdown_grace_s=3), handler=handler)
+        holder[:] = [embedded]
+        embedded.start()
+        started = time.monotonic()
+        embedded.wait(timeout_s=30)  # a clean stop: the handler's call was not abandoned
+        assert time.monotonic() - started < 3, outcomes
+        assert outcomes and all("own handler" in o for o in outcomes), outcomes
+        table.put_item({"pk": "k", "n": 2})

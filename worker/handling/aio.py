@@ -113,6 +113,10 @@ class EventLoopThread:
     def started(self) -> bool:
         return self._loop is not None
 
+    def owns_current_thread(self) -> bool:
+        """True when called on the loop's own thread (from inside a coroutine of an async call)."""
+        return self._thread is not None and threading.current_thread() is self._thread
+
     def run(self, coro: Coroutine[Any, Any, Any], *, label: str = "", timeout_s: float | None = None,
             wait_if_hung: bool = True) -> Any:
         """Run ``coro`` on the loop and wait for it; return its result or raise its exception.

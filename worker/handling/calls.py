@@ -35,6 +35,12 @@ def current_call_started() -> float | None:
     return call.started if call is not None else None
 
 
+def current_handler_calls() -> HandlerCalls | None:
+    """The :class:`HandlerCalls` (one shard's) of the handler call running on this thread, or None outside one."""
+    call: Call | None = getattr(_current, "call", None)
+    return call._calls if call is not None else None
+
+
 def call_cancellable(grace_s: float) -> None:
     """Tell the hang watchdog that the call running on this thread is cancelled at its timeout (an async
     handler's coroutine): the watchdog judges it hung only ``grace_s`` seconds later, once the
