@@ -205,7 +205,15 @@ class EventLoopThread:
         if watchdog is not None:
             watchdog.join(TICK_S * 10)
         if thread.is_alive():
-            log.error("the event loop thread did not stop (a task ignores cancellation); it is a daemon thread")
+            log.error("the event loop thread did not stop (a task ignores its cancellation, or a thread of "
+                      "asyncio.to_thread / run_in_executor has not returned); it is left running")
+
+    @property
+    def left_running(self) -> bool:
+        """True once :meth:`close` has returned with the loop thread still running (see its log): a thread of the
+        loop's default executor that never returns would then hold the interpreter's exit (it joins them)."""
+        thread = self._thread
+        return self._closed and thread is not None and thread.is_alive()
 
     # -- the loop thread ---------------------------------------------------------------------------------
 
