@@ -416,3 +416,34 @@ def test_stop_from_inside_a_handler_call_does_not_wait_for_that_call(
         assert time.monotonic() - started < 3, outcomes
         assert outcomes and all("own handler" in o for o in outcomes), outcomes
         table.put_item({"pk": "k", "n": 2})
+
+
+class FailsToClose(Recorder):
+    """A handler whose (async) close() raises."""
+
+    async def close(self) -> None:  # type: ignore[override]
+        raise RuntimeError("sink flush failed")
+
+
+def test_a_close_that_raises_still_closes_the_workers_clients(
+    stream: tuple[LocalStreamsServer, Any], redis_url: str, group: str
+) -> None:
+    """The handler's close() raising is reported by wait(); the worker's Redis connections are closed anyway (a host
+    that restarts its worker must not pile up connections)."""
+    import redis as redis_py
+
+    server, table = stream
+    table.put_item({"pk": "k", "n": 1})
+    probe = redis_py.Redis.from_url(redis_url)
+    try:
+        before = int(probe.info("clients")["connected_clients"])
+        recorder = FailsToClose()
+        embedded = EmbeddedWorker(_config(server, table, redis_url, group), handler=recorder)
+        embedded.start()
+        assert _wait_until(lambda: len(recorder.seen) == 1)
+        with pytest.raises(WorkerFailed, match="sink flush failed"):
+            embedded.stop()
+        assert _wait_until(lambda: int(probe.info("clients")["connected_clients"]) <= before, 3.0), (
+            probe.info("clients")["connected_clients"], before)
+    finally:
+        probe.close()

@@ -324,13 +324,15 @@ class Worker:
                 thread.join(THREAD_JOIN_S)
                 if thread.is_alive():
                     log.warning("the %s thread did not stop within %.0f s", thread.name, THREAD_JOIN_S)
-        if in_flight:
-            log.error("handler.close() not called: a handler call is still running on %s",
-                      ", ".join(sorted(in_flight)))
-        else:
-            self.handler.close()
-        self.streams.close()
-        self.client.close()
+        try:
+            if in_flight:
+                log.error("handler.close() not called: a handler call is still running on %s",
+                          ", ".join(sorted(in_flight)))
+            else:
+                self.handler.close()  # the user's code: what it raises goes up, after the clients are closed
+        finally:
+            self.streams.close()
+            self.client.close()
 
     def _heartbeat(self) -> TickResult | None:
         try:
