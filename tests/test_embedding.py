@@ -447,3 +447,27 @@ def test_a_close_that_raises_still_closes_the_workers_clients(
             probe.info("clients")["connected_clients"], before)
     finally:
         probe.close()
+
+
+def test_a_stop_after_redis_went_away_is_clean_when_no_handler_call_runs(tmp_path: Path, group: str) -> None:
+    """Redis gone mid-run: the shards' steps keep retrying their release, but no handler call is running, so the
+    stop is not reported as abandoned handler calls: the handler is closed and no thread is left."""
+    from leaser.embedded import RedisServer
+
+    redis_server = RedisServer(tmp_path / "redis").start()
+    with LocalStreamsServer(port=0, empty_page_probability=0.0) as server:
+        table = server.create_table("orders", shards=4)
+        written = [str(table.put_item({"pk": f"k{n}", "n": n})) for n in range(12)]
+        try:
+            before = _thread_names()
+            recorder = Recorder()
+            embedded = EmbeddedWorker(_config(server, table, redis_server.url, group, shutdown_grace_s=1),
+                                      handler=recorder)
+            embedded.start()
+            assert _wait_until(lambda: set(written) <= set(recorder.seen))
+        finally:
+            redis_server.stop()
+        time.sleep(4.0)  # the heartbeats fail and the leases (lease_ttl_s 3) lapse
+        embedded.stop(timeout_s=30)
+    assert recorder.closed
+    assert _no_thread_left(before), _thread_names() - before

@@ -239,7 +239,7 @@ def _run(args: argparse.Namespace) -> int:
             code = EXIT_ABANDONED
         else:
             raise
-    if code == EXIT_ABANDONED or worker.handler.event_loop.left_running:
+    if code == EXIT_ABANDONED or worker.abandoned or worker.handler.event_loop.left_running:
         # A handler call is still running and cannot be cancelled: exit now, without waiting for
         # its thread (interpreter shutdown would), so its lease expires with this process gone.
         # Likewise a thread an async handler left in its loop's executor (asyncio.to_thread) that

@@ -108,6 +108,11 @@ class HandlerCalls:
         with self._lock:
             return min((t for t in self._started.values() if t is not None), default=None)
 
+    def busy(self) -> bool:
+        """Whether a call is in flight (running, or waiting for its turn)."""
+        with self._lock:
+            return bool(self._started)
+
     def _add(self, call: Call) -> int:
         call_id = next(self._ids)
         call.started = time.monotonic()
