@@ -151,7 +151,8 @@ class EventLoopThread:
             call.done.wait()
             return self._outcome(call)
         # Past the timeout: cancel, give it CANCEL_GRACE_S to unwind, then treat it as hung.
-        ran_s = time.monotonic() - started
+        cancel_at = time.monotonic()
+        ran_s = cancel_at - started
         loop.call_soon_threadsafe(self._cancel, call)
         finished = call.done.wait(CANCEL_GRACE_S)
         if finished and not call.timed_out:
@@ -163,8 +164,13 @@ class EventLoopThread:
                 log.error("async call ignored its cancellation for %g s: left running", CANCEL_GRACE_S,
                           extra={"shard_id": label})
                 raise HandlerTimeout(f"async call ignored its cancellation after --handler-timeout {timeout_s:g} s")
-            log.error("async handler call ignored its cancellation for %g s: it is hung, as a sync call would be "
-                      "(--on-handler-timeout applies)", CANCEL_GRACE_S, extra={"shard_id": label})
+            if self._last_turn < cancel_at:  # the loop has not turned since: the cancellation never reached it
+                log.error("async handler call not cancelled after %g s: the event loop is blocked (see the stall "
+                          "ERROR naming the shard whose coroutine blocks it); it is hung as a sync call would be "
+                          "(--on-handler-timeout applies)", CANCEL_GRACE_S, extra={"shard_id": label})
+            else:
+                log.error("async handler call ignored its cancellation for %g s: it is hung, as a sync call would be "
+                          "(--on-handler-timeout applies)", CANCEL_GRACE_S, extra={"shard_id": label})
             call.done.wait()
         raise HandlerTimeout(f"async handler call cancelled after --handler-timeout {timeout_s:g} s")
 
