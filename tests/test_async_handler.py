@@ -422,3 +422,42 @@ def test_the_loop_lag_reaches_the_gauge() -> None:
     assert max(lags) >= 0.1  # the heartbeat after a 0.3 s block woke at least 0.1 s late
     assert metrics.value("shardlease_event_loop_lag_seconds") == lags[-1]
     assert "shardlease_event_loop_lag_seconds" in metrics.render().decode()
+
+
+def test_a_call_whose_cancellation_a_blocked_loop_cannot_deliver_is_not_blamed_for_ignoring_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Shard 2's coroutine awaits politely while shard 1's blocks the loop past shard 2's timeout: the cancellation
+    cannot reach shard 2's coroutine, and the log says the loop is blocked, not that shard 2 ignored it."""
+    monkeypatch.setattr(aio, "CANCEL_GRACE_S", 0.2)
+
+    async def handle(records: Sequence[Any], ctx: Any) -> None:
+        if ctx.shard_id == "shard-1":
+            time.sleep(1.0)  # the mistake: a blocking call
+        else:
+            await asyncio.sleep(3600)
+
+    handler = as_handler(handle)
+    handler.use_runtime(timeout_s=0.3)
+    errors: list[BaseException] = []
+
+    def step(shard_id: str) -> None:
+        try:
+            handler.handle([], ShardContext(shard_id=shard_id, worker_id="w1", stream_arn=CTX.stream_arn, group="g",
+                                            lease_token=7))
+        except BaseException as exc:
+            errors.append(exc)
+
+    with caplog.at_level(logging.ERROR, "shardlease.aio"):
+        polite = threading.Thread(target=step, args=("shard-2",))
+        polite.start()
+        time.sleep(0.1)
+        blocking = threading.Thread(target=step, args=("shard-1",))
+        blocking.start()
+        for thread in (polite, blocking):
+            thread.join(10)
+    handler.close()
+    shard_2 = [r.getMessage() for r in caplog.records if getattr(r, "shard_id", None) == "shard-2"]
+    assert not any("ignored its cancellation" in m for m in shard_2), shard_2
+    assert any("event loop is blocked" in m for m in shard_2), shard_2
+    assert any(isinstance(e, HandlerTimeout) for e in errors)

@@ -383,3 +383,100 @@ def test_processes_other_than_one_is_refused_in_one_line() -> None:
         EmbeddedWorker(config, handler=lambda records, ctx: None)
     text = str(caught.value)
     assert "processes" in text and "one EmbeddedWorker per process" in text and "\n" not in text
+
+
+def test_stop_from_inside_a_handler_call_does_not_wait_for_that_call(
+    stream: tuple[LocalStreamsServer, Any], redis_url: str, group: str
+) -> None:
+    """A handler (sync, or async on the worker's loop) that calls stop() would wait for its own call until the
+    shutdown grace ran out, then find its lease abandoned.  wait() from inside this worker's handler call raises
+    RuntimeError at once (like joining the current thread); the stop it asked for goes on cleanly."""
+    server, table = stream
+    table.put_item({"pk": "k", "n": 1})
+    outcomes: list[str] = []
+    holder: list[EmbeddedWorker] = []
+
+    async def stops_itself(records: Sequence[worker.Record], ctx: ShardContext) -> None:
+        for stop in (holder[0].stop, holder[0].wait):
+            try:
+                stop(timeout_s=10)
+                outcomes.append("returned")
+            except RuntimeError as exc:
+                outcomes.append(f"RuntimeError: {exc}")
+            except Exception as exc:
+                outcomes.append(type(exc).__name__)
+
+    def stops_itself_sync(records: Sequence[worker.Record], ctx: ShardContext) -> None:
+        try:
+            holder[0].stop(timeout_s=10)
+            outcomes.append("returned")
+        except RuntimeError as exc:
+            outcomes.append(f"RuntimeError: {exc}")
+        except Exception as exc:
+            outcomes.append(type(exc).__name__)
+
+    for handler in (stops_itself_sync, stops_itself):
+        outcomes.clear()
+        embedded = EmbeddedWorker(_config(server, table, redis_url, group, shutdown_grace_s=3), handler=handler)
+        holder[:] = [embedded]
+        embedded.start()
+        started = time.monotonic()
+        embedded.wait(timeout_s=30)  # a clean stop: the handler's call was not abandoned
+        assert time.monotonic() - started < 3, outcomes
+        assert outcomes and all("own handler" in o for o in outcomes), outcomes
+        table.put_item({"pk": "k", "n": 2})
+
+
+class FailsToClose(Recorder):
+    """A handler whose (async) close() raises."""
+
+    async def close(self) -> None:  # type: ignore[override]
+        raise RuntimeError("sink flush failed")
+
+
+def test_a_close_that_raises_still_closes_the_workers_clients(
+    stream: tuple[LocalStreamsServer, Any], redis_url: str, group: str
+) -> None:
+    """The handler's close() raising is reported by wait(); the worker's Redis connections are closed anyway (a host
+    that restarts its worker must not pile up connections)."""
+    import redis as redis_py
+
+    server, table = stream
+    table.put_item({"pk": "k", "n": 1})
+    probe = redis_py.Redis.from_url(redis_url)
+    try:
+        before = int(probe.info("clients")["connected_clients"])
+        recorder = FailsToClose()
+        embedded = EmbeddedWorker(_config(server, table, redis_url, group), handler=recorder)
+        embedded.start()
+        assert _wait_until(lambda: len(recorder.seen) == 1)
+        with pytest.raises(WorkerFailed, match="sink flush failed"):
+            embedded.stop()
+        assert _wait_until(lambda: int(probe.info("clients")["connected_clients"]) <= before, 3.0), (
+            probe.info("clients")["connected_clients"], before)
+    finally:
+        probe.close()
+
+
+def test_a_stop_after_redis_went_away_is_clean_when_no_handler_call_runs(tmp_path: Path, group: str) -> None:
+    """Redis gone mid-run: the shards' steps keep retrying their release, but no handler call is running, so the
+    stop is not reported as abandoned handler calls: the handler is closed and no thread is left."""
+    from leaser.embedded import RedisServer
+
+    redis_server = RedisServer(tmp_path / "redis").start()
+    with LocalStreamsServer(port=0, empty_page_probability=0.0) as server:
+        table = server.create_table("orders", shards=4)
+        written = [str(table.put_item({"pk": f"k{n}", "n": n})) for n in range(12)]
+        try:
+            before = _thread_names()
+            recorder = Recorder()
+            embedded = EmbeddedWorker(_config(server, table, redis_server.url, group, shutdown_grace_s=1),
+                                      handler=recorder)
+            embedded.start()
+            assert _wait_until(lambda: set(written) <= set(recorder.seen))
+        finally:
+            redis_server.stop()
+        time.sleep(4.0)  # the heartbeats fail and the leases (lease_ttl_s 3) lapse
+        embedded.stop(timeout_s=30)
+    assert recorder.closed
+    assert _no_thread_left(before), _thread_names() - before

@@ -285,6 +285,8 @@ def test_new_metrics_and_no_created_series() -> None:
     text = m.render().decode()
     assert "_created" not in text  # prometheus_client's creation timestamps: not exposed
     assert "# TYPE shardlease_batch_size histogram" in text and "shardlease_records_processed_total 0.0" in text
+    # An embedding host serves the worker's registry itself (docs/embedding.md): no _created series there either.
+    assert b"_created" not in generate_latest(m.registry)
     own = CollectorRegistry()  # a host application's registry keeps its _created series
     Counter("host_requests", "A host application's counter.", registry=own).inc()
     assert b"host_requests_created" in generate_latest(own)

@@ -176,3 +176,32 @@ def test_without_opentelemetry_nothing_is_traced_and_nothing_fails(
     handler = Scripted([])
     written = _consume(stream, redis_client, group, handler, None, records=3, steps=3)  # the consumer's default
     assert handler.calls == [written[0:2], written[2:3]]
+
+
+def test_an_async_call_cancelled_at_its_timeout_is_a_timeout_span() -> None:
+    """An async handler cut short at --handler-timeout raises HandlerTimeout: its span's outcome is ``timeout``."""
+    import asyncio
+
+    from worker.handling.aio import HandlerTimeout
+    from worker.reading.records import Record
+
+    async def never_returns(records: list[Any], ctx: Any) -> None:
+        await asyncio.Event().wait()
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    handler = as_handler(never_returns)
+    handler.use_runtime(timeout_s=0.2)
+    record = Record.from_wire({"eventID": "e1", "eventName": "INSERT", "dynamodb": {
+        "SequenceNumber": "1", "Keys": {"pk": {"S": "k"}}, "ApproximateCreationDateTime": 1.7e9}}, "shardId-1")
+    traced = tracing.Tracing.for_provider(provider).handler_call(
+        "shardId-1", lambda batch: handler.handle(batch, None, shard_id="shardId-1"), [])
+    try:
+        with pytest.raises(HandlerTimeout):
+            traced([record])
+    finally:
+        handler.close()
+    (span,) = exporter.get_finished_spans()
+    assert _attr(span, "shardlease.outcome") == "timeout"
+    assert span.status.status_code == trace.StatusCode.ERROR

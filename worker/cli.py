@@ -251,9 +251,11 @@ def _run(args: argparse.Namespace) -> int:
             code = EXIT_ABANDONED
         else:
             raise
-    if code == EXIT_ABANDONED:
+    if code == EXIT_ABANDONED or worker.abandoned or worker.handler.event_loop.left_running:
         # A handler call is still running and cannot be cancelled: exit now, without waiting for
         # its thread (interpreter shutdown would), so its lease expires with this process gone.
+        # Likewise a thread an async handler left in its loop's executor (asyncio.to_thread) that
+        # never returns: interpreter shutdown would wait for it for ever.
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

@@ -110,6 +110,8 @@ class EmbeddedWorker:
         self._state = "new"
         self._worker: Worker | None = None
         self._thread: threading.Thread | None = None
+        self._runner: threading.Thread | None = None
+        """The thread running the worker (``shardlease-worker``, or the caller of :meth:`run`)."""
         self._stop_requested = False
         # Both futures are marked running at once, so cancelling an awaiter (asyncio.wrap_future chains a
         # cancellation back to its source) can never cancel them.
@@ -217,6 +219,7 @@ class EmbeddedWorker:
         after any other stop, and TimeoutError if it is still running after ``timeout_s`` seconds."""
         if self._never_started():
             return
+        self._refuse_waiting_for_itself()
         self._done.result(timeout_s)
 
     def stop(self, timeout_s: float | None = None) -> None:
@@ -229,12 +232,31 @@ class EmbeddedWorker:
         """:meth:`wait` as an awaitable: the event loop keeps running meanwhile."""
         if self._never_started():
             return
+        self._refuse_waiting_for_itself()
         await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self._done)), timeout_s)
 
     async def stop_async(self, timeout_s: float | None = None) -> None:
         """:meth:`stop` as an awaitable: the event loop keeps running while batches finish."""
         self.request_stop()
         await self.wait_async(timeout_s)
+
+    def _refuse_waiting_for_itself(self) -> None:
+        """RuntimeError when called from this worker's own handler (a call, a hook, ``close()``) before it
+        stopped: the stop waits for that call, so waiting there would last until the shutdown grace ran out
+        (and abandon the call's lease), or for ever in ``close()``."""
+        if self._done.done():
+            return
+        from worker.handling.calls import current_handler_calls
+
+        worker = self._worker
+        own = threading.current_thread() is self._runner
+        if worker is not None and not own:
+            calls = current_handler_calls()
+            own = worker.handler.event_loop.owns_current_thread() or (
+                calls is not None and any(c.calls is calls for c in worker.scheduler.consumers()))
+        if own:
+            raise RuntimeError("stop()/wait() called from this worker's own handler would wait for its own call: "
+                               "call request_stop() there (the stop goes on once the call returns)")
 
     def _never_started(self) -> bool:
         """True for a worker stopped before it started (nothing to wait for); RuntimeError for one neither
@@ -269,6 +291,7 @@ class EmbeddedWorker:
     def _main(self, *, install_signal_handlers: bool = False) -> None:
         """Start the worker, run it, and record how it ended in ``_up`` and ``_done``.  Raises nothing but
         a KeyboardInterrupt or SystemExit that interrupted the foreground :meth:`run`."""
+        self._runner = threading.current_thread()
         try:
             worker = self._open()
         except BaseException as exc:  # the start-up error goes to start(): nothing is left running

@@ -105,14 +105,12 @@ def _check(label: str, value: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
-class _WithoutCreated:
-    """A registry's exposition without the ``<name>_created`` samples of its counters and histograms."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self._registry = registry
+class _RegistryWithoutCreated(CollectorRegistry):
+    """The worker's registry: it collects no ``<name>_created`` samples of its counters and histograms, so no
+    exposition of it has them (the /metrics server's, or an embedding host's ``generate_latest(registry)``)."""
 
     def collect(self) -> Iterable[Metric]:
-        for metric in self._registry.collect():
+        for metric in super().collect():
             created = f"{metric.name}_created"
             metric.samples = [sample for sample in metric.samples if sample.name != created]
             yield metric
@@ -152,7 +150,7 @@ class Metrics:
     """
 
     def __init__(self, worker_id: str, group: str, *, version: str | None = None, per_shard: bool = False) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry: CollectorRegistry = _RegistryWithoutCreated(auto_describe=True)
         r = self.registry
 
         def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
@@ -398,7 +396,7 @@ class Metrics:
     # -- exposition --------------------------------------------------------
     def render(self) -> bytes:
         """The registry in the Prometheus text format."""
-        return bytes(generate_latest(_WithoutCreated(self.registry)))
+        return bytes(generate_latest(self.registry))
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float | None:
         """A sample's current value (for tests and the demo), e.g. ``value("shardlease_leases_held")``."""

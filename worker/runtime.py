@@ -324,13 +324,15 @@ class Worker:
                 thread.join(THREAD_JOIN_S)
                 if thread.is_alive():
                     log.warning("the %s thread did not stop within %.0f s", thread.name, THREAD_JOIN_S)
-        if in_flight:
-            log.error("handler.close() not called: a handler call is still running on %s",
-                      ", ".join(sorted(in_flight)))
-        else:
-            self.handler.close()
-        self.streams.close()
-        self.client.close()
+        try:
+            if in_flight:
+                log.error("handler.close() not called: a handler call is still running on %s",
+                          ", ".join(sorted(in_flight)))
+            else:
+                self.handler.close()  # the user's code: what it raises goes up, after the clients are closed
+        finally:
+            self.streams.close()
+            self.client.close()
 
     def _heartbeat(self) -> TickResult | None:
         try:
@@ -592,11 +594,16 @@ class Worker:
             except CoordinationUnavailable as exc:
                 log.warning("heartbeat during shutdown failed: %s", exc)
         in_flight = self.scheduler.in_flight()
-        if in_flight:
-            why = "a handler call is hung" if in_flight <= hung else "the grace period is over"
+        calls_running = self.scheduler.in_handler_calls()  # the steps in flight that run user code
+        if calls_running:
+            why = "a handler call is hung" if calls_running <= hung else "the grace period is over"
             log.error("%s with handler calls still running on %s: their leases are NOT released (the next owner "
                       "must not start while a call runs); they expire %.0f s after this process exits, and the "
-                      "next owner re-reads their batches", why, ", ".join(sorted(in_flight)), self.config.lease_ttl_s)
+                      "next owner re-reads their batches", why, ", ".join(sorted(calls_running)),
+                      self.config.lease_ttl_s)
+        if in_flight - calls_running:
+            log.warning("the grace period is over with steps still running on %s (no handler call: a Redis or AWS "
+                        "call); their leases are left to expire", ", ".join(sorted(in_flight - calls_running)))
         for shard in list(self.manager.held()):
             if shard in in_flight:
                 continue
@@ -606,7 +613,7 @@ class Worker:
                 log.warning("could not release %s (%s); it expires in %.0f s", shard, exc, self.config.lease_ttl_s)
         with contextlib.suppress(CoordinationUnavailable):
             self.manager.tick()  # leave the membership; resign the leadership; renew what is in flight once more
-        if in_flight or self._hung_exit:
+        if calls_running or self._hung_exit:
             log.error("stopped with a handler call abandoned; exiting with code %d", EXIT_ABANDONED)
             return EXIT_ABANDONED
         log.info("stopped")

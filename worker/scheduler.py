@@ -26,6 +26,10 @@ ASYNC_HANDLER_THREADS = 128
 """Step threads with an async handler: a step then mostly waits for its coroutine on the event loop, not
 for the CPU, so up to this many shards' batches can wait on I/O at once (a sync handler keeps 32)."""
 
+STEP_DRAIN_S = 10.0
+"""Seconds ``close(wait=True)`` waits for the steps running outside a handler call (a Redis or AWS call, each
+bounded by its timeout) to end."""
+
 _RUNNING = float("inf")
 """The due time of a consumer whose step is running: it is pushed again when the step returns."""
 
@@ -74,6 +78,14 @@ class Scheduler:
         with self._cv:
             return set(self._running)
 
+    def in_handler_calls(self) -> set[str]:
+        """Shards with a step running inside a handler call or hook (user code, which may never return)."""
+        with self._cv:
+            return self._in_handler_calls()
+
+    def _in_handler_calls(self) -> set[str]:
+        return {c.shard_id for c, due in self._due.items() if due == _RUNNING and c.calls.busy()}
+
     def stop(self, shard_id: str, reason: str, handoff_to: str = "", detail: str = "") -> bool:
         """Ask a shard's consumer to stop after its step in flight; False if it is not running here."""
         with self._cv:
@@ -115,6 +127,12 @@ class Scheduler:
             self._cv.notify_all()
         if wait:
             self._dispatcher.join()
+            # A step outside a handler call (retrying a release while Redis is down) ends on its own: wait for it,
+            # so only the steps in a handler call, which may never return, are left running.
+            deadline = time.monotonic() + STEP_DRAIN_S
+            with self._cv:
+                while self._running - self._in_handler_calls() and time.monotonic() < deadline:
+                    self._cv.wait(0.05)
         running = self.in_flight()
         self._pool.shutdown(wait=wait and not running, cancel_futures=True)
         return running

@@ -16,7 +16,8 @@ Spans (instrumentation scope ``shardlease``):
     ``shardlease.batch_size``, ``shardlease.first_sequence_number``, ``shardlease.last_sequence_number``
     and ``shardlease.outcome``: ``ok``; ``partial`` (a partial batch response: records before the first
     failed one were handled); ``failed`` (the call raised, or its response failed the whole batch);
-    ``timeout`` (the call raised ``TimeoutError``, as a handler call cut short at ``--handler-timeout`` does).
+    ``timeout`` (the call raised ``TimeoutError``, or :class:`~worker.handling.aio.HandlerTimeout`: an async call
+    cancelled at ``--handler-timeout``).
     A failed or timed-out call records its exception and an ERROR status.
 """
 
@@ -26,6 +27,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from worker.handling.aio import HandlerTimeout
 from worker.handling.lambda_compat import parse_batch_response
 from worker.reading.records import Record
 
@@ -88,7 +90,8 @@ class Tracing:
                 try:
                     response = call(batch)
                 except BaseException as exc:
-                    span.set_attribute("shardlease.outcome", "timeout" if isinstance(exc, TimeoutError) else "failed")
+                    timed_out = isinstance(exc, (TimeoutError, HandlerTimeout))
+                    span.set_attribute("shardlease.outcome", "timeout" if timed_out else "failed")
                     span.record_exception(exc)
                     span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:200]))
                     raise

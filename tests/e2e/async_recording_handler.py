@@ -8,6 +8,8 @@ $SHARDLEASE_TEST_OUT.  Knobs (environment):
   returns (until cancelled); later calls handle it normally.
 * ``ASYNC_STUBBORN_N``: a call whose batch holds this counter value swallows every cancellation and
   never returns (a hung call even for an async handler).
+* ``ASYNC_STUCK_THREAD_N``: a call whose batch holds this counter value starts a thread
+  (``asyncio.to_thread``) that never returns, gives up waiting for it after 0.2 s, and goes on.
 * ``ASYNC_SLOW_N``: a call whose batch holds this counter value writes ``started`` to
   $SHARDLEASE_TEST_OUT.marks, awaits 30 s, and writes ``unwound`` there when it ends or is cancelled.
 
@@ -19,6 +21,7 @@ invocation (the batch's sequence numbers, the failed ones) to $SHARDLEASE_TEST_O
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -54,6 +57,11 @@ async def handle(records: Sequence[Any], ctx: Any) -> None:
                 await asyncio.sleep(3600)
             except asyncio.CancelledError:
                 continue  # the mistake: swallowing the cancellation
+    stuck_thread = _knob("ASYNC_STUCK_THREAD_N")
+    if stuck_thread is not None and stuck_thread in ns:
+        # A blocking call handed to a thread that never returns; the coroutine gives up on it after 0.2 s.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.to_thread(time.sleep, 3600), 0.2)
     if slow is not None and slow in ns:
         marks = os.environ["SHARDLEASE_TEST_OUT"] + ".marks"
         _append(marks, [b"started"])

@@ -154,3 +154,49 @@ def test_async_lambda_handler_with_a_partial_batch_response(tmp_path: Path, redi
     later_calls = made[failing + 1:]
     assert later_calls[0]["seqs"][0] == written[4]  # retried from the failed record
     assert not before & {s for c in later_calls for s in c["seqs"]}  # the records before it were checkpointed
+
+
+def test_a_second_signal_sends_nothing_to_the_on_failure_destination(
+    tmp_path: Path, redis_url: str, group: str
+) -> None:
+    """A call cancelled by the second signal did not fail: with --max-retry-attempts 0 its records must not go to
+    the on-failure destination (nor be checkpointed past); the next owner re-reads them."""
+    with LocalStreamsServer(port=0, empty_page_probability=0.0) as server:
+        table = server.create_table("orders", shards=1)
+        shard = server.model.shard_ids(table)[0]
+        table.put_item({"pk": "k100", "n": 100})
+        dlq = tmp_path / "dlq.jsonl"
+        fleet = Fleet(tmp_path, redis_url, server.endpoint_url, table.stream_arn, group,
+                      **{"max-retry-attempts": "0", "on-failure": f"file:{dlq}"})
+        proc = fleet.start("w1", handler=HANDLER, ASYNC_SLOW_N="100")
+        marks = Path(str(fleet.out) + ".marks")
+        assert wait_until(lambda: marks.exists() and b"started" in marks.read_bytes(), 20), fleet.log_text("w1")
+        fleet.signal("w1", signal.SIGTERM)
+        assert wait_until(lambda: "SIGTERM received" in fleet.log_text("w1"), 10)
+        fleet.signal("w1", signal.SIGTERM)
+        assert proc.wait(10) == 1
+        lease = LeaseStore(connect(redis_url), group).lease(shard)
+    assert marks.read_bytes().split() == [b"started", b"unwound"]
+    assert not dlq.exists() or dlq.read_bytes() == b"", dlq.read_text()
+    assert lease is not None and lease.checkpoint == "", lease
+
+
+def test_a_thread_left_stuck_by_the_handler_does_not_hold_the_process_after_a_clean_stop(
+    tmp_path: Path, redis_url: str, group: str
+) -> None:
+    """A coroutine that gave up on an ``asyncio.to_thread`` call which never returns leaves a thread of the loop's
+    default executor running: the worker stops cleanly and the process exits anyway (interpreter shutdown would
+    join that thread for ever)."""
+    with LocalStreamsServer(port=0, empty_page_probability=0.0) as server:
+        table = server.create_table("orders", shards=1)
+        seq = str(table.put_item({"pk": "k1", "n": 1}))
+        fleet = Fleet(tmp_path, redis_url, server.endpoint_url, table.stream_arn, group)
+        proc = fleet.start("w1", handler=HANDLER, ASYNC_STUCK_THREAD_N="1")
+        assert {r.seq for r in fleet.wait_for({seq}, timeout_s=20)} == {seq}
+        fleet.signal("w1", signal.SIGTERM)
+        try:
+            code = proc.wait(20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert code == 0, fleet.log_text("w1")[-2000:]

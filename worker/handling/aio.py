@@ -59,13 +59,19 @@ class HandlerTimeout(ShardleaseError):
 
 
 class HandlerCancelled(ShardleaseError):
-    """An async handler call was cancelled because the worker is exiting (a second signal)."""
+    """An async handler call was cancelled: because the worker is exiting (a second signal: ``exiting``), or by
+    the handler itself.  A call cancelled for the exit did not fail: its batch is not settled at all (no failure
+    policy, no on-failure destination, no checkpoint); the next owner re-reads it."""
+
+    def __init__(self, message: str, *, exiting: bool = False) -> None:
+        super().__init__(message)
+        self.exiting = exiting
 
 
 class _Call:
     """One coroutine on its way through the loop; ``done`` is set once its task has ended."""
 
-    __slots__ = ("coro", "done", "error", "label", "result", "task", "timed_out")
+    __slots__ = ("coro", "done", "error", "exiting", "label", "result", "task", "timed_out")
 
     def __init__(self, coro: Coroutine[Any, Any, Any], label: str) -> None:
         self.coro = coro
@@ -76,6 +82,8 @@ class _Call:
         self.error: BaseException | None = None
         self.timed_out = False
         """Set on the loop when the call was cancelled at its timeout (it had not ended yet)."""
+        self.exiting = False
+        """Set on the loop when the call was cancelled because the worker exits (:meth:`EventLoopThread.cancel_all`)."""
 
 
 class EventLoopThread:
@@ -92,6 +100,8 @@ class EventLoopThread:
         self._watchdog: threading.Thread | None = None
         self._stopping = threading.Event()
         self._closed = False
+        self._exiting = False
+        """Set by :meth:`cancel_all`: the process exits, no new call starts."""
         self._running: dict[asyncio.Task[Any], _Call] = {}
         """Tasks of calls in flight -> their call (changed on the loop thread, read by the watchdog)."""
         self._running_lock = threading.Lock()
@@ -102,6 +112,10 @@ class EventLoopThread:
     @property
     def started(self) -> bool:
         return self._loop is not None
+
+    def owns_current_thread(self) -> bool:
+        """True when called on the loop's own thread (from inside a coroutine of an async call)."""
+        return self._thread is not None and threading.current_thread() is self._thread
 
     def run(self, coro: Coroutine[Any, Any, Any], *, label: str = "", timeout_s: float | None = None,
             wait_if_hung: bool = True) -> Any:
@@ -118,6 +132,9 @@ class EventLoopThread:
         except BaseException:
             coro.close()
             raise
+        if self._exiting:
+            coro.close()
+            raise HandlerCancelled("async handler call not started: the worker is exiting", exiting=True)
         if threading.current_thread() is self._thread:
             coro.close()
             raise RuntimeError("a handler call cannot wait for the event loop from the loop's own thread")
@@ -134,7 +151,8 @@ class EventLoopThread:
             call.done.wait()
             return self._outcome(call)
         # Past the timeout: cancel, give it CANCEL_GRACE_S to unwind, then treat it as hung.
-        ran_s = time.monotonic() - started
+        cancel_at = time.monotonic()
+        ran_s = cancel_at - started
         loop.call_soon_threadsafe(self._cancel, call)
         finished = call.done.wait(CANCEL_GRACE_S)
         if finished and not call.timed_out:
@@ -146,14 +164,21 @@ class EventLoopThread:
                 log.error("async call ignored its cancellation for %g s: left running", CANCEL_GRACE_S,
                           extra={"shard_id": label})
                 raise HandlerTimeout(f"async call ignored its cancellation after --handler-timeout {timeout_s:g} s")
-            log.error("async handler call ignored its cancellation for %g s: it is hung, as a sync call would be "
-                      "(--on-handler-timeout applies)", CANCEL_GRACE_S, extra={"shard_id": label})
+            if self._last_turn < cancel_at:  # the loop has not turned since: the cancellation never reached it
+                log.error("async handler call not cancelled after %g s: the event loop is blocked (see the stall "
+                          "ERROR naming the shard whose coroutine blocks it); it is hung as a sync call would be "
+                          "(--on-handler-timeout applies)", CANCEL_GRACE_S, extra={"shard_id": label})
+            else:
+                log.error("async handler call ignored its cancellation for %g s: it is hung, as a sync call would be "
+                          "(--on-handler-timeout applies)", CANCEL_GRACE_S, extra={"shard_id": label})
             call.done.wait()
         raise HandlerTimeout(f"async handler call cancelled after --handler-timeout {timeout_s:g} s")
 
     def cancel_all(self, wait_s: float) -> int:
         """Cancel every coroutine in flight and wait up to ``wait_s`` seconds for them to end (the worker is
-        exiting).  Returns how many were still running when asked.  Safe to call from a signal handler."""
+        exiting).  Returns how many were still running when asked; no call starts after it.  Safe to call from a
+        signal handler."""
+        self._exiting = True
         loop = self._loop
         if loop is None or loop.is_closed():
             return 0
@@ -186,7 +211,15 @@ class EventLoopThread:
         if watchdog is not None:
             watchdog.join(TICK_S * 10)
         if thread.is_alive():
-            log.error("the event loop thread did not stop (a task ignores cancellation); it is a daemon thread")
+            log.error("the event loop thread did not stop (a task ignores its cancellation, or a thread of "
+                      "asyncio.to_thread / run_in_executor has not returned); it is left running")
+
+    @property
+    def left_running(self) -> bool:
+        """True once :meth:`close` has returned with the loop thread still running (see its log): a thread of the
+        loop's default executor that never returns would then hold the interpreter's exit (it joins them)."""
+        thread = self._thread
+        return self._closed and thread is not None and thread.is_alive()
 
     # -- the loop thread ---------------------------------------------------------------------------------
 
@@ -276,9 +309,11 @@ class EventLoopThread:
 
     def _cancel_everything(self) -> None:
         with self._running_lock:
-            tasks = list(self._running)
-        for task in tasks:
-            task.cancel()
+            calls = list(self._running.items())
+        for task, call in calls:
+            if not task.done():
+                call.exiting = True
+                task.cancel()
 
     @staticmethod
     def _outcome(call: _Call) -> Any:
@@ -286,8 +321,9 @@ class EventLoopThread:
         if error is None:
             return call.result
         if isinstance(error, asyncio.CancelledError):
-            raise HandlerCancelled("async handler call cancelled (the worker is exiting, or the handler cancelled "
-                                   "itself)") from error
+            if call.exiting:
+                raise HandlerCancelled("async handler call cancelled: the worker is exiting", exiting=True) from error
+            raise HandlerCancelled("async handler call cancelled (the handler cancelled itself)") from error
         raise error
 
     # -- the watchdog thread -------------------------------------------------------------------------------

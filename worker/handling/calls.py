@@ -35,6 +35,12 @@ def current_call_started() -> float | None:
     return call.started if call is not None else None
 
 
+def current_handler_calls() -> HandlerCalls | None:
+    """The :class:`HandlerCalls` (one shard's) of the handler call running on this thread, or None outside one."""
+    call: Call | None = getattr(_current, "call", None)
+    return call._calls if call is not None else None
+
+
 def call_cancellable(grace_s: float) -> None:
     """Tell the hang watchdog that the call running on this thread is cancelled at its timeout (an async
     handler's coroutine): the watchdog judges it hung only ``grace_s`` seconds later, once the
@@ -101,6 +107,11 @@ class HandlerCalls:
         waiting for its turn does not count)."""
         with self._lock:
             return min((t for t in self._started.values() if t is not None), default=None)
+
+    def busy(self) -> bool:
+        """Whether a call is in flight (running, or waiting for its turn)."""
+        with self._lock:
+            return bool(self._started)
 
     def _add(self, call: Call) -> int:
         call_id = next(self._ids)

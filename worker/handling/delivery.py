@@ -39,6 +39,7 @@ from typing import Any
 import orjson
 
 from worker.backoff import backoff_s
+from worker.handling.aio import HandlerCancelled
 from worker.handling.calls import HandlerCalls
 from worker.handling.destinations import Destination, FailureEntry, NoDestination, one_line
 from worker.handling.filters import FilterCriteria
@@ -50,6 +51,10 @@ from worker.tracing import Tracing
 from worker.tracing import from_environment as tracing_from_environment
 
 log = logging.getLogger("shardlease.delivery")
+
+EXITING_WAIT_S = 5.0
+"""Seconds a unit whose call was cancelled for the process's exit waits before its next round (the process is
+gone by then: a second signal exits within a second)."""
 
 HandlerCall = Callable[[Sequence[Record]], Any]
 """Calls the user's handler on one sub-batch; returns its response (a partial batch response or None)."""
@@ -207,19 +212,33 @@ class BatchDelivery:
         try:
             with call:
                 response = self.call(batch)
+        except HandlerCancelled as exc:
+            if not exc.exiting:
+                return self._failed(unit, batch, call.duration_s, exc)
+            # Cancelled because the process exits (a second signal): not a failure of the handler.  Nothing
+            # is settled, so no failure policy applies and nothing is checkpointed; the next owner re-reads it.
+            # Not before the process is gone: no new call starts meanwhile (the loop refuses them anyway).
+            unit.not_before = time.monotonic() + EXITING_WAIT_S
+            log.warning("handler call on %d records (%s..%s) cancelled: the worker is exiting; the records are "
+                        "left for the next owner", len(batch), batch[0].sequence_number, batch[-1].sequence_number,
+                        extra={"shard_id": self.failure.shard_id})
+            return None
         except BaseException as exc:
             # The boundary of user code: whatever it raises (SystemExit and asyncio's CancelledError
             # are BaseExceptions) is a failed call under the failure policy, never the end of the shard.
-            self.metrics.handler_duration(call.duration_s)
-            log.warning("handler failed on %d records (%s..%s): %s: %s", len(batch), batch[0].sequence_number,
-                        batch[-1].sequence_number, type(exc).__name__, exc,
-                        extra={"shard_id": self.failure.shard_id}, exc_info=True)
-            return _Outcome(unit, 0, type(exc).__name__, one_line(str(exc)) or type(exc).__name__)
+            return self._failed(unit, batch, call.duration_s, exc)
         self.metrics.handler_duration(call.duration_s)
         outcome = parse_batch_response(response, batch)
         if outcome.failed_index is None:
             return _Outcome(unit, None)
         return _Outcome(unit, outcome.failed_index, "BatchItemFailure", outcome.reason)
+
+    def _failed(self, unit: _Unit, batch: Sequence[Record], duration_s: float, exc: BaseException) -> _Outcome:
+        self.metrics.handler_duration(duration_s)
+        log.warning("handler failed on %d records (%s..%s): %s: %s", len(batch), batch[0].sequence_number,
+                    batch[-1].sequence_number, type(exc).__name__, exc,
+                    extra={"shard_id": self.failure.shard_id}, exc_info=True)
+        return _Outcome(unit, 0, type(exc).__name__, one_line(str(exc)) or type(exc).__name__)
 
     def _settle(self, outcome: _Outcome) -> None:
         unit = outcome.unit
