@@ -138,6 +138,19 @@ def test_a_coordinator_that_fails_exits_1_after_a_clean_shutdown(
     assert held == []  # the leases went back, as on a SIGTERM
 
 
+def test_a_misspelt_environment_variable_is_named_with_the_closest_setting(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, redis_url: str
+) -> None:
+    """SHARDLEASE_BATCHSIZE was ignored without a word (the batch size silently stayed 100)."""
+    monkeypatch.setenv("SHARDLEASE_BATCHSIZE", "10")
+    monkeypatch.setenv("SHARDLEASE_TEST_OUT", "/tmp/x")  # the tests' hooks are not settings and not warned about
+    assert main(["run", "--stream-arn", ARN, "--redis-url", redis_url, "--handler", "no_such_module_xyz:handle",
+                 "--metrics-port", "0"]) == 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "SHARDLEASE_" in r.getMessage()]
+    assert warnings == ["SHARDLEASE_BATCHSIZE is set but no setting reads it: ignored; did you mean "
+                        "SHARDLEASE_BATCH_SIZE?"]
+
+
 def test_unknown_flag_exits_2_as_a_process() -> None:
     proc = subprocess.run([sys.executable, "-m", "worker", "run", "--no-such-flag"], capture_output=True, text=True,
                           cwd=ROOT, timeout=60)

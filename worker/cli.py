@@ -19,7 +19,14 @@ from typing import Any, NoReturn
 
 from leaser import ConfigError, LeaseStore, RetryableError, ShardleaseError, __version__
 from leaser.store import list_groups
-from worker.config import REDIS_SETTINGS, SETTINGS_BY_NAME, add_run_arguments, load_run_config, load_settings
+from worker.config import (
+    REDIS_SETTINGS,
+    SETTINGS_BY_NAME,
+    add_run_arguments,
+    load_run_config,
+    load_settings,
+    unknown_env,
+)
 from worker.logs import configure_logging, redact
 
 EXIT_OK = 0
@@ -233,6 +240,8 @@ def _run(args: argparse.Namespace) -> int:
     config = load_run_config(args)
     configure_logging(config.log_format, config.log_level,
                       context={"worker_id": config.worker_id, "group": config.group})
+    for line in unknown_env(os.environ):
+        logging.getLogger("shardlease").warning("%s", line)
     if config.processes > 1:  # N worker processes under one supervisor (worker/supervisor.py)
         from worker.supervisor import supervise
 

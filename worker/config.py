@@ -643,6 +643,26 @@ def env_names() -> set[str]:
     return {s.env for s in RUN_SETTINGS}
 
 
+NOT_SETTINGS_ENV = ("SHARDLEASE_SKIP_IMAGE", "SHARDLEASE_CI_RUN")
+"""``SHARDLEASE_*`` variables that are not settings: CI's image stage.  ``SHARDLEASE_TEST_*`` are the tests' hooks,
+and ``..._OUT`` the files the demo's, tests' and benchmarks' handlers write."""
+
+
+def unknown_env(environ: Mapping[str, str]) -> list[str]:
+    """One warning per ``SHARDLEASE_*`` variable in ``environ`` that no setting reads (a typo such as
+    ``SHARDLEASE_BATCHSIZE`` would otherwise be ignored without a word), naming the closest setting's."""
+    known = env_names()
+    lines = []
+    for name in sorted(environ):
+        if (not name.startswith(ENV_PREFIX) or name in known or name in NOT_SETTINGS_ENV
+                or name.startswith(ENV_PREFIX + "TEST_") or name.endswith("_OUT")):
+            continue
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+        hint = f"; did you mean {close[0]}?" if close else " (`shardlease run --help` lists the settings)"
+        lines.append(f"{name} is set but no setting reads it: ignored{hint}")
+    return lines
+
+
 def _md(text: str) -> str:
     return text.replace("|", "\\|")
 
