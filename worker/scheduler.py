@@ -14,6 +14,7 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from worker.consumer import ShardConsumer
@@ -84,6 +85,18 @@ class Scheduler:
             if self._due.get(consumer) != _RUNNING:  # a running step sees the stop when it returns
                 self._push(consumer, time.monotonic())
             return True
+
+    def pull_forward(self, due: float, select: Callable[[ShardConsumer], bool]) -> int:
+        """Move the next step of each waiting consumer that ``select`` picks to ``due`` (monotonic s) if it
+        was due later.  Never delays a step and never touches a running one; returns how many moved."""
+        moved = 0
+        with self._cv:
+            for consumer, at in list(self._due.items()):
+                if at != _RUNNING and at > due and self._current.get(consumer.shard_id) is consumer \
+                        and select(consumer):
+                    self._push(consumer, due)
+                    moved += 1
+        return moved
 
     def stop_all(self, reason: str) -> None:
         with self._cv:
