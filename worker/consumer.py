@@ -253,10 +253,11 @@ class ShardConsumer:
         """The last sequence number handled (checkpointed or not); '' before the first."""
         return self._unsaved or self.checkpoint
 
-    def wakeable(self, now: float) -> bool:
-        """True for a quiet shard waiting for its next poll, not polled within the wake gap (worker.polling)."""
+    def wake(self, now: float) -> bool:
+        """True (and noted) for a quiet shard waiting for its next poll and not polled within the wake gap
+        (worker.polling): the scheduler then runs its next step now.  Called only while no step runs."""
         return (self._delivery is None and not self._gathered and not self._at_end and self._stop_reason is None
-                and self._pacer.wakeable(now))
+                and self._pacer.wake(now))
 
     def _until_checkpoint_due(self, delay: float | None) -> float | None:
         """Shorten a wait so that a coalesced checkpoint is written when its interval is up."""

@@ -9,12 +9,19 @@ The policy (:class:`PollPolicy`, all times in seconds):
 * **active** shard (records seen within ``quiet_after_s``, or its consumer started less than
   ``quiet_after_s`` ago): the first re-poll after an empty page waits ``FIRST_IDLE_DELAY_S``, doubling
   up to ``active_interval_s`` (1 s by default: the schedule every version before this one used);
-* **quiet** shard (no records for ``quiet_after_s``): the wait keeps doubling from
-  ``active_interval_s`` up to ``ceiling_s`` (``--idle-poll-interval``, 4 s by default: 15 calls a minute).
+* **quiet** shard (no records for ``quiet_after_s``): the wait is ``ceiling_s`` (``--idle-poll-interval``,
+  4 s by default: 15 calls a minute instead of 60).
 
 Invariants: a wait is never longer than ``ceiling_s`` (no shard starves, and a closed shard's last page
 is found at most ``ceiling_s`` after it closed); ``active_interval_s`` is clamped to ``ceiling_s``, so
 ``--idle-poll-interval 1`` polls every caught-up shard once a second (the old fixed interval).
+
+Spreading: the first quiet wait (after a shard turns quiet, or after a wake) is drawn uniformly
+between ``active_interval_s`` and ``ceiling_s``, so shards that went quiet together (a worker's start, a
+wake) do not poll in step: spread over the ceiling, the first of them to poll after a burst wakes the
+others.  The interval thus grows from the active one to the ceiling in one step drawn at random, not by
+doubling: a doubling (1, 2, 4 s) would add polls to the minute after a shard turns quiet, and a shorter
+first wait followed by ceiling waits keeps any minute of a quiet shard at ``60 / ceiling_s`` calls.
 
 Waking (:class:`QuietWaker`): when a quiet shard gets records, this worker's other quiet shards whose
 last poll is at least ``ceiling_s / 2`` old are polled at once.  Wakes are at most one per
@@ -25,6 +32,7 @@ they do not).
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,11 +61,10 @@ class PollPolicy:
     def wake_gap_s(self) -> float:
         return self.ceiling_s * WAKE_GAP_FRACTION
 
-    def delay(self, empty_polls: int, quiet_polls: int) -> float:
-        """Seconds before the next poll after ``empty_polls`` empty pages in a row (>= 1), of which the last
-        ``quiet_polls`` came while the shard was quiet."""
-        if quiet_polls > 0 and self.ceiling_s > self.active_s:
-            return min(self.active_s * 2.0 ** quiet_polls, self.ceiling_s)
+    def delay(self, empty_polls: int, quiet: bool) -> float:
+        """Seconds before the next poll after ``empty_polls`` empty pages in a row (>= 1), before spreading."""
+        if quiet:
+            return self.ceiling_s
         return min(FIRST_IDLE_DELAY_S * 2.0 ** (max(empty_polls, 1) - 1), self.active_s)
 
 
@@ -65,13 +72,15 @@ class PollPacer:
     """One consumer's pacing state; ``now`` is monotonic seconds.  Used from that consumer's steps (one
     at a time) and read by :meth:`wakeable` from the scheduler while no step of it runs."""
 
-    def __init__(self, policy: PollPolicy, now: float) -> None:
+    def __init__(self, policy: PollPolicy, now: float, rng: Callable[[], float] = random.random) -> None:
         self.policy = policy
+        self._rng = rng
+        self._spread = True
+        """The next wait at the ceiling is drawn in [active_s, ceiling_s] (see the module docstring)."""
         self._last_records = now
         """When the shard last had records (or its consumer started)."""
         self.last_poll = now
         self._empty = 0
-        self._quiet_empty = 0
 
     def quiet(self, now: float) -> bool:
         return now - self._last_records >= self.policy.quiet_after_s
@@ -83,19 +92,28 @@ class PollPacer:
             return False
         was_quiet = self.quiet(now)
         self._last_records = now
-        self._empty = self._quiet_empty = 0
+        self._empty = 0
+        self._spread = True
         return was_quiet
 
     def empty_delay(self, now: float) -> float:
         """Seconds to wait after an empty page (or an empty batch) seen at ``now``."""
         self._empty += 1
-        if self.quiet(now):
-            self._quiet_empty += 1
-        return self.policy.delay(self._empty, self._quiet_empty)
+        quiet = self.quiet(now)
+        delay = self.policy.delay(self._empty, quiet)
+        if self._spread and quiet:
+            self._spread = False
+            low = self.policy.active_s
+            delay = low + (self.policy.ceiling_s - low) * self._rng()
+        return delay
 
-    def wakeable(self, now: float) -> bool:
-        """Quiet, and not polled within ``wake_gap_s``: a wake may poll it now."""
-        return self.quiet(now) and now - self.last_poll >= self.policy.wake_gap_s
+    def wake(self, now: float) -> bool:
+        """True if a wake may poll this shard now (quiet, and not polled within ``wake_gap_s``); the wait
+        after that poll is spread again."""
+        if self.quiet(now) and now - self.last_poll >= self.policy.wake_gap_s:
+            self._spread = True
+            return True
+        return False
 
 
 class QuietWaker:

@@ -233,7 +233,7 @@ class Worker:
         scheduler = self.scheduler
         self.waker = QuietWaker(
             self.settings.poll_policy.wake_gap_s,
-            lambda now: scheduler.pull_forward(now, lambda c: c.wakeable(now)), time.monotonic)
+            lambda now: scheduler.pull_forward(now, lambda c: c.wake(now)), time.monotonic)
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._signals = 0

@@ -15,10 +15,11 @@ from worker.scheduler import Scheduler
 DEFAULT = PollPolicy()
 
 
-def simulate(policy: PollPolicy, seconds: float, records_at: tuple[float, ...] = ()) -> list[float]:
+def simulate(policy: PollPolicy, seconds: float, records_at: tuple[float, ...] = (), spread: float = 1.0) -> list[float]:
     """Times of the polls of one shard over ``seconds`` on a fake clock; a poll at or after each time in
-    ``records_at`` finds records (the consumer reads at once after a page with records)."""
-    pacer = PollPacer(policy, 0.0)
+    ``records_at`` finds records (the consumer reads at once after a page with records).  ``spread``: what
+    the random draw of the first quiet wait returns (0 = the active interval, 1 = the ceiling)."""
+    pacer = PollPacer(policy, 0.0, rng=lambda: spread)
     pending = sorted(records_at)
     now, polls = 0.0, []
     while now < seconds:
@@ -43,15 +44,16 @@ def test_an_active_shard_is_polled_as_before() -> None:
     assert 60 <= per_minute(polls, 0.0) <= 65  # the back-off's first steps, then once a second
 
 
-def test_a_quiet_shard_costs_a_quarter_and_never_waits_longer_than_the_ceiling() -> None:
-    polls = simulate(DEFAULT, 600.0)
-    for minute in range(1, 10):
-        assert per_minute(polls, 60.0 * minute + 1) <= 15
+@pytest.mark.parametrize("spread", [0.0, 0.37, 1.0])
+def test_a_quiet_shard_costs_a_quarter_and_never_waits_longer_than_the_ceiling(spread: float) -> None:
+    polls = simulate(DEFAULT, 600.0, spread=spread)
+    for start in range(61, 540, 7):
+        assert per_minute(polls, float(start)) <= 15, start
     gaps = [b - a for a, b in itertools.pairwise(polls)]
-    assert max(gaps) == DEFAULT.ceiling_s
-    # The wait grows: 1 s while active, then 2 s, then the 4 s ceiling.
+    assert max(gaps) == pytest.approx(DEFAULT.ceiling_s)
+    # The wait grows from 1 s (active) to the 4 s ceiling; the first quiet wait is drawn in between.
     quiet = [g for a, g in zip(polls, gaps, strict=False) if a >= 60.0]
-    assert quiet[:3] == [2.0, 4.0, 4.0]
+    assert quiet[:3] == pytest.approx([1.0 + 3.0 * spread, 4.0, 4.0])
 
 
 def test_records_make_a_quiet_shard_active_again() -> None:
@@ -66,17 +68,21 @@ def test_the_old_fixed_interval_is_reachable() -> None:
     assert all(59 <= per_minute(polls, 60.0 * m + 1) <= 61 for m in range(1, 9))
     # A ceiling below the active interval clamps it (an --idle-poll-interval 0.5 set before keeps working).
     assert PollPolicy(ceiling_s=0.5).active_s == 0.5
-    assert max(PollPolicy(ceiling_s=0.5).delay(n, q) for n in range(1, 20) for q in range(0, 5)) == 0.5
+    assert max(PollPolicy(ceiling_s=0.5).delay(n, q) for n in range(1, 20) for q in (False, True)) == 0.5
 
 
-def test_wakeable_only_when_quiet_and_not_polled_within_the_gap() -> None:
-    pacer = PollPacer(DEFAULT, 0.0)
-    assert not pacer.wakeable(30.0)  # active
+def test_a_wake_polls_only_quiet_shards_not_polled_within_the_gap_and_spreads_them_again() -> None:
+    draws = iter([0.5, 0.0])
+    pacer = PollPacer(DEFAULT, 0.0, rng=lambda: next(draws))
+    assert not pacer.wake(30.0)  # active
     pacer.polled(61.0, False)
-    assert not pacer.wakeable(62.0)  # quiet, but polled 1 s ago (gap 2 s)
-    assert pacer.wakeable(63.0)
+    assert pacer.empty_delay(61.0) == 2.5  # the first quiet wait, spread
+    assert pacer.empty_delay(63.5) == 4.0
+    assert not pacer.wake(62.0)  # quiet, but polled 1 s ago (gap 2 s)
+    assert pacer.wake(63.0)
+    assert pacer.empty_delay(63.0) == 1.0  # after a wake: spread again
     assert pacer.polled(63.5, True)  # records after quiet: a wake trigger
-    assert not pacer.wakeable(100.0)  # active again
+    assert not pacer.wake(100.0)  # active again
     assert not pacer.polled(101.0, True)  # records on an active shard wake nobody
 
 
