@@ -131,7 +131,7 @@ def test_quiet_shards_poll_at_the_ceiling_wake_together_and_still_deliver_within
                         # Polled by the wake, not at its own next poll up to CEILING_S later.
                         assert polls.between(s, tp - 0.05, tp + 1.0) >= 1, (s, tp)
                         woken_checked += 1
-                for s, sq in burst.items():
+                for sq in burst.values():
                     assert sq is not None
                     wait_handled(fleet, sq, 60)
                 if woken_checked:

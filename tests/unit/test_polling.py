@@ -15,7 +15,8 @@ from worker.scheduler import Scheduler
 DEFAULT = PollPolicy()
 
 
-def simulate(policy: PollPolicy, seconds: float, records_at: tuple[float, ...] = (), spread: float = 1.0) -> list[float]:
+def simulate(policy: PollPolicy, seconds: float, records_at: tuple[float, ...] = (),
+             spread: float = 1.0) -> list[float]:
     """Times of the polls of one shard over ``seconds`` on a fake clock; a poll at or after each time in
     ``records_at`` finds records (the consumer reads at once after a page with records).  ``spread``: what
     the random draw of the first quiet wait returns (0 = the active interval, 1 = the ceiling)."""
