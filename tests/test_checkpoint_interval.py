@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from leaser import ShardSpec
 from tests.test_consumer import Harness, creds, h, run_steps  # noqa: F401  (fixtures)
+from worker import consumer as consumer_module
 from worker.consumer import ConsumerSettings, ShardConsumer, StopReason
 from worker.handling.handler import as_handler
 
@@ -87,3 +90,19 @@ def test_interval_zero_checkpoints_every_batch(h: Harness) -> None:  # noqa: F81
     for i in range(3):
         c.step()
         assert saved(h, c.shard_id) == written[10 * i + 9]
+
+
+def test_a_handoff_with_late_renewals_waits_rather_than_release_unsaved(
+        h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    written = h.write(20)
+    c = consumer(h, h.shard(), interval_s=3600)
+    run_steps(c, 2)
+    assert saved(h, c.shard_id) == written[9]
+    c.request_stop(StopReason.HANDOFF, handoff_to="w2")
+    monkeypatch.setattr(h.manager, "may_act", lambda shard_id, token: "last renewal 29.0 s ago")
+    assert c.step() == consumer_module.RENEWAL_WAIT_S  # not released: the next owner would redo 10 records
+    lease = h.store.lease(c.shard_id)
+    assert lease is not None and lease.owner == "w1" and lease.checkpoint == written[9]
+    monkeypatch.undo()
+    assert c.step() is None
+    assert saved(h, c.shard_id) == written[-1]

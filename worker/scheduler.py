@@ -165,6 +165,7 @@ class Scheduler:
 
     def _run_step(self, consumer: ShardConsumer) -> None:
         delay: float | None
+        stopping = consumer.stop_reason is not None
         try:
             delay = consumer.step()
         except BaseException:
@@ -180,6 +181,7 @@ class Scheduler:
                     del self._current[shard_id]
                 self._cv.notify_all()
                 return
-            if consumer.stop_reason is not None:
-                delay = 0.0  # a stop asked for during the step takes effect at once
+            if consumer.stop_reason is not None and not stopping:
+                delay = 0.0  # a stop asked for during the step takes effect at once (a stopping step's own
+                # delay, e.g. a release retried after a Redis error, is kept: no busy loop)
             self._push(consumer, time.monotonic() + delay)

@@ -161,3 +161,20 @@ def test_pull_forward_leaves_a_running_step_alone(scheduler: Scheduler) -> None:
     assert scheduler.pull_forward(time.monotonic(), lambda c: True) == 0
     a.release.set()
     wait_steps(a, 1)
+
+
+def test_a_stopping_consumer_keeps_its_retry_delay(scheduler: Scheduler) -> None:
+    """A stopping step that must retry (a release refused by a Redis error, renewals late) waits the delay it
+    returns instead of being run again at once."""
+
+    class Retrying(FakeConsumer):
+        def step(self) -> float:
+            self.steps += 1
+            self.stepped.set()
+            return 0.5
+
+    c = Retrying("a")
+    c.stop_reason = "handoff"  # type: ignore[assignment]
+    scheduler.add(cast(Any, c))
+    time.sleep(1.0)
+    assert 1 <= c.steps <= 4, c.steps  # a busy loop would run it thousands of times
