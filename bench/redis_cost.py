@@ -79,8 +79,10 @@ def main() -> None:
                 wait_until(lambda f=fleet, u=urls[iv]: all_held(u, f.group, args.shards), 60, "every lease held", fleet)
             time.sleep(3.0)
             marks: dict[float, list[tuple[float, int, dict[str, int]]]] = {iv: [] for iv in intervals}
+            walls: list[float] = []
 
             def mark() -> None:
+                walls.append(time.time())
                 for iv in intervals:
                     marks[iv].append((time.monotonic(), *redis_stats(urls[iv])))
 
@@ -123,18 +125,21 @@ def main() -> None:
             duplicates = sum(c - 1 for s, c in handled.items() if c > 1)
             missing = sum(1 for s in written if s not in handled)
             batches = fleets[iv].batches()
+            busy_batches = [b for b in batches if walls[2] <= b["t"] < walls[3]]
             r = {"checkpoint_interval_s": iv, "shards": args.shards, "rate_per_shard": args.rate,
                  "window_s": args.window, "idle_commands_per_s": idle_per_s, "busy_commands_per_s": busy_per_s,
                  "commands_per_busy_shard_per_s": (busy_per_s - idle_per_s) / args.shards,
                  "busy_commandstats_per_s": client_calls, "batches": len(batches),
                  "scripts_per_busy_shard_per_s": (busy_scripts - idle_scripts) / args.shards,
                  "batches_per_shard_per_s": len(batches) / args.shards / (args.window + 3.0 + args.window),
+                 "batches_per_busy_shard_per_s": len(busy_batches) / args.shards / (walls[3] - walls[2]),
                  "records_written": len(written), "crash_duplicates": duplicates, "crash_missing": missing,
                  "duplicate_bound": int(iv * args.rate * args.shards) + 100 * args.shards}
             results.append(r)
             print(f"--checkpoint-interval {iv:g}: Redis commands/s idle {idle_per_s:.0f}, busy {busy_per_s:.0f} "
                   f"({args.shards} shards x {args.rate:g} records/s) = {r['commands_per_busy_shard_per_s']:.1f} per "
-                  f"busy shard, of which {r['scripts_per_busy_shard_per_s']:.2f} EVALSHA (a checkpoint each); "
+                  f"busy shard, of which {r['scripts_per_busy_shard_per_s']:.2f} EVALSHA (a checkpoint each; "
+                  f"{r['batches_per_busy_shard_per_s']:.2f} batches/s per shard); "
                   f"commandstats/s busy {client_calls}; SIGKILL: {duplicates} duplicates "
                   f"(bound {r['duplicate_bound']}), {missing} missing", flush=True)
     write_json(args.json, {"benchmark": "redis_cost", "points": results})
