@@ -1,13 +1,23 @@
-"""Idle cost: GetRecords calls per idle shard per minute for one worker process.
+"""Idle cost: GetRecords calls per idle shard per minute and worker CPU, the new default vs the old fixed poll.
 
-    .venv/bin/python bench/idle_cost.py [--shards 50] [--window 60] [--idle-poll-intervals 1] [--json PATH]
+    .venv/bin/python bench/idle_cost.py [--shards 50] [--window 60] [--warmup 70] [--configs default,baseline]
+                                        [--quiet-after S] [--json PATH]
 
-One ``python -m worker run`` process (default settings; ``--idle-poll-interval`` from the list,
-default 1 s) against an in-process :class:`worker.local.LocalStreamsServer` holding ``--shards``
-shards that never receive a record, and a private redis-server.  After every lease is held and a
-10 s warm-up (the idle back-off, 0.1 s doubling, has reached its ceiling), GetRecords and
-GetShardIterator calls are counted server-side per shard for ``--window`` seconds.  Lambda's event
-source mapping polls each shard 4 times a second: 240 calls per shard per minute.
+Side by side in one run: one ``python -m worker run`` process per configuration, started together, each
+on its own table of ``--shards`` shards that never receive a record (one in-process
+:class:`worker.local.LocalStreamsServer`, one private redis-server, one group per configuration):
+
+- ``default``: default settings (a shard quiet for ``--quiet-after`` 60 s is polled every
+  ``--idle-poll-interval`` 4 s);
+- ``baseline``: ``--idle-poll-interval 1`` (every caught-up shard polled once a second: the behaviour before
+  quiet pacing);
+- ``idle<S>``: ``--idle-poll-interval S`` (any other ceiling).
+
+After every lease is held and ``--warmup`` seconds (longer than ``--quiet-after`` plus the ceiling, so the
+shards are quiet), GetRecords and GetShardIterator calls are counted server-side per shard for ``--window``
+seconds, and each worker's CPU sampled.  ``--quiet-after`` (default: the worker's 60 s) shortens the warm-up
+of a quick run; it is passed to every configuration.  Lambda's event source mapping polls each shard 4 times
+a second: 240 calls per shard per minute.  Target (issue 16): at most 15 per quiet shard per minute.
 """
 
 from __future__ import annotations
@@ -31,64 +41,93 @@ from worker.local import LocalStreamsServer
 LAMBDA_PER_SHARD_PER_MIN = 4 * 60
 
 
-def run_point(server: LocalStreamsServer, redis_url: str, tmp: Path, shards: int, window_s: float,
-              idle_s: float, warmup_s: float) -> dict[str, Any]:
-    name = f"idle{idle_s:g}-{os.getpid()}".replace(".", "_")
-    table = server.create_table(f"t-{name}", [("pk", "S")], view_type="NEW_IMAGE", shards=shards)
+TARGET_PER_SHARD_PER_MIN = 15.0
+CONFIGS = {"default": {}, "baseline": {"idle-poll-interval": "1"}}
+
+
+def config_flags(name: str) -> dict[str, str]:
+    if name in CONFIGS:
+        return dict(CONFIGS[name])
+    if name.startswith("idle"):
+        return {"idle-poll-interval": name[4:]}
+    raise SystemExit(f"unknown configuration {name!r}: default, baseline or idle<seconds>")
+
+
+def run(server: LocalStreamsServer, redis_url: str, tmp: Path, names: list[str], shards: int, window_s: float,
+        warmup_s: float, quiet_after: str | None) -> list[dict[str, Any]]:
     counter = CallCounter(server, ("GetRecords", "GetShardIterator"))
-    flags = {} if idle_s == 1.0 else {"idle-poll-interval": f"{idle_s:g}"}
-    fleet = Fleet(tmp, server.endpoint_url, table.stream_arn, redis_url, name, flags=flags)
+    tables, fleets = {}, {}
     try:
-        fleet.start("w0")
-        wait_until(lambda: all_held(redis_url, name, shards), 120, "every lease held", fleet)
+        for name in names:
+            group = f"idle-{name}-{os.getpid()}".replace(".", "_")
+            tables[name] = server.create_table(f"t-{group}", [("pk", "S")], view_type="NEW_IMAGE", shards=shards)
+            flags = config_flags(name) | ({"quiet-after": quiet_after} if quiet_after else {})
+            fleets[name] = Fleet(tmp, server.endpoint_url, tables[name].stream_arn, redis_url, group, flags=flags)
+        for fleet in fleets.values():
+            fleet.start("w0")
+        for fleet in fleets.values():
+            wait_until(lambda f=fleet: all_held(redis_url, f.group, shards), 120, "every lease held", fleet)
         time.sleep(warmup_s)
-        sampler = CpuSampler({"w0": fleet.procs["w0"].pid}, period_s=1.0)
+        sampler = CpuSampler({name: fleet.procs["w0"].pid for name, fleet in fleets.items()}, period_s=1.0)
         sampler.start()
         t0 = time.time()
         time.sleep(window_s)
         t1 = time.time()
         sampler.stop_event.set()
-        fleet.check_alive()
+        for fleet in fleets.values():
+            fleet.check_alive()
     finally:
         counter.restore()
-        fleet.stop_all()
-    gr = counter.between(t0, t1, "GetRecords")
-    per_shard = Counter(c[2] for c in gr)
-    per_min = [per_shard.get(s, 0) / (t1 - t0) * 60 for s in server.model.shard_ids(table)]
-    cpu = [row["w0"]["cpu_pct"] for row in sampler.samples if row.get("w0")]
-    rss = [row["w0"]["rss_mb"] for row in sampler.samples if row.get("w0")]
-    return {
-        "shards": shards, "idle_poll_interval_s": idle_s, "window_s": t1 - t0,
-        "get_records_calls": len(gr), "get_shard_iterator_calls": len(counter.between(t0, t1, "GetShardIterator")),
-        "per_shard_per_min_median": statistics.median(per_min), "per_shard_per_min_min": min(per_min),
-        "per_shard_per_min_max": max(per_min), "lambda_per_shard_per_min": LAMBDA_PER_SHARD_PER_MIN,
-        "worker_cpu_pct_mean": statistics.fmean(cpu) if cpu else None, "worker_rss_mb": max(rss) if rss else None,
-    }
+        for fleet in fleets.values():
+            fleet.stop_all()
+    results = []
+    for name in names:
+        table, flags = tables[name], fleets[name].flags
+        ids = set(server.model.shard_ids(table))
+        gr = [c for c in counter.between(t0, t1, "GetRecords") if c[2] in ids]
+        per_shard = Counter(c[2] for c in gr)
+        per_min = [per_shard.get(s, 0) / (t1 - t0) * 60 for s in ids]
+        gsi = [c for c in counter.between(t0, t1, "GetShardIterator") if c[2] in ids]
+        cpu = [row[name]["cpu_pct"] for row in sampler.samples if row.get(name)]
+        rss = [row[name]["rss_mb"] for row in sampler.samples if row.get(name)]
+        results.append({
+            "config": name, "flags": {k: v for k, v in flags.items() if k != "metrics-port"},
+            "shards": shards, "idle_poll_interval_s": float(flags.get("idle-poll-interval", 4.0)),
+            "window_s": t1 - t0, "warmup_s": warmup_s,
+            "get_records_calls": len(gr), "get_shard_iterator_calls": len(gsi),
+            "per_shard_per_min_median": statistics.median(per_min), "per_shard_per_min_min": min(per_min),
+            "per_shard_per_min_max": max(per_min), "lambda_per_shard_per_min": LAMBDA_PER_SHARD_PER_MIN,
+            "target_per_shard_per_min": TARGET_PER_SHARD_PER_MIN,
+            "worker_cpu_pct_mean": statistics.fmean(cpu) if cpu else None, "worker_rss_mb": max(rss) if rss else None,
+        })
+    return results
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shards", type=int, default=50)
     ap.add_argument("--window", type=float, default=60.0)
-    ap.add_argument("--warmup", type=float, default=10.0)
-    ap.add_argument("--idle-poll-intervals", default="1", help="comma-separated --idle-poll-interval values")
+    ap.add_argument("--warmup", type=float, default=70.0)
+    ap.add_argument("--configs", default="default,baseline", help="comma-separated: default, baseline, idle<S>")
+    ap.add_argument("--quiet-after", help="--quiet-after for every worker (a quick run's shorter warm-up)")
     ap.add_argument("--json", metavar="PATH")
     args = ap.parse_args()
     for k, v in ENV.items():
         os.environ.setdefault(k, v)
     tmp = Path(tempfile.mkdtemp(prefix="bench-idle-"))
     print(f"worker logs in {tmp}", flush=True)
-    results = []
+    names = args.configs.split(",")
     with LocalStreamsServer(port=0, empty_page_probability=0.0) as server, RedisServer() as rs:
-        for idle in (float(x) for x in args.idle_poll_intervals.split(",")):
-            r = run_point(server, rs.url, tmp, args.shards, args.window, idle, args.warmup)
-            results.append(r)
-            print(f"idle poll {idle:g} s: {r['get_records_calls']} GetRecords on {args.shards} shards in "
-                  f"{r['window_s']:.0f} s = {r['per_shard_per_min_median']:.1f} per shard per minute (min "
-                  f"{r['per_shard_per_min_min']:.1f}, max {r['per_shard_per_min_max']:.1f}); GetShardIterator "
-                  f"{r['get_shard_iterator_calls']}; worker CPU {r['worker_cpu_pct_mean']:.1f}% of one core; "
-                  f"Lambda: {LAMBDA_PER_SHARD_PER_MIN}", flush=True)
-    write_json(args.json, {"benchmark": "idle_cost", "points": results})
+        results = run(server, rs.url, tmp, names, args.shards, args.window, args.warmup, args.quiet_after)
+    for r in results:
+        print(f"{r['config']} ({' '.join(f'--{k} {v}' for k, v in r['flags'].items()) or 'default settings'}): "
+              f"{r['get_records_calls']} GetRecords on {r['shards']} shards in {r['window_s']:.0f} s = "
+              f"{r['per_shard_per_min_median']:.1f} per shard per minute (min {r['per_shard_per_min_min']:.1f}, "
+              f"max {r['per_shard_per_min_max']:.1f}); GetShardIterator {r['get_shard_iterator_calls']}; worker CPU "
+              f"{r['worker_cpu_pct_mean']:.1f}% of one core; target <= {TARGET_PER_SHARD_PER_MIN:g}; Lambda: "
+              f"{LAMBDA_PER_SHARD_PER_MIN}", flush=True)
+    write_json(args.json, {"benchmark": "idle_cost", "points": results,
+                           "quiet_after_s": float(args.quiet_after) if args.quiet_after else 60.0})
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 
 Runs, one after the other (never in parallel: they share the cores), each benchmark as a child
 process with ``--json``: ``leaser_scale``, ``worker_throughput``, ``handoff_pause``,
-``discovery_cost``, ``idle_cost``, ``latency``, ``memory``.  Their JSON and stdout go to
+``discovery_cost``, ``idle_cost``, ``latency``, ``memory``, ``redis_cost``.  Their JSON and stdout go to
 ``--results`` (default: a fresh temporary directory, printed).  Then it writes the report with every
 figure next to its anchor (KCL, Lambda, AWS limits, the issue's targets) and the plots.
 
@@ -42,8 +42,9 @@ BENCHES: dict[str, tuple[list[str], list[str], int]] = {
     "handoff_pause": (["--reps", "2"], ["--reps", "1", "--steady", "4"], 1200),
     "discovery_cost": (["--also-unthrottled", "50"],
                        ["--shards", "500", "--workers", "1,5", "--window", "20", "--shard-sync-interval", "10"], 2400),
-    "idle_cost": ([], ["--window", "15", "--warmup", "5"], 600),
-    "latency": ([], ["--seconds", "10"], 600),
+    "idle_cost": ([], ["--window", "15", "--warmup", "10", "--quiet-after", "3"], 600),
+    "latency": ([], ["--seconds", "10", "--shards", "8", "--quiet-samples", "16", "--quiet-after", "5"], 1200),
+    "redis_cost": ([], ["--window", "8", "--intervals", "0,5"], 600),
     "memory": ([], ["--shards", "300", "--seconds", "10"], 900),
     "async_handlers": ([], ["--reps", "1", "--records", "3200"], 900),
     "processes": ([], ["--reps", "1", "--records", "4000"], 900),
@@ -54,6 +55,8 @@ KCL_TAKE_INTERVAL_S = 20.0
 KCL_RENEW_S = 10.0 / 3
 LAMBDA_POLLS_PER_MIN = 240
 TAKEOVER_TARGET_S = 8.0
+IDLE_TARGET_PER_MIN = 15.0
+QUIET_TARGET_P50_S, QUIET_TARGET_P99_S = 3.0, 5.0
 THROUGHPUT_TARGET_X = 4.0
 DESCRIBE_LIMIT_PER_S = 10
 
@@ -179,7 +182,8 @@ def plots(data: dict[str, Any], img: Path) -> dict[str, str]:
     idle = data.get("idle_cost")
     if idle and idle.get("points"):
         fig, ax = plt.subplots(figsize=(6, 2.8))
-        labels = [f"shardlease, idle poll {p['idle_poll_interval_s']:g} s" for p in idle["points"]]
+        labels = [f"shardlease {p.get('config', '')}, idle poll {p['idle_poll_interval_s']:g} s"
+                  for p in idle["points"]]
         values = [p["per_shard_per_min_median"] for p in idle["points"]]
         labels.append("Lambda (4 polls/s)")
         values.append(LAMBDA_POLLS_PER_MIN)
@@ -192,6 +196,27 @@ def plots(data: dict[str, Any], img: Path) -> dict[str, str]:
         fig.savefig(img / "idle_polls.png", dpi=110)
         plt.close(fig)
         made["idle"] = "img/idle_polls.png"
+
+    trade = idle_latency_points(data)
+    if trade:
+        fig, ax = plt.subplots(figsize=(6.5, 3.6))
+        ax.axvspan(0, IDLE_TARGET_PER_MIN, ymax=QUIET_TARGET_P99_S / 6.0, color="tab:green", alpha=0.08,
+                   label=f"target: <= {IDLE_TARGET_PER_MIN:g} calls/min, p50 <= {QUIET_TARGET_P50_S:g} s, "
+                         f"p99 <= {QUIET_TARGET_P99_S:g} s")
+        for name, calls, p50, p99 in trade:
+            ax.errorbar([calls], [p50], yerr=[[0], [p99 - p50]], fmt="o", capsize=4,
+                        label=f"{name}: p50 {p50:.2f} s, p99 {p99:.2f} s, {calls:.0f} calls/min")
+        ax.set_xlabel("GetRecords calls per quiet shard per minute (bench/idle_cost.py)")
+        ax.set_ylabel("first record after quiet:\nwrite -> handler (s)")
+        ax.set_xlim(0, max(c for _, c, _, _ in trade) * 1.2)
+        ax.set_ylim(0, 6.0)
+        ax.set_title("Idle cost vs first-record latency (dot p50, bar to p99)", fontsize=9)
+        ax.legend(fontsize=7, loc="upper right")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(img / "idle_cost_vs_latency.png", dpi=110)
+        plt.close(fig)
+        made["idle_trade"] = "img/idle_cost_vs_latency.png"
 
     lat = data.get("latency")
     if lat and lat.get("phases"):
@@ -235,6 +260,127 @@ def plots(data: dict[str, Any], img: Path) -> dict[str, str]:
         plt.close(fig)
         made["memory"] = "img/memory_1000_shards.png"
     return made
+
+
+def idle_latency_points(data: dict[str, Any]) -> list[tuple[str, float, float, float]]:
+    """(configuration, GetRecords per quiet shard per minute, first-record p50 s, p99 s) of each configuration
+    measured by both idle_cost and latency (issue 16, goal 1)."""
+    idle, lat = data.get("idle_cost") or {}, data.get("latency") or {}
+    calls = {p["config"]: p["per_shard_per_min_median"] for p in idle.get("points", []) if "config" in p}
+    out = []
+    for name, c in (lat.get("configs") or {}).items():
+        quiet = next((ph for ph in c["phases"] if ph["phase"] == "quiet"), None)
+        if quiet and name in calls:
+            out.append((name, calls[name], quiet["p50_ms"] / 1000, quiet["p99_ms"] / 1000))
+    return out
+
+
+def add_quiet_headline(add: Any, lat: dict[str, Any], ph: dict[str, Any]) -> None:
+    base = next((b for b in (lat.get("configs", {}).get("baseline") or {}).get("phases", [])
+                 if b["phase"] == "quiet"), None)
+    ok = ph["p50_ms"] <= QUIET_TARGET_P50_S * 1000 and ph["p99_ms"] <= QUIET_TARGET_P99_S * 1000
+    add(f"| First record on a long-quiet shard, write -> handler (default) | p50 {ph['p50_ms']:.0f} ms, "
+        f"p99 {ph['p99_ms']:.0f} ms"
+        + (f" (baseline: p50 {base['p50_ms']:.0f} ms, p99 {base['p99_ms']:.0f} ms)" if base else "")
+        + f" | target p50 ≤ {QUIET_TARGET_P50_S * 1000:.0f} ms, p99 ≤ {QUIET_TARGET_P99_S * 1000:.0f} ms "
+        f"| {verdict(ok)} |")
+
+
+def add_idle_and_redis_cost(add: Any, data: dict[str, Any], made: dict[str, str]) -> None:
+    """Issue 16 goals 1 (idle cost vs first-record latency) and 5 (Redis cost per busy shard)."""
+    ic, lat, rc = data.get("idle_cost"), data.get("latency"), data.get("redis_cost")
+    if ic and ic.get("points"):
+        add("## Idle cost (`bench/idle_cost.py`)")
+        add("")
+        p = ic["points"][0]
+        add(f"One worker process per configuration, side by side in one run, each holding {p['shards']} shards that "
+            f"never receive a record; GetRecords counted server-side per shard over {p['window_s']:.0f} s after a "
+            f"{p.get('warmup_s', 0):.0f} s warm-up (the shards quiet for longer than `--quiet-after` "
+            f"{ic.get('quiet_after_s', 60):g} s). **default** = default settings (a quiet shard is polled every "
+            "`--idle-poll-interval` 4 s); **baseline** = `--idle-poll-interval 1`, the fixed 1 s poll of earlier "
+            f"versions. Target (issue 16): at most {IDLE_TARGET_PER_MIN:g} calls per quiet shard per minute.")
+        add("")
+        add("| configuration | GetRecords per shard per minute (median, min-max) | target | GetShardIterator | worker "
+            "CPU (% of one core) | Lambda |")
+        add("|---|---|---|---|---|---|")
+        for p in ic["points"]:
+            flags = " ".join(f"`--{k} {v}`" for k, v in p.get("flags", {}).items()) or "defaults"
+            add(f"| {p.get('config', '')} ({flags}) | {p['per_shard_per_min_median']:.1f} "
+                f"({p['per_shard_per_min_min']:.1f}-{p['per_shard_per_min_max']:.1f}) | "
+                + (f"<= {IDLE_TARGET_PER_MIN:g} {verdict(p['per_shard_per_min_median'] <= IDLE_TARGET_PER_MIN)}"
+                   if p.get("config", "default") == "default" else "-")
+                + f" | {p['get_shard_iterator_calls']} | "
+                f"{f(p['worker_cpu_pct_mean'], 1)} | {LAMBDA_POLLS_PER_MIN} |")
+        add("")
+        add("The price is the first record on a long-quiet shard: it waits for that shard's next poll, up to the "
+            "ceiling (on average half of it, see the latency section). `--idle-poll-interval` trades it back "
+            "(`1` restores the old fixed poll); `--quiet-after` sets how long a shard stays on the active 1 s poll "
+            "after its last record. Records on one quiet shard wake the worker's other quiet shards.")
+        add("")
+        if "idle_trade" in made:
+            add(f"![idle cost vs first-record latency]({made['idle_trade']})")
+            add("")
+        if "idle" in made:
+            add(f"![GetRecords per idle shard per minute]({made['idle']})")
+            add("")
+    if lat and lat.get("configs"):
+        add("## End-to-end latency (`bench/latency.py`)")
+        add("")
+        ph0 = lat["phases"][0]
+        add(f"One worker process per configuration (default; baseline = `--idle-poll-interval 1`), side by side, "
+            f"{ph0['shards']} shards each, the same writes into both tables at the same time; latency = handler wall "
+            "time - write time (same host clock; AWS's own delay from the table write to the stream record is not "
+            f"included). **quiet**: single records, each on a shard quiet for longer than `--quiet-after` "
+            f"{lat.get('quiet_after_s', 60):g} s, at random times. Target (issue 16) for the default's quiet phase: "
+            f"p50 <= {QUIET_TARGET_P50_S:g} s, p99 <= {QUIET_TARGET_P99_S:g} s; busy and sparse unchanged from the "
+            "baseline.")
+        add("")
+        add("| configuration | traffic | records | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) |")
+        add("|---|---|---|---|---|---|---|")
+        for name, c in lat["configs"].items():
+            for ph in c["phases"]:
+                traffic = (f"{ph['phase']}: {ph['rate_per_shard']:g} records/s per shard" if ph["phase"] != "quiet"
+                           else "quiet: first record on a long-quiet shard")
+                add(f"| {name} | {traffic} | {ph['records']:,} | {ph['p50_ms']:.0f} | {ph['p90_ms']:.0f} | "
+                    f"{ph['p99_ms']:.0f} | {ph['max_ms']:.0f} |")
+        add("")
+        add("Busy shards are re-polled at once after a non-empty page and 0.1-0.2 s after an empty one; a shard with "
+            "records within the last minute waits at most the active interval (1 s) for its next poll, as before. A "
+            "quiet shard waits up to the 4 s ceiling: a lone record landing at a random time waits half of it on "
+            "average (p50 about 2 s, p99 about 4 s). The quiet phase's records follow each other every 4-6 s on "
+            "different shards, and each one read wakes the worker's other quiet shards (polled at once, then spread "
+            "again), which shortens the next record's wait: bursts spread over shards see the same. Lambda's 4 polls/s "
+            "bound the wait at 0.25 s.")
+        add("")
+        if "latency" in made:
+            add(f"![latency distribution]({made['latency']})")
+            add("")
+    if rc and rc.get("points"):
+        add("## Redis cost per busy shard (`bench/redis_cost.py`)")
+        add("")
+        p0 = rc["points"][0]
+        add(f"One worker process per `--checkpoint-interval`, side by side, each with its own redis-server and "
+            f"{p0['shards']} shards written at {p0['rate_per_shard']:g} records/s each for {p0['window_s']:.0f} s. "
+            "Commands = Redis `total_commands_processed` (every command a Lua script runs counts); per busy shard = "
+            "(busy - idle) / shards. Then each worker is SIGKILLed with the writers running and a replacement "
+            "takes over: records handled twice (what the killed worker handled after its last checkpoint) and "
+            "never handled.")
+        add("")
+        add("| `--checkpoint-interval` | Redis commands/s idle | busy | per busy shard | scripts (EVALSHA)/s per busy "
+            "shard | batches/s per busy shard | SIGKILL: duplicates (bound) | missing |")
+        add("|---|---|---|---|---|---|---|---|")
+        for p in rc["points"]:
+            add(f"| {p['checkpoint_interval_s']:g} s | {p['idle_commands_per_s']:.0f} | "
+                f"{p['busy_commands_per_s']:.0f} | {p['commands_per_busy_shard_per_s']:.1f} | "
+                f"{p['scripts_per_busy_shard_per_s']:.2f} | "
+                f"{p['batches_per_busy_shard_per_s']:.2f} | {p['crash_duplicates']} ({p['duplicate_bound']}) | "
+                f"{p['crash_missing']} |")
+        add("")
+        add("A checkpoint per batch (the default, 0) writes one fenced checkpoint script per batch and shard. "
+            "`--checkpoint-interval S` writes at most one per shard per S seconds, and always before a handoff or "
+            "shutdown releases the lease and at shard end (SHARD_END); a crash or a lost lease re-delivers what was "
+            "handled since the last write: at most S seconds of the shard's records (plus the batch in flight).")
+        add("")
 
 
 # -- the report --------------------------------------------------------------------------------
@@ -365,14 +511,28 @@ def build_markdown(data: dict[str, Any], status: dict[str, Any], made: dict[str,
                 f"started together | {exited} of {big['workers']} exited at start-up; peak {big['peak_calls_in_1s']} "
                 f"calls in 1 s, {big['throttled']} throttled | every worker starts | {verdict(exited == 0)} |")
     if ic and ic.get("points"):
-        p = ic["points"][0]
-        add(f"| GetRecords per idle shard per minute (idle poll {p['idle_poll_interval_s']:g} s) | "
-            f"{p['per_shard_per_min_median']:.1f} | Lambda: {LAMBDA_POLLS_PER_MIN} (4 polls/s) | "
-            f"{LAMBDA_POLLS_PER_MIN / p['per_shard_per_min_median']:.0f}x fewer |")
+        by = {p.get("config", ""): p for p in ic["points"]}
+        p = by.get("default", ic["points"][0])
+        base = by.get("baseline")
+        add(f"| GetRecords per quiet shard per minute (default: `--idle-poll-interval` {p['idle_poll_interval_s']:g} s "
+            f"after 60 s quiet) | {p['per_shard_per_min_median']:.1f}"
+            + (f" (baseline, fixed 1 s poll: {base['per_shard_per_min_median']:.1f})" if base else "")
+            + f" | target ≤ {IDLE_TARGET_PER_MIN:g}; Lambda: {LAMBDA_POLLS_PER_MIN} (4 polls/s) | "
+            f"{verdict(p['per_shard_per_min_median'] <= IDLE_TARGET_PER_MIN)} |")
     if lat and lat.get("phases"):
         for ph in lat["phases"]:
+            if ph["phase"] == "quiet":
+                add_quiet_headline(add, lat, ph)
+                continue
             add(f"| Write -> handler latency, {ph['phase']} ({ph['rate_per_shard']:g} records/s per shard) | "
                 f"p50 {ph['p50_ms']:.0f} ms, p99 {ph['p99_ms']:.0f} ms | Lambda: polls 4/s per shard | - |")
+    rcost = data.get("redis_cost")
+    if rcost and rcost.get("points"):
+        pts = rcost["points"]
+        add(f"| Redis commands/s per busy shard ({pts[0]['rate_per_shard']:g} records/s per shard), by "
+            "`--checkpoint-interval` | " + ", ".join(f"{p['checkpoint_interval_s']:g} s: "
+                                                      f"{p['commands_per_busy_shard_per_s']:.1f}" for p in pts)
+            + " | 0 s (a checkpoint per batch) is the baseline | - |")
     if mem and mem.get("idle"):
         add(f"| Memory of one worker holding {mem['shards']:,} shards | RSS {mem['idle']['rss_mb_max']:.0f} MB idle, "
             f"{mem['traffic']['rss_mb_max']:.0f} MB with {mem['rate']:g} records/s | - | - |")
@@ -594,37 +754,8 @@ def build_markdown(data: dict[str, Any], status: dict[str, Any], made: dict[str,
             add(f"![cumulative DescribeStream calls]({made['discovery']})")
             add("")
 
-    if ic and ic.get("points"):
-        add("## Idle cost (`bench/idle_cost.py`)")
-        add("")
-        p = ic["points"][0]
-        add(f"One worker process, {p['shards']} shards that never receive a record, default settings; "
-            f"GetRecords counted server-side per shard over {p['window_s']:.0f} s after the idle back-off (0.1 s "
-            "doubling) reached its ceiling.")
-        add("")
-        add("| idle poll interval | GetRecords per shard per minute (median, min-max) | GetShardIterator | worker CPU "
-            "(% of one core) | Lambda |")
-        add("|---|---|---|---|---|")
-        for p in ic["points"]:
-            add(f"| {p['idle_poll_interval_s']:g} s | {p['per_shard_per_min_median']:.1f} "
-                f"({p['per_shard_per_min_min']:.1f}-{p['per_shard_per_min_max']:.1f}) | "
-                f"{p['get_shard_iterator_calls']} | {f(p['worker_cpu_pct_mean'], 1)} | {LAMBDA_POLLS_PER_MIN} |")
-        add("")
-        add(f"Lambda polls each shard 4 times a second ({LAMBDA_POLLS_PER_MIN}/min); non-Lambda GetRecords calls "
-            "are billed, so at the default idle poll an idle shard costs 4x fewer calls than Lambda's rate, and "
-            "`--idle-poll-interval` trades idle cost for the latency of the first record after a quiet period.")
-        add("")
-        if "idle" in made:
-            add(f"![GetRecords per idle shard per minute]({made['idle']})")
-            add("")
-
-    if lat and lat.get("phases"):
+    if lat and lat.get("phases") and not lat.get("configs"):  # a result from before the side-by-side run
         add("## End-to-end latency (`bench/latency.py`)")
-        add("")
-        ph0 = lat["phases"][0]
-        add(f"One worker process at default settings, {ph0['shards']} shards, records carrying their write time; "
-            "latency = handler wall time - write time (same host clock; AWS's own delay from the table write to "
-            "the stream record is not included).")
         add("")
         add("| traffic | records | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) |")
         add("|---|---|---|---|---|---|")
@@ -632,14 +763,7 @@ def build_markdown(data: dict[str, Any], status: dict[str, Any], made: dict[str,
             add(f"| {ph['phase']}: {ph['rate_per_shard']:g} records/s per shard | {ph['records']:,} | "
                 f"{ph['p50_ms']:.0f} | {ph['p90_ms']:.0f} | {ph['p99_ms']:.0f} | {ph['max_ms']:.0f} |")
         add("")
-        add("Busy shards are re-polled at once after a non-empty page and 0.1-0.2 s after an empty one; a record "
-            "landing on a shard that has been quiet for a while waits for the next poll of the idle back-off (0.1 s "
-            "doubling up to 1 s), so sparse traffic sees up to ~1 s. Lambda's 4 polls/s bound that wait at 0.25 s; "
-            "`--idle-poll-interval` sets the ceiling.")
-        add("")
-        if "latency" in made:
-            add(f"![latency distribution]({made['latency']})")
-            add("")
+    add_idle_and_redis_cost(add, data, made)
 
     if mem and mem.get("idle"):
         add("## Memory of one worker holding many shards (`bench/memory.py`)")

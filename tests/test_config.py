@@ -62,7 +62,8 @@ def test_defaults() -> None:
     assert cfg.worker_id.endswith(f"-{__import__('os').getpid()}")
     assert (cfg.metrics_port, cfg.metrics_host) == (None, "0.0.0.0")  # None: 9400 or the next free port
     assert (cfg.log_format, cfg.log_level) == ("text", "INFO")
-    assert cfg.idle_poll_interval_s == 1.0 and cfg.shutdown_grace_s == 20.0
+    assert cfg.idle_poll_interval_s == 4.0 and cfg.shutdown_grace_s == 20.0
+    assert (cfg.active_poll_interval_s, cfg.quiet_after_s, cfg.checkpoint_interval_s) == (1.0, 60.0, 0.0)
     assert cfg.shard_sync_interval_s == 60.0 and cfg.handoff_timeout_s == 10.0
     assert cfg.max_shards == 0
     assert cfg.endpoint_url is None and cfg.region is None

@@ -451,8 +451,21 @@ RUN_SETTINGS: tuple[Setting, ...] = (
        group="observability"),
     _s("log_level", "--log-level", _choice("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), "INFO",
        "Minimum log level: DEBUG, INFO, WARNING, ERROR or CRITICAL.", metavar="LEVEL", group="observability"),
-    _s("idle_poll_interval_s", "--idle-poll-interval", _ranged(parse_duration, 0, 300, low_open=True), 1.0,
-       "Seconds between GetRecords calls on a shard that returned no records.", metavar="SECONDS", group="stream"),
+    _s("idle_poll_interval_s", "--idle-poll-interval", _ranged(parse_duration, 0, 300, low_open=True), 4.0,
+       "Longest wait in seconds between GetRecords calls on a caught-up shard: a shard quiet for --quiet-after "
+       "is polled this often (the price: its first new record waits up to this long); 1 polls every shard "
+       "once a second as before.", metavar="SECONDS", group="stream"),
+    _s("active_poll_interval_s", "--active-poll-interval", _ranged(parse_duration, 0, 300, low_open=True), 1.0,
+       "Seconds between GetRecords calls on a caught-up shard that had records within --quiet-after (at most "
+       "--idle-poll-interval).", metavar="SECONDS", group="stream"),
+    _s("quiet_after_s", "--quiet-after", _ranged(parse_duration, 0, 86400), 60.0,
+       "Seconds without records after which a shard is polled at --idle-poll-interval instead of "
+       "--active-poll-interval; records on a quiet shard wake the worker's other quiet shards.",
+       metavar="SECONDS", group="stream"),
+    _s("checkpoint_interval_s", "--checkpoint-interval", _ranged(parse_duration, 0, 300), 0.0,
+       "At most one checkpoint per shard per this many seconds (always at handoff, shutdown and shard end); "
+       "0 checkpoints every batch.  A crash re-delivers up to this many seconds of records.",
+       metavar="SECONDS", group="delivery"),
     _s("shutdown_grace_s", "--shutdown-grace", _ranged(parse_duration, 0, 3600), 20.0,
        "Maximum seconds to finish in-flight batches and hand off leases after SIGTERM.", metavar="SECONDS",
        group="coordination"),
@@ -518,7 +531,10 @@ class RunConfig:
     per_shard_metrics: bool = False
     log_format: str = "text"
     log_level: str = "INFO"
-    idle_poll_interval_s: float = 1.0
+    idle_poll_interval_s: float = 4.0
+    active_poll_interval_s: float = 1.0
+    quiet_after_s: float = 60.0
+    checkpoint_interval_s: float = 0.0
     shutdown_grace_s: float = 20.0
     processes: int = 1
     shard_sync_interval_s: float = 60.0

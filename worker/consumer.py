@@ -22,6 +22,11 @@ Invariants:
   its consumer is running.  A lost lease's checkpoint is refused by the token.
 * The shard is marked ended only after the handler finished its last record;
   ``on_shard_end`` runs once, even when SHARD_END has to be retried.
+* A caught-up shard waits at most ``idle_poll_interval_s`` between polls (pacing: worker.polling).
+* With ``checkpoint_interval_s`` > 0 a handled position is written at most once per interval, and
+  always before a handoff or shutdown release and by SHARD_END; a crash or lost lease re-delivers what
+  was handled since the last write (at most ``checkpoint_interval_s`` of records).  Reads resume after
+  the last *handled* position, written or not.
 * Whatever the handler or a hook raises (``BaseException`` included) is caught
   at the step's boundary: the shard is never left wedged.
 """
@@ -43,13 +48,12 @@ from worker.handling.calls import HandlerCalls
 from worker.handling.delivery import BatchDelivery, DeliveryFactory
 from worker.handling.handler import Handler, ShardContext
 from worker.observability import Metrics
+from worker.polling import FIRST_IDLE_DELAY_S, PollPacer, PollPolicy
 from worker.reading.records import Record
 from worker.reading.streams import StreamsClient
 
 log = logging.getLogger("shardlease.consumer")
 
-FIRST_IDLE_DELAY_S = 0.1
-"""Seconds before the first re-poll after an empty page; doubles up to ``idle_poll_interval_s``."""
 LATEST_MARGIN_S = 2.0
 """Seconds before the first LATEST read of a shard whose records a later owner still hands over
 (ApproximateCreationDateTime has second precision; a few extra records beat a skipped one)."""
@@ -72,9 +76,21 @@ class ConsumerSettings:
     """TRIM_HORIZON or LATEST; applies only to shards open when the group first listed the stream and
     never checkpointed since.  Shards created later (children) always start at TRIM_HORIZON."""
     idle_poll_interval_s: float
+    """Longest wait between polls of a caught-up shard (the ceiling of worker.polling's pacing)."""
     lease_ttl_s: float
     batching_window_s: float = 0.0
     """Seconds to keep gathering records into a batch; 0 delivers as soon as no more are waiting."""
+    active_poll_interval_s: float = 1.0
+    """Longest wait between polls of a shard that had records within ``quiet_after_s``."""
+    quiet_after_s: float = 60.0
+    """Seconds without records after which a shard is polled more slowly (up to ``idle_poll_interval_s``)."""
+    checkpoint_interval_s: float = 0.0
+    """At most one checkpoint per this many seconds (0: one per batch)."""
+
+    @property
+    def poll_policy(self) -> PollPolicy:
+        return PollPolicy(active_interval_s=self.active_poll_interval_s, ceiling_s=self.idle_poll_interval_s,
+                          quiet_after_s=self.quiet_after_s)
 
 
 class ShardConsumer:
@@ -91,6 +107,7 @@ class ShardConsumer:
         metrics: Metrics,
         on_shard_ended: Callable[[str, list[str]], None],
         deliveries: DeliveryFactory | None = None,
+        on_quiet_activity: Callable[[], object] | None = None,
     ) -> None:
         self.shard_id = acquired.shard_id
         self.token = acquired.token
@@ -104,6 +121,13 @@ class ShardConsumer:
         self._on_shard_ended = on_shard_ended
         self.checkpoint = acquired.checkpoint
         """Last sequence number checkpointed ('' = none: start at the initial position)."""
+        self._unsaved = ""
+        """Last sequence number handled but not checkpointed yet ('' = none): see _save_checkpoint."""
+        self._checkpointed_at = float("-inf")
+        """Monotonic time of the last checkpoint written (for checkpoint_interval_s)."""
+        self._pacer = PollPacer(settings.poll_policy, time.monotonic())
+        self._on_quiet_activity = on_quiet_activity
+        """Called (no arguments) when this shard gets records after being quiet: wakes the worker's others."""
         self._iterator: str | None = None
         self._gathered: list[Record] = []
         self._read_spans: list[Any] = []
@@ -113,7 +137,6 @@ class ShardConsumer:
         self._delivered_prefix = 0
         self._deliveries = deliveries or DeliveryFactory.simple(handler, metrics)
         self._at_end = False
-        self._empty_polls = 0
         self._failures = 0
         self._from_trim_horizon = False
         self._skip_before_s = 0.0
@@ -191,7 +214,7 @@ class ShardConsumer:
             self._set_stuck("renewal_late")
             return RENEWAL_WAIT_S
         try:
-            return self._advance()
+            return self._until_checkpoint_due(self._advance())
         except LeaseLostError as exc:
             log.warning("lease lost: %s", exc.reason, extra={"shard_id": self.shard_id})
             self.request_stop(StopReason.LOST, detail=exc.reason)
@@ -234,6 +257,24 @@ class ShardConsumer:
             log.warning("retrying in %.1f s: %s", delay, exc, extra={"shard_id": self.shard_id})
             return delay
 
+    @property
+    def position(self) -> str:
+        """The last sequence number handled (checkpointed or not); '' before the first."""
+        return self._unsaved or self.checkpoint
+
+    def wake(self, now: float) -> bool:
+        """True (and noted) for a quiet shard waiting for its next poll and not polled within the wake gap
+        (worker.polling): the scheduler then runs its next step now.  Called only while no step runs."""
+        return (self._delivery is None and not self._gathered and not self._at_end and self._stop_reason is None
+                and self._pacer.wake(now))
+
+    def _until_checkpoint_due(self, delay: float | None) -> float | None:
+        """Shorten a wait so that a coalesced checkpoint is written when its interval is up."""
+        if delay is None or not self._unsaved:
+            return delay
+        due = self._checkpointed_at + self.settings.checkpoint_interval_s - time.monotonic()
+        return min(delay, max(due, 0.0))
+
     def _holds_lease(self) -> bool:
         """False (and a stop for a lost lease) once this worker no longer holds this consumer's token."""
         why = self._manager.why_not_held(self.shard_id, self.token)
@@ -250,6 +291,7 @@ class ShardConsumer:
         return self._manager.may_act(self.shard_id, self.token)
 
     def _advance(self) -> float | None:
+        self._save_checkpoint()
         if self._delivery is None:
             wait = self._gather()
             if wait is not None:
@@ -268,8 +310,10 @@ class ShardConsumer:
         self._metrics.pending_since(self.shard_id, self._oldest_unfinished(delivery))
         delay = delivery.run_round(self._guard)
         self._checkpoint_progress(delivery)
-        if delivery.finished and self._delivered_prefix < len(delivery.records):
-            # Done, but the checkpoint waits until the lease may be acted on again: keep the batch.
+        if delivery.finished and self._unsaved and not self.settings.checkpoint_interval_s:
+            # Done, but the checkpoint waits until the lease may be acted on again (its position is kept
+            # in _unsaved and written by the next step's _save_checkpoint before anything is read).
+            self._delivery = None
             return RENEWAL_WAIT_S
         if not delivery.finished:
             if not self._holds_lease():
@@ -307,7 +351,6 @@ class ShardConsumer:
                 if not self._gathered:
                     self._gather_started = time.monotonic()
                 self._gathered.extend(page)
-                self._empty_polls = 0
             more_waiting = len(page) == limit
         else:
             more_waiting = False
@@ -318,8 +361,7 @@ class ShardConsumer:
                 self._skipped_page = False
                 return 0.0
             self._metrics.iterator_age(self.shard_id, 0.0)  # caught up: nothing waits to be read
-            self._empty_polls += 1
-            return float(min(FIRST_IDLE_DELAY_S * 2 ** (self._empty_polls - 1), settings.idle_poll_interval_s))
+            return self._pacer.empty_delay(time.monotonic())
         full = len(self._gathered) >= settings.batch_size
         if full or self._at_end:
             return None
@@ -331,14 +373,31 @@ class ShardConsumer:
         return 0.0 if more_waiting else None
 
     def _checkpoint_progress(self, delivery: BatchDelivery) -> None:
-        """Checkpoint the end of the batch's done prefix, if it moved (and the lease may be acted on:
-        otherwise the progress stays in the delivery and is checkpointed at a later step)."""
+        """Note the end of the batch's done prefix as handled, if it moved, and checkpoint it when due."""
         prefix = delivery.done_prefix()
-        if prefix > self._delivered_prefix and self._manager.may_act(self.shard_id, self.token) is None:
-            sequence_number = delivery.records[prefix - 1].sequence_number
-            self._manager.checkpoint(self.shard_id, sequence_number, token=self.token)
-            self.checkpoint = sequence_number
+        if prefix > self._delivered_prefix:
+            self._unsaved = delivery.records[prefix - 1].sequence_number
             self._delivered_prefix = prefix
+        self._save_checkpoint()
+
+    def _save_checkpoint(self, *, force: bool = False) -> bool:
+        """Write the handled position if it is unsaved, ``checkpoint_interval_s`` has passed since the last
+        write (or ``force``), and the lease may be acted on (fenced by the token).  True when nothing is
+        left unsaved.  A refused or failed write raises (LeaseLostError, CoordinationUnavailable) and keeps
+        the position unsaved, for the next step."""
+        if not self._unsaved:
+            return True
+        now = time.monotonic()
+        if not force and now < self._checkpointed_at + self.settings.checkpoint_interval_s:
+            return False
+        if self._manager.may_act(self.shard_id, self.token) is not None:
+            return False
+        sequence_number = self._unsaved
+        self._manager.checkpoint(self.shard_id, sequence_number, token=self.token)
+        self.checkpoint = sequence_number
+        self._unsaved = ""
+        self._checkpointed_at = now
+        return True
 
     def _read(self, limit: int) -> list[Record]:
         if self._iterator is None:
@@ -351,11 +410,14 @@ class ShardConsumer:
             page = tracing.get_records(
                 self.shard_id, lambda: self._streams.get_records(iterator, limit, shard_id=self.shard_id),
                 self._read_spans)
-        self._metrics.getrecords_call(time.monotonic() - started)
+        ended = time.monotonic()
+        self._metrics.getrecords_call(ended - started)
+        if self._pacer.polled(ended, bool(page.records)) and self._on_quiet_activity is not None:
+            self._on_quiet_activity()
         self._iterator = page.next_iterator
         self._at_end = page.next_iterator is None
         self._failures = 0
-        if self._skip_before_s and not self.checkpoint:
+        if self._skip_before_s and not self.position:
             cutoff = self._skip_before_s
             kept = [r for r in page.records if r.approximate_creation_time.timestamp() >= cutoff]
             if len(kept) < len(page.records):
@@ -366,12 +428,12 @@ class ShardConsumer:
 
     def _new_iterator(self) -> str:
         arn = self.settings.stream_arn
-        if self.checkpoint and not self._from_trim_horizon:
-            return self._streams.get_shard_iterator(arn, self.shard_id, "AFTER_SEQUENCE_NUMBER", self.checkpoint)
+        if self.position and not self._from_trim_horizon:
+            return self._streams.get_shard_iterator(arn, self.shard_id, "AFTER_SEQUENCE_NUMBER", self.position)
         # LATEST only for a shard open when the group first listed the stream and never
         # checkpointed since: never for one it is resuming, one created later (a child: records
         # written to it before its first read would be skipped), or after trimmed data.
-        fresh = not self.checkpoint and not self._read_from_start and not self._from_trim_horizon
+        fresh = not self.position and not self._read_from_start and not self._from_trim_horizon
         self._from_trim_horizon = False
         if fresh and self.settings.initial_position == "LATEST":
             # The first reader fixes where LATEST was; a later owner of the shard (still without a
@@ -408,10 +470,16 @@ class ShardConsumer:
         """
         reason = self.stop_reason
         try:
-            if reason in (StopReason.HANDOFF, StopReason.SHUTDOWN) and self._delivery is not None:
-                # Records handled but not checkpointed yet (a checkpoint that had to wait): write them
-                # before letting go, so the next owner does not handle them again.
-                self._checkpoint_progress(self._delivery)
+            if reason in (StopReason.HANDOFF, StopReason.SHUTDOWN):
+                # Records handled but not checkpointed yet (coalesced, or a checkpoint that had to wait):
+                # write them before letting go, so the next owner does not handle them again.
+                if self._delivery is not None:
+                    self._checkpoint_progress(self._delivery)
+                if not self._save_checkpoint(force=True) and self._manager.why_not_held(
+                        self.shard_id, self.token) is None:
+                    # Renewals are late (may_act refuses): wait for a heartbeat rather than release the
+                    # lease with handled records unsaved; a lease lost meanwhile ends the wait.
+                    return RENEWAL_WAIT_S
             self._delivery = None
             self._gathered = []
             if reason == StopReason.HANDOFF:

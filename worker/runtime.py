@@ -68,6 +68,7 @@ from worker.observability import (
     advertised_address,
     start_health_server,
 )
+from worker.polling import QuietWaker
 from worker.reading.streams import StreamsClient, parse_stream_arn
 from worker.redis_setup import open_redis
 from worker.scheduler import ASYNC_HANDLER_THREADS, DEFAULT_THREADS, Scheduler
@@ -225,7 +226,14 @@ class Worker:
             idle_poll_interval_s=config.idle_poll_interval_s,
             lease_ttl_s=config.lease_ttl_s,
             batching_window_s=config.batching_window_s,
+            active_poll_interval_s=config.active_poll_interval_s,
+            quiet_after_s=config.quiet_after_s,
+            checkpoint_interval_s=config.checkpoint_interval_s,
         )
+        scheduler = self.scheduler
+        self.waker = QuietWaker(
+            self.settings.poll_policy.wake_gap_s,
+            lambda now: scheduler.pull_forward(now, lambda c: c.wake(now)), time.monotonic)
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._signals = 0
@@ -494,7 +502,7 @@ class Worker:
             consumer = ShardConsumer(
                 acquired, settings=self.settings, streams=self.streams, manager=self.manager,
                 handler=self.handler, metrics=self.metrics, on_shard_ended=self._on_shard_ended,
-                deliveries=self.deliveries,
+                deliveries=self.deliveries, on_quiet_activity=self.waker.activity,
             )
             self.scheduler.add(consumer)
 

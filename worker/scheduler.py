@@ -14,6 +14,7 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from worker.consumer import ShardConsumer
@@ -97,6 +98,18 @@ class Scheduler:
                 self._push(consumer, time.monotonic())
             return True
 
+    def pull_forward(self, due: float, select: Callable[[ShardConsumer], bool]) -> int:
+        """Move the next step of each waiting consumer that ``select`` picks to ``due`` (monotonic s) if it
+        was due later.  Never delays a step and never touches a running one; returns how many moved."""
+        moved = 0
+        with self._cv:
+            for consumer, at in list(self._due.items()):
+                if at != _RUNNING and at > due and self._current.get(consumer.shard_id) is consumer \
+                        and select(consumer):
+                    self._push(consumer, due)
+                    moved += 1
+        return moved
+
     def stop_all(self, reason: str) -> None:
         with self._cv:
             consumers = list(self._due)
@@ -170,6 +183,7 @@ class Scheduler:
 
     def _run_step(self, consumer: ShardConsumer) -> None:
         delay: float | None
+        stopping = consumer.stop_reason is not None
         try:
             delay = consumer.step()
         except BaseException:
@@ -185,6 +199,7 @@ class Scheduler:
                     del self._current[shard_id]
                 self._cv.notify_all()
                 return
-            if consumer.stop_reason is not None:
-                delay = 0.0  # a stop asked for during the step takes effect at once
+            if consumer.stop_reason is not None and not stopping:
+                delay = 0.0  # a stop asked for during the step takes effect at once (a stopping step's own
+                # delay, e.g. a release retried after a Redis error, is kept: no busy loop)
             self._push(consumer, time.monotonic() + delay)

@@ -142,7 +142,8 @@ def test_config_keys_map_one_to_one_onto_settings(helm: str, tmp_path: Path) -> 
         "handlerStyle": "lambda", "batchingWindow": 2, "maxRetryAttempts": 3, "maxRecordAge": -1,
         "bisectOnError": "true", "onFailure": "file:/tmp/dlq.jsonl", "stopOnFailure": "false",
         "filterPatterns": '[{"eventName": ["INSERT"]}]', "parallelizationFactor": 4, "handlerTimeout": 60,
-        "onHandlerTimeout": "warn", "perShardMetrics": "true",
+        "onHandlerTimeout": "warn", "perShardMetrics": "true", "activePollInterval": 0.5, "quietAfter": "2m",
+        "checkpointInterval": 5,
     }
     assert set(sample) == keys
     env = env_values(worker_container(render_values(helm, {"config": sample}, tmp_path)))
