@@ -45,6 +45,7 @@ from worker.handling.handler import Handler, ShardContext
 from worker.observability import Metrics
 from worker.reading.records import Record
 from worker.reading.streams import StreamsClient
+from worker.snapshot.gate import HOLD_POLL_S, StreamGate
 
 log = logging.getLogger("shardlease.consumer")
 
@@ -91,6 +92,7 @@ class ShardConsumer:
         metrics: Metrics,
         on_shard_ended: Callable[[str, list[str]], None],
         deliveries: DeliveryFactory | None = None,
+        gate: StreamGate | None = None,
     ) -> None:
         self.shard_id = acquired.shard_id
         self.token = acquired.token
@@ -112,6 +114,10 @@ class ShardConsumer:
         self._delivery: BatchDelivery | None = None
         self._delivered_prefix = 0
         self._deliveries = deliveries or DeliveryFactory.simple(handler, metrics)
+        self._gate = gate
+        self._hold = 0
+        """> 0: the gathered records wait for snapshot pages announced at or before this clock value
+        (docs/snapshot.md); 0: they may be handed over."""
         self._at_end = False
         self._empty_polls = 0
         self._failures = 0
@@ -245,6 +251,10 @@ class ShardConsumer:
             wait = self._gather()
             if wait is not None:
                 return wait
+            if self._gathered and self._hold:
+                if self._gate is not None and not self._gate.clear(self._hold):
+                    return HOLD_POLL_S
+                self._hold = 0
             if self._gathered:
                 self._delivery = self._deliveries.new(self._gathered, self.ctx, self.calls, self._read_spans)
                 self._gathered, self._read_spans = [], []
@@ -340,6 +350,11 @@ class ShardConsumer:
                 self.shard_id, lambda: self._streams.get_records(iterator, limit, shard_id=self.shard_id),
                 self._read_spans)
         self._metrics.getrecords_call(time.monotonic() - started)
+        if page.records and self._gate is not None:
+            # Read the snapshot clock after the records and before keeping them: if Redis fails here the
+            # iterator has not moved and the page is read again.
+            tag = self._gate.tag()
+            self._hold = tag if tag else 0  # clear now also clears what was gathered before
         self._iterator = page.next_iterator
         self._at_end = page.next_iterator is None
         self._failures = 0

@@ -47,6 +47,7 @@ from leaser import (
     TickResult,
 )
 from leaser._version import __version__
+from leaser.snapshot import SnapshotStore
 from leaser.store import RedisClient
 from worker.backoff import startup_retrying
 from worker.config import RunConfig
@@ -71,6 +72,8 @@ from worker.observability import (
 from worker.reading.streams import StreamsClient, parse_stream_arn
 from worker.redis_setup import open_redis
 from worker.scheduler import ASYNC_HANDLER_THREADS, DEFAULT_THREADS, Scheduler
+from worker.snapshot.command import prepare as prepare_snapshot
+from worker.snapshot.gate import StreamGate
 
 log = logging.getLogger("shardlease.worker")
 
@@ -216,6 +219,13 @@ class Worker:
         self.scheduler = Scheduler(ASYNC_HANDLER_THREADS if self.handler.is_async else DEFAULT_THREADS)
         undo.callback(self.scheduler.close, wait=True)
         self.deliveries = build_deliveries(config, self.handler, self.stream_arn, region, self.client, self.metrics)
+        # Every consumer asks the snapshot gate, --snapshot or not: a snapshot started by any worker or by
+        # `shardlease snapshot` must hold back the records it has to precede (docs/snapshot.md).
+        self.gate = StreamGate(SnapshotStore(self.client, config.group))
+        self.snapshot = (prepare_snapshot(config, self.client, self.stream_arn, region, self.deliveries)
+                         if config.snapshot else None)
+        if self.snapshot is not None:
+            undo.callback(self.snapshot.reader.close)
         self.settings = ConsumerSettings(
             stream_arn=self.stream_arn,
             group=config.group,
@@ -291,6 +301,8 @@ class Worker:
                      self._report_meta[REPORT_METRICS])
             self._wake_listener = threading.Thread(target=self._listen_for_wakeups, name="wake", daemon=True)
             self._wake_listener.start()
+            if self.snapshot is not None:
+                self.snapshot.start()
             if on_started is not None:
                 on_started()
             try:
@@ -492,7 +504,7 @@ class Worker:
             consumer = ShardConsumer(
                 acquired, settings=self.settings, streams=self.streams, manager=self.manager,
                 handler=self.handler, metrics=self.metrics, on_shard_ended=self._on_shard_ended,
-                deliveries=self.deliveries,
+                deliveries=self.deliveries, gate=self.gate,
             )
             self.scheduler.add(consumer)
 
@@ -580,6 +592,8 @@ class Worker:
             log.warning("could not leave the group's membership (%s); it lapses in %.0f s", exc,
                         self.config.lease_ttl_s)
         self.scheduler.stop_all(StopReason.SHUTDOWN)
+        if self.snapshot is not None:
+            self.snapshot.stop()
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             # Keep renewing (without membership) until every consumer has released its lease; a hung
@@ -591,6 +605,8 @@ class Worker:
                 self.manager.tick()
             except CoordinationUnavailable as exc:
                 log.warning("heartbeat during shutdown failed: %s", exc)
+        if self.snapshot is not None and not self.snapshot.join(max(deadline - time.monotonic(), 0.0)):
+            log.error("the snapshot's scanners did not stop within the grace period; their segments expire")
         in_flight = self.scheduler.in_flight()
         if in_flight:
             why = "a handler call is hung" if in_flight <= hung else "the grace period is over"
