@@ -218,14 +218,15 @@ class Worker:
         self.discovery = ShardDiscovery(self.streams, self.store, self.stream_arn, self.metrics)
         self.scheduler = Scheduler(ASYNC_HANDLER_THREADS if self.handler.is_async else DEFAULT_THREADS)
         undo.callback(self.scheduler.close, wait=True)
-        self.deliveries = build_deliveries(config, self.handler, self.stream_arn, region, self.client, self.metrics)
         # Every consumer asks the snapshot gate, --snapshot or not: a snapshot started by any worker or by
         # `shardlease snapshot` must hold back the records it has to precede (docs/snapshot.md).
         self.gate = StreamGate(SnapshotStore(self.client, config.group))
-        self.snapshot = (prepare_snapshot(config, self.client, self.stream_arn, region, self.deliveries)
-                         if config.snapshot else None)
+        self.snapshot = prepare_snapshot(config, self.client, self.stream_arn, region) if config.snapshot else None
         if self.snapshot is not None:
             undo.callback(self.snapshot.reader.close)
+        self.deliveries = build_deliveries(config, self.handler, self.stream_arn, region, self.client, self.metrics)
+        if self.snapshot is not None:
+            self.snapshot.deliveries = self.deliveries
         self.settings = ConsumerSettings(
             stream_arn=self.stream_arn,
             group=config.group,

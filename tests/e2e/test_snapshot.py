@@ -152,3 +152,63 @@ def test_three_workers_bootstrap_a_sink_through_writes_split_rollover_sigterm_an
         assert check_journal(client, sink_key) >= state.items > 15_000
         assert codes["w1"] == 0 and codes["w2"] == 0
         assert "segment" in fleet.log_text("w2") and "given back" in fleet.log_text("w2")
+
+
+class Trimmer:
+    """Trims the stream's records older than ``retention_s``, as DynamoDB does after 24 hours."""
+
+    def __init__(self, model: Any, arn: str, retention_s: float) -> None:
+        self.model, self.arn, self.retention_s = model, arn, retention_s
+        self.trimmed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="trimmer")
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.25):
+            self.trimmed += self.model.trim(self.arn, before=time.time() - self.retention_s)
+
+    def __enter__(self) -> Trimmer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def test_a_snapshot_longer_than_the_streams_retention_loses_nothing(
+    tmp_path: Path, redis_url: str, group: str
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    sink_key = f"sink:{group}"
+    retention_s = 3.0
+    with LocalStreamsServer(port=0, seed=6, empty_page_probability=0.0) as server:
+        model = server.model
+        table = server.create_table("items", shards=2, stream_enabled=False)
+        for i in range(4_000):
+            table.put_item({"pk": f"k{i:05d}", "v": i, "pad": "x" * 16})
+        arn = model.enable_stream(table, "NEW_IMAGE")
+        # 4 pages of 1,000 items at ~15 units each, 4 units/s: the scan takes about 15 s, 5x the retention.
+        fleet = Fleet(tmp_path, redis_url, server.endpoint_url, arn, group, snapshot="true",
+                      **{"snapshot-segments": "4", "snapshot-read-units": "4", "batch-size": "100"})
+        env = {"SHARDLEASE_TEST_SINK_URL": redis_url, "SHARDLEASE_TEST_SINK_KEY": sink_key}
+        for name in ("w1", "w2"):
+            fleet.start(name, handler=SINK, **env)
+        store = SnapshotStore(redis.Redis.from_url(redis_url, decode_responses=True), group)
+        try:
+            with Churn(table, 4_000, per_tick=5, tick_s=0.1), Trimmer(model, arn, retention_s) as trimmer:
+                deadline = time.monotonic() + 60
+                while store.state().status != "done" and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                state = store.state()
+                assert state.status == "done"
+                assert (state.done_ms - state.started_ms) / 1000 > 3 * retention_s
+                time.sleep(1)
+            assert trimmer.trimmed > 0
+            want, got = wait_converged(client, store, table, sink_key, timeout_s=30)
+        finally:
+            fleet.stop_all()
+        assert want == got, f"sink != table: {len(set(want) ^ set(got))} keys differ in presence"
+        check_journal(client, sink_key)
+        for name in ("w1", "w2"):
+            assert "retention" not in fleet.log_text(name), fleet.log_text(name)[-2000:]

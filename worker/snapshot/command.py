@@ -13,17 +13,17 @@ from typing import Any
 from leaser.errors import ConfigError
 from leaser.snapshot import SnapshotState, SnapshotStore
 from worker.config import RunConfig
-from worker.handling.delivery import DeliveryFactory
 from worker.snapshot.runner import SnapshotRunner, SnapshotSettings
 from worker.snapshot.scan import TableReader, default_segments, table_of_stream_arn
 
 log = logging.getLogger("shardlease.snapshot")
 
 
-def prepare(config: RunConfig, client: Any, stream_arn: str, region: str | None, deliveries: DeliveryFactory,
-            *, restart: bool = False) -> SnapshotRunner | None:
+def prepare(config: RunConfig, client: Any, stream_arn: str, region: str | None, *,
+            restart: bool = False) -> SnapshotRunner | None:
     """Check the table (one-line ConfigErrors), start the group's snapshot unless it runs or is done
-    (``restart`` starts a new one), and return this worker's runner; None when the snapshot is done."""
+    (``restart`` starts a new one), and return this worker's runner (set its ``deliveries`` before
+    starting it); None when the snapshot is done."""
     table = config.table or table_of_stream_arn(stream_arn)
     reader = TableReader(table, region=region, endpoint_url=config.endpoint_url, stream_arn=stream_arn)
     try:
@@ -46,7 +46,7 @@ def prepare(config: RunConfig, client: Any, stream_arn: str, region: str | None,
         batch_size=config.batch_size, lease_ttl_s=config.lease_ttl_s, renew_interval_s=config.renew_interval_s,
         read_units_per_s=config.snapshot_read_units, max_stream_lag_s=config.snapshot_max_stream_lag_s,
     )
-    return SnapshotRunner(store, reader, deliveries, settings, segments=segments)
+    return SnapshotRunner(store, reader, settings, segments=segments)
 
 
 def progress_lines(state: SnapshotState, now_ms: int) -> list[str]:
@@ -81,11 +81,11 @@ def run_snapshot_only(config: RunConfig, *, restart: bool) -> int:
                                 socket_timeout_s=redis_timeout_s(config.lease_ttl_s), metrics=metrics)
     try:
         stream_arn = resolve_stream(streams, config)
-        deliveries = build_deliveries(config, handler, stream_arn, region, client, metrics)
-        runner = prepare(config, client, stream_arn, region, deliveries, restart=restart)
+        runner = prepare(config, client, stream_arn, region, restart=restart)
         if runner is None:
             print("snapshot: already done (give --restart to redo it)")
             return 0
+        runner.deliveries = build_deliveries(config, handler, stream_arn, region, client, metrics)
         stop = threading.Event()
 
         def on_signal(signum: int, frame: FrameType | None) -> None:

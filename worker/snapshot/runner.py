@@ -74,11 +74,12 @@ class _Lost(Exception):
 class SnapshotRunner:
     """Scans this worker's share of the group's snapshot until it is done or :meth:`stop` is called."""
 
-    def __init__(self, store: SnapshotStore, reader: TableReader, deliveries: DeliveryFactory,
-                 settings: SnapshotSettings, *, segments: int) -> None:
+    def __init__(self, store: SnapshotStore, reader: TableReader, settings: SnapshotSettings, *,
+                 segments: int, deliveries: DeliveryFactory | None = None) -> None:
         self.store = store
         self.reader = reader
         self.deliveries = deliveries
+        """How the handler is called (the worker's, shared with its shard consumers); set before start()."""
         self.settings = settings
         self.segments = segments
         self._stopping = threading.Event()
@@ -96,6 +97,8 @@ class SnapshotRunner:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
+        if self.deliveries is None:
+            raise RuntimeError("SnapshotRunner.deliveries must be set before start()")
         for i in range(self.settings.threads):
             t = threading.Thread(target=self._scan_loop, name=f"snapshot-{i}", daemon=True)
             t.start()
@@ -280,6 +283,7 @@ class SnapshotRunner:
                 refused.append(why)
             return why
 
+        assert self.deliveries is not None
         for i in range(0, len(records), s.batch_size):
             delivery = self.deliveries.new(records[i : i + s.batch_size], ctx)
             while not delivery.finished:
