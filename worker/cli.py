@@ -331,7 +331,7 @@ def _status(args: argparse.Namespace) -> int:
     if hint:
         print(hint)
         return EXIT_OK
-    from worker.snapshot.command import progress_lines
+    from worker.snapshot.progress import progress_lines
 
     for line in progress_lines(SnapshotStore(client, group).state(), now):
         print(line)

@@ -221,7 +221,8 @@ class Worker:
         # Every consumer asks the snapshot gate, --snapshot or not: a snapshot started by any worker or by
         # `shardlease snapshot` must hold back the records it has to precede (docs/snapshot.md).
         self.gate = StreamGate(SnapshotStore(self.client, config.group))
-        self.snapshot = prepare_snapshot(config, self.client, self.stream_arn, region) if config.snapshot else None
+        self.snapshot = (prepare_snapshot(config, self.client, self.stream_arn, region, registry=self.metrics.registry)
+                         if config.snapshot else None)
         if self.snapshot is not None:
             undo.callback(self.snapshot.reader.close)
         self.deliveries = build_deliveries(config, self.handler, self.stream_arn, region, self.client, self.metrics)

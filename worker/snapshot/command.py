@@ -10,9 +10,12 @@ import time
 from types import FrameType
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from leaser.errors import ConfigError
-from leaser.snapshot import SnapshotState, SnapshotStore
+from leaser.snapshot import SnapshotStore
 from worker.config import RunConfig
+from worker.snapshot.progress import SnapshotMetrics, progress_lines
 from worker.snapshot.runner import SnapshotRunner, SnapshotSettings
 from worker.snapshot.scan import TableReader, default_segments, table_of_stream_arn
 
@@ -20,7 +23,7 @@ log = logging.getLogger("shardlease.snapshot")
 
 
 def prepare(config: RunConfig, client: Any, stream_arn: str, region: str | None, *,
-            restart: bool = False) -> SnapshotRunner | None:
+            registry: CollectorRegistry | None = None, restart: bool = False) -> SnapshotRunner | None:
     """Check the table (one-line ConfigErrors), start the group's snapshot unless it runs or is done
     (``restart`` starts a new one), and return this worker's runner (set its ``deliveries`` before
     starting it); None when the snapshot is done."""
@@ -46,22 +49,8 @@ def prepare(config: RunConfig, client: Any, stream_arn: str, region: str | None,
         batch_size=config.batch_size, lease_ttl_s=config.lease_ttl_s, renew_interval_s=config.renew_interval_s,
         read_units_per_s=config.snapshot_read_units, max_stream_lag_s=config.snapshot_max_stream_lag_s,
     )
-    return SnapshotRunner(store, reader, settings, segments=segments)
-
-
-def progress_lines(state: SnapshotState, now_ms: int) -> list[str]:
-    """What ``status`` shows about the group's snapshot (nothing if it never ran)."""
-    if not state.status:
-        return []
-    elapsed_s = max(((state.done_ms or now_ms) - state.started_ms) / 1000, 0.001)
-    rate = state.items / elapsed_s
-    line = (f"snapshot: {state.status}, {state.segments_done}/{state.segments} segments done "
-            f"({state.segments_held} being scanned), {state.items} items, {state.bytes} bytes, "
-            f"{rate:.0f} items/s")
-    if state.status == "running" and state.segments_done:
-        left_s = elapsed_s * (state.segments - state.segments_done) / state.segments_done
-        line += f", about {left_s:.0f} s left"
-    return [line]
+    return SnapshotRunner(store, reader, settings, segments=segments,
+                          metrics=SnapshotMetrics(registry) if registry is not None else None)
 
 
 def run_snapshot_only(config: RunConfig, *, restart: bool) -> int:

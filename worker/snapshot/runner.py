@@ -33,6 +33,7 @@ from worker.backoff import backoff_s
 from worker.handling.delivery import DeliveryFactory
 from worker.handling.handler import ShardContext
 from worker.reading.records import Record
+from worker.snapshot.progress import SnapshotMetrics
 from worker.snapshot.scan import (
     ScanFailed,
     ScanThrottled,
@@ -75,7 +76,9 @@ class SnapshotRunner:
     """Scans this worker's share of the group's snapshot until it is done or :meth:`stop` is called."""
 
     def __init__(self, store: SnapshotStore, reader: TableReader, settings: SnapshotSettings, *,
-                 segments: int, deliveries: DeliveryFactory | None = None) -> None:
+                 segments: int, deliveries: DeliveryFactory | None = None,
+                 metrics: SnapshotMetrics | None = None) -> None:
+        self.metrics = metrics
         self.store = store
         self.reader = reader
         self.deliveries = deliveries
@@ -228,6 +231,8 @@ class SnapshotRunner:
                 # Out of flight while backing off: the stream must not wait for a page that is not being read.
                 self.store.release(segment, s.worker_id, token, keep_lease=True)
                 throttles += 1
+                if self.metrics is not None:
+                    self.metrics.throttles.inc()
                 delay = backoff_s(throttles)
                 log.info("snapshot: segment %s: %s; again in %.1f s", label, exc, delay)
                 self._sleep(delay)
@@ -253,6 +258,10 @@ class SnapshotRunner:
             if answer == "lost":
                 log.warning("snapshot: segment %s lost before its checkpoint; the page will be read again", label)
                 return
+            if self.metrics is not None:
+                self.metrics.items.inc(len(records))
+                self.metrics.bytes.inc(page_bytes(records))
+                self.metrics.update(self.store.state(), int(time.time() * 1000))
             if answer == "snapshot_done":
                 log.info("snapshot: done (the last segment was %s)", label)
                 self.finished.set()
