@@ -251,6 +251,23 @@ class LocalTable:
         self.stream_enabled = False
         self.scan_window = 0.0
         self.scan_units = 0.0
+        self.version = 0  # bumped on every write: invalidates _scan_index
+        self._scan_index: dict[int, tuple[int, list[list[bytes]]]] = {}
+        """TotalSegments -> (version, each segment's item idents in key order)."""
+
+    def scan_order(self, total: int) -> list[list[bytes]]:
+        """Each of ``total`` segments' item idents in scan order (call under the model's lock)."""
+        cached = self._scan_index.get(total)
+        if cached is not None and cached[0] == self.version:
+            return cached[1]
+        pk = self.partition_key
+        segments: list[list[bytes]] = [[] for _ in range(total)]
+        for ident, item in self.items.items():
+            segments[key_hash(item[pk]) * total >> 128].append(ident)
+        for idents in segments:
+            idents.sort()
+        self._scan_index = {total: (self.version, segments)}
+        return segments
 
     # -- identity -----------------------------------------------------------------------------
     @property
@@ -322,6 +339,7 @@ class LocalTable:
         return orjson.dumps(keys, option=orjson.OPT_SORT_KEYS)
 
     def _write(self, keys: AttributeMap, new: AttributeMap | None, *, ttl: bool) -> str | None:
+        self.version += 1
         ident = self._ident(keys)
         old = self.items.get(ident)
         if new is None:
@@ -858,24 +876,19 @@ class StreamsModel:
                 if t.scan_units >= rate:
                     raise StreamsApiError("ProvisionedThroughputExceededException",
                                           "The level of configured provisioned throughput for the table was exceeded")
-            pk = t.partition_key
-            chosen = []
-            for ident, item in t.items.items():
-                if total is not None and key_hash(item[pk]) * total >> 128 != segment:
-                    continue
-                chosen.append((ident, item))
-            chosen.sort(key=lambda pair: pair[0])
+            idents = t.scan_order(total or 1)[segment or 0]
             start = params.get("ExclusiveStartKey")
-            i = bisect_right([ident for ident, _ in chosen], t._ident(t.keys_of(start))) if start else 0
+            i = bisect_right(idents, t._ident(t.keys_of(start))) if start else 0
             page: list[AttributeMap] = []
             size = 0
-            for _ident, item in chosen[i : i + limit]:
+            for ident in idents[i : i + limit]:
+                item = t.items[ident]
                 item_size = len(orjson.dumps(item))
                 if page and size + item_size > MAX_PAGE_BYTES:
                     break
                 page.append(dict(item))
                 size += item_size
-            more = i + len(page) < len(chosen)
+            more = i + len(page) < len(idents)
             per_4kb = 1.0 if params.get("ConsistentRead") else 0.5
             units = max(1, -(-size // 4096)) * per_4kb
             t.scan_units += units
