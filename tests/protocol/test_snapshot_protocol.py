@@ -130,3 +130,24 @@ def test_segment_counts_out_of_range_are_refused(store: SnapshotStore) -> None:
     for bad in (0, 1_000_001):
         with pytest.raises(ValueError):
             store.start(bad)
+
+
+def test_a_restart_keeps_the_previous_runs_pages_in_flight_until_they_expire(store: SnapshotStore) -> None:
+    gate = StreamGate(store)
+    store.start(1)
+    a = store.claim("w1", 600)
+    assert a is not None
+    assert store.announce(a.segment, "w1", a.token) is not None
+    v = gate.tag()
+    assert store.start(1, restart=True) == ("started", 1)
+    # The old scanner may still be inside a handler call with its page: records read after it still wait.
+    assert not gate.clear(v)
+    b = store.claim("w2", 10_000)
+    assert b is not None and b.segment == a.segment
+    t = store.announce(b.segment, "w2", b.token)
+    assert t is not None
+    store.release(b.segment, "w2", b.token, keep_lease=True)
+    assert not gate.clear(v)  # the new run's page did not replace the old one
+    assert store.renew("w1", 600, {a.segment: a.token}) == {a.segment}
+    time.sleep(0.7)
+    assert gate.clear(v)
