@@ -211,15 +211,19 @@ class SnapshotRunner:
         log.info("snapshot: segment %s claimed (token %d), %s", label, token,
                  "resuming" if claimed.checkpoint else "from the start")
         throttles = 0
+        estimate = 1.0
+        """Read units the next page is expected to cost (the last page's): debited before the read, so that
+        readers starting together do not all pass an empty bucket; the difference is settled after it."""
         while True:
             if self._valid(segment) is not None:
                 self._give_back(segment, token, label)
                 return
             if s.read_units_per_s > 0:
-                wait = self.store.spend(s.read_units_per_s, 0)
+                wait = self.store.spend(s.read_units_per_s, estimate)
                 if wait > 0:
-                    self._sleep(min(wait, 5.0))
-                    continue
+                    self._sleep(wait)  # the units are ours once the bucket refilled them
+                    if self._valid(segment) is not None:
+                        continue
             ticket = self.store.announce(segment, s.worker_id, token)
             if ticket is None:
                 log.warning("snapshot: segment %s lost before a page", label)
@@ -239,7 +243,8 @@ class SnapshotRunner:
                 continue
             throttles = 0
             if s.read_units_per_s > 0:
-                self.store.spend(s.read_units_per_s, page.consumed_units)
+                self.store.spend(s.read_units_per_s, page.consumed_units - estimate)
+                estimate = max(1.0, page.consumed_units)
             records = snapshot_records(page, s.key_names, label, s.view_type, s.region)
             why = self._deliver(records, ctx, segment, announced)
             if why is not None:
