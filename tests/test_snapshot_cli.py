@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 
@@ -102,5 +103,9 @@ def test_the_snapshot_command_runs_once_per_group_and_restart_redoes_it(
     assert client.llen(sink_key + ":journal") == 2_500
     assert main([*argv, "--restart"]) == 0
     assert client.llen(sink_key + ":journal") == 5_000
+    capsys.readouterr()
     assert main(["status", "--redis-url", redis_url, "--group", group]) == 0
     assert "snapshot: done, 3/3 segments done" in capsys.readouterr().out
+    assert main(["status", "--json", "--redis-url", redis_url, "--group", group]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["snapshot"]["status"] == "done" and doc["snapshot"]["items"] == 2_500 and doc["snapshot"]["run"] == 2

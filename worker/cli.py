@@ -7,6 +7,7 @@ and an exit code scripts and systemd can act on (:data:`EXIT_CODES`, the README'
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import json
 import logging
@@ -325,16 +326,19 @@ def _status(args: argparse.Namespace) -> int:
         }
         if hint:
             doc["note"] = hint
+        snapshot = SnapshotStore(client, group).state()
+        if snapshot.status:
+            doc["snapshot"] = dataclasses.asdict(snapshot)
         print(json.dumps(doc, indent=2))
         return EXIT_OK
     print(f"group {group!r} on {shown}; leader: {leader.owner if leader else '(none)'}")
-    if hint:
-        print(hint)
-        return EXIT_OK
     from worker.snapshot.progress import progress_lines
 
     for line in progress_lines(SnapshotStore(client, group).state(), now):
         print(line)
+    if hint:
+        print(hint)
+        return EXIT_OK
     print(f"{_plural(len(members), 'worker')}:" if members else "0 workers")
     if workers:
         _table([("WORKER", "LEASES", "METRICS", "VERSION")] + [
