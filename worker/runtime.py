@@ -454,6 +454,16 @@ class Worker:
                 self._on_hung(consumer, now - stuck[1])
         self._hung = {c for c in self._hung if c.calls.oldest_start() is not None}
         self.metrics.shards_stuck(counts)
+        running_s = self.snapshot.hung_for(self.config.handler_timeout_s) if self.snapshot is not None else None
+        if running_s is not None:
+            exits = self.config.on_handler_timeout == "exit"
+            log.error("a handler call on a snapshot page has run %.0f s, past --handler-timeout %.0f s: it is hung; "
+                      "its page holds the group's stream records back while this process lives; %s", running_s,
+                      self.config.handler_timeout_s, "the worker exits (code 3) without giving the segment back"
+                      if exits else "the call is left running (--on-handler-timeout warn)")
+            if exits and not self._hung_exit:
+                self._hung_exit = True
+                self.stop()
 
     def _stuck(self, consumer: ShardConsumer, now: float) -> tuple[str, float] | None:
         """(state, since: monotonic s) while a shard makes no progress, else None: ``hung`` once a handler

@@ -4,12 +4,14 @@ Each record is applied in the order handed over, in one MULTI per handler call: 
 INSERT or a MODIFY puts the new image into the hash $SHARDLEASE_TEST_SINK_KEY (field: pk, value: the
 image as JSON), a REMOVE deletes the field.  Every applied record is also appended to the list
 ``<sink key>:journal`` as ``kind pk version`` (kind ``s`` snapshot, ``w`` write, ``d`` delete; version
-the image's ``v``), so a test can check the order of what reached the sink.
+the image's ``v``), so a test can check the order of what reached the sink.  With
+$SHARDLEASE_TEST_HANG_ON_SNAPSHOT set, a call with snapshot items never returns.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
@@ -33,6 +35,8 @@ def handle(records: Sequence[Any], ctx: Any) -> None:
     if _client is None:
         _client = redis.Redis.from_url(os.environ["SHARDLEASE_TEST_SINK_URL"])
     key = os.environ["SHARDLEASE_TEST_SINK_KEY"]
+    if os.environ.get("SHARDLEASE_TEST_HANG_ON_SNAPSHOT") and any(r.is_snapshot for r in records):
+        time.sleep(3600)  # a hung call on a snapshot page
     pipe = _client.pipeline(transaction=True)
     for r in records:
         pk = r.keys["pk"]

@@ -213,3 +213,29 @@ def test_a_snapshot_longer_than_the_streams_retention_loses_nothing(
         check_journal(client, sink_key)
         for name in ("w1", "w2"):
             assert "retention" not in fleet.log_text(name), fleet.log_text(name)[-2000:]
+
+
+def test_a_hung_call_on_a_snapshot_page_stops_its_worker_and_another_finishes_the_snapshot(
+    tmp_path: Path, redis_url: str, group: str
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    sink_key = f"sink:{group}"
+    with LocalStreamsServer(port=0, seed=8, empty_page_probability=0.0) as server:
+        table = server.create_table("items", shards=1, stream_enabled=False)
+        for i in range(1_000):
+            table.put_item({"pk": f"k{i:05d}", "v": i})
+        arn = server.model.enable_stream(table, "NEW_IMAGE")
+        fleet = Fleet(tmp_path, redis_url, server.endpoint_url, arn, group, snapshot="true",
+                      **{"snapshot-segments": "2", "handler-timeout": "1", "shutdown-grace": "1"})
+        env = {"SHARDLEASE_TEST_SINK_URL": redis_url, "SHARDLEASE_TEST_SINK_KEY": sink_key}
+        store = SnapshotStore(redis.Redis.from_url(redis_url, decode_responses=True), group)
+        try:
+            hung = fleet.start("w1", handler=SINK, SHARDLEASE_TEST_HANG_ON_SNAPSHOT="1", **env)
+            assert hung.wait(30) == 3
+            assert "snapshot page" in fleet.log_text("w1") and store.state().status == "running"
+            fleet.start("w2", handler=SINK, **env)
+            want, got = wait_converged(client, store, table, sink_key, timeout_s=30)
+        finally:
+            fleet.stop_all()
+        assert store.state().status == "done"
+        assert want == got

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from leaser.errors import CoordinationUnavailable
 from leaser.snapshot import Claimed, SnapshotStore
 from worker.backoff import backoff_s
+from worker.handling.calls import HandlerCalls
 from worker.handling.delivery import DeliveryFactory
 from worker.handling.handler import ShardContext
 from worker.reading.records import Record
@@ -96,6 +97,23 @@ class SnapshotRunner:
         self.finished = threading.Event()
         """Set once the snapshot is done (every segment finished, by any worker)."""
         self.margin_s = min(1.0, 0.2 * settings.lease_ttl_s)
+        self.calls = HandlerCalls()
+        """Handler calls on snapshot pages in flight, for the worker's hang watchdog (:meth:`hung_for`)."""
+        self._hung_reported = False
+
+    def hung_for(self, timeout_s: float) -> float | None:
+        """Seconds the oldest handler call on a snapshot page has run, the first time it passes ``timeout_s``
+        (None otherwise).  Its page stays in flight (holding the group's stream) for as long as this process
+        lives: the caller stops the worker without giving the segment back, as for a hung shard."""
+        started = self.calls.oldest_start()
+        if started is None:
+            self._hung_reported = False
+            return None
+        running_s = time.monotonic() - started
+        if running_s <= timeout_s or self._hung_reported:
+            return None
+        self._hung_reported = True
+        return running_s
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -299,7 +317,7 @@ class SnapshotRunner:
 
         assert self.deliveries is not None
         for i in range(0, len(records), s.batch_size):
-            delivery = self.deliveries.new(records[i : i + s.batch_size], ctx)
+            delivery = self.deliveries.new(records[i : i + s.batch_size], ctx, self.calls)
             while not delivery.finished:
                 delay = delivery.run_round(guard)
                 if refused:
