@@ -62,8 +62,9 @@ def test_snapshot_against_moto_converges_through_writes_and_a_sigkill(
     ddb.create_table(TableName="items", KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
                      AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
                      BillingMode="PAY_PER_REQUEST")
-    for i in range(3_000):
-        ddb.put_item(TableName="items", Item={"pk": {"S": f"k{i:05d}"}, "v": {"N": str(i)}})
+    for start in range(0, 1_500, 25):
+        ddb.batch_write_item(RequestItems={"items": [
+            {"PutRequest": {"Item": {"pk": {"S": f"k{i:05d}"}, "v": {"N": str(i)}}}} for i in range(start, start + 25)]})
     ddb.update_table(TableName="items",
                      StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"})
     arn = ddb.describe_table(TableName="items")["Table"]["LatestStreamArn"]
@@ -74,7 +75,7 @@ def test_snapshot_against_moto_converges_through_writes_and_a_sigkill(
         writer, rng, version = ddb_client(moto_url), random.Random(3), 1_000_000
         while not stop.is_set():
             version += 1
-            pk = {"S": f"k{rng.randrange(3_300):05d}"}
+            pk = {"S": f"k{rng.randrange(1_650):05d}"}
             if rng.random() < 0.15:
                 writer.delete_item(TableName="items", Key={"pk": pk})
             else:
@@ -84,7 +85,7 @@ def test_snapshot_against_moto_converges_through_writes_and_a_sigkill(
     sink_key = f"sink:{group}"
     client = redis.Redis.from_url(redis_url)
     fleet = Fleet(tmp_path, redis_url, moto_url, arn, group, snapshot="true",
-                  **{"snapshot-segments": "8", "batch-size": "50", "idle-poll-interval": "0.2"})
+                  **{"snapshot-segments": "6", "batch-size": "50", "idle-poll-interval": "0.2"})
     env = {"SHARDLEASE_TEST_SINK_URL": redis_url, "SHARDLEASE_TEST_SINK_KEY": sink_key,
            "SHARDLEASE_TEST_SLOW_S": "0"}
     store = SnapshotStore(redis.Redis.from_url(redis_url, decode_responses=True), group)
@@ -117,4 +118,4 @@ def test_snapshot_against_moto_converges_through_writes_and_a_sigkill(
     assert store.state().status == "done"
     differ = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
     assert not differ, f"{len(differ)} keys differ between the sink and the table, e.g. {differ[:5]}"
-    assert check_journal(client, sink_key) >= 2_500
+    assert check_journal(client, sink_key) >= 1_200
