@@ -63,7 +63,8 @@ def test_snapshot_against_moto_converges_through_writes_and_a_sigkill(
                      AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
                      BillingMode="PAY_PER_REQUEST")
     for start in range(0, 1_500, 25):
-        puts = [{"PutRequest": {"Item": {"pk": {"S": f"k{i:05d}"}, "v": {"N": str(i)}}}} for i in range(start, start + 25)]
+        puts = [{"PutRequest": {"Item": {"pk": {"S": f"k{i:05d}"}, "v": {"N": str(i)}}}}
+                for i in range(start, start + 25)]
         ddb.batch_write_item(RequestItems={"items": puts})
     ddb.update_table(TableName="items",
                      StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"})
