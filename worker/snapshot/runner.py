@@ -229,9 +229,9 @@ class SnapshotRunner:
         log.info("snapshot: segment %s claimed (token %d), %s", label, token,
                  "resuming" if claimed.checkpoint else "from the start")
         throttles = 0
+        # Read units the next page is expected to cost (the last page's): debited before the read, so that
+        # readers starting together do not all pass an empty bucket; the difference is settled after it.
         estimate = 1.0
-        """Read units the next page is expected to cost (the last page's): debited before the read, so that
-        readers starting together do not all pass an empty bucket; the difference is settled after it."""
         while True:
             if self._valid(segment) is not None:
                 self._give_back(segment, token, label)
