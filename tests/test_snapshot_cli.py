@@ -97,12 +97,14 @@ def test_the_snapshot_command_runs_once_per_group_and_restart_redoes_it(
     out = capsys.readouterr().out
     assert "snapshot: done, 3/3 segments done" in out and "2500 items" in out
     assert client.hlen(sink_key) == 2_500
-    assert client.llen(sink_key + ":journal") == 2_500
+    first = client.llen(sink_key + ":journal")
+    assert first >= 2_500  # at least once: a page whose lease lapsed (a starved machine) is handed over again
     assert main(argv) == 0
     assert "already done" in capsys.readouterr().out
-    assert client.llen(sink_key + ":journal") == 2_500
+    assert client.llen(sink_key + ":journal") == first  # done once per group: nothing handed over again
     assert main([*argv, "--restart"]) == 0
-    assert client.llen(sink_key + ":journal") == 5_000
+    again = [e.split()[1] for e in client.lrange(sink_key + ":journal", first, -1)]
+    assert {k.decode() for k in again} == {f"k{i:05d}" for i in range(2_500)}
     capsys.readouterr()
     assert main(["status", "--redis-url", redis_url, "--group", group]) == 0
     assert "snapshot: done, 3/3 segments done" in capsys.readouterr().out
