@@ -268,7 +268,7 @@ def test_every_setting_has_a_known_group() -> None:
 
 def test_switches_take_no_value_and_have_a_no_form() -> None:
     switches = [s for s in RUN_SETTINGS if s.is_switch]
-    assert {s.name for s in switches} == {"bisect_on_error", "stop_on_failure", "per_shard_metrics"}
+    assert {s.name for s in switches} == {"bisect_on_error", "stop_on_failure", "per_shard_metrics", "snapshot"}
     for setting in switches:
         flag = setting.flags[0]
         assert getattr(load([*BASE, flag]), setting.name) is True

@@ -7,6 +7,7 @@ and an exit code scripts and systemd can act on (:data:`EXIT_CODES`, the README'
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import json
 import logging
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from leaser import ConfigError, LeaseStore, RetryableError, ShardleaseError, __version__
+from leaser.snapshot import SnapshotStore
 from leaser.store import list_groups
 from worker.config import (
     REDIS_SETTINGS,
@@ -143,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(run)
 
+    snapshot = sub.add_parser(
+        "snapshot", help="hand every item of the table to the handler once (the group's snapshot), then exit",
+        description="Run the group's snapshot without the stream (a re-sync); workers of the group hold their "
+                    "stream records back while it runs (docs/snapshot.md).  Takes the settings of run.")
+    add_run_arguments(snapshot)
+    snapshot.add_argument("--restart", action="store_true", help="start a new snapshot even if one ran or runs")
+
     status = sub.add_parser("status", help="show the group's workers and each shard's state, owner and checkpoint",
                             description="Show the group's workers (with their metrics address and version) and "
                                         "each shard's state, owner and checkpoint.  Reads only: without "
@@ -213,6 +222,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _run(args)
     if args.command == "status":
         return _status(args)
+    if args.command == "snapshot":
+        from worker.snapshot.command import run_snapshot_only
+
+        config = load_run_config(args)
+        configure_logging(config.log_format, config.log_level,
+                          context={"worker_id": config.worker_id, "group": config.group})
+        return run_snapshot_only(config, restart=args.restart)
     if args.command == "demo":
         from worker.demo import run_demo
 
@@ -337,9 +353,16 @@ def _status(args: argparse.Namespace) -> int:
         if hint:
             doc["note"] = hint
         doc["position_changes"] = store.history(3)
+        snapshot = SnapshotStore(client, group).state()
+        if snapshot.status:
+            doc["snapshot"] = dataclasses.asdict(snapshot)
         print(json.dumps(doc, indent=2))
         return EXIT_OK
     print(f"group {group!r} on {shown}; leader: {leader.owner if leader else '(none)'}")
+    from worker.snapshot.progress import progress_lines
+
+    for line in progress_lines(SnapshotStore(client, group).state(), now):
+        print(line)
     if hint:
         print(hint)
         return EXIT_OK

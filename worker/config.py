@@ -74,6 +74,17 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+def parse_float_setting(text: str) -> float:
+    """A finite decimal number."""
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number; use a number such as 1000") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} is not finite; use a number such as 1000")
+    return value
+
+
 def parse_int(text: str) -> int:
     """A base-10 integer."""
     try:
@@ -386,6 +397,19 @@ RUN_SETTINGS: tuple[Setting, ...] = (
     _s("initial_position", "--initial-position", _choice("TRIM_HORIZON", "LATEST"), "TRIM_HORIZON",
        "Where a shard with no checkpoint starts: TRIM_HORIZON (oldest record) or LATEST (new records only).",
        metavar="POSITION", group="stream"),
+    _s("snapshot", "--snapshot", parse_bool, False,
+       "First hand every existing item of the table to the handler (a parallel Scan shared by the group, once "
+       "per group), bracketed with the stream so an upserting sink converges (docs/snapshot.md).",
+       group="stream"),
+    _s("snapshot_segments", "--snapshot-segments", _ranged(parse_int, 0, 1_000_000), 0,
+       "Scan segments of the snapshot (1-1000000); 0 sizes it by the table (one per 256 MB, at least 4).",
+       metavar="N", default_doc="0 (by table size)", group="stream"),
+    _s("snapshot_read_units", "--snapshot-read-units", _ranged(parse_float_setting, 0, 1e9), 1000.0,
+       "Read capacity units per second the snapshot may consume across the group; 0 means no limit.",
+       metavar="UNITS", group="stream"),
+    _s("snapshot_max_stream_lag_s", "--snapshot-max-stream-lag", _ranged(parse_duration, 1, 3600), 300.0,
+       "Longest a snapshot page may hold back the group's stream records; a page not handled by then is "
+       "read again later.", metavar="SECONDS", group="stream"),
     _s("handler_style", "--handler-style", _choice("auto", "native", "lambda", upper=False), "auto",
        "How the handler is called: native handle(records, ctx), lambda handler(event, context) with Lambda's "
        "exact event, or auto (lambda when its parameters are named event and context).", metavar="STYLE",
@@ -511,6 +535,10 @@ class RunConfig:
     redis_url: str | None = None
     data_dir: str = ".shardlease"
     initial_position: str = "TRIM_HORIZON"
+    snapshot: bool = False
+    snapshot_segments: int = 0
+    snapshot_read_units: float = 1000.0
+    snapshot_max_stream_lag_s: float = 300.0
     handler_style: str = "auto"
     batch_size: int = 100
     batching_window_s: float = 0.0
@@ -578,6 +606,11 @@ def _check_relations(values: Mapping[str, Any], *, require_stream: bool, require
             "no stream to consume",
             "give --stream-arn <ARN> or --table <name>",
         )
+    if values.get("snapshot") and values["initial_position"] == "LATEST":
+        snap, pos = SETTINGS_BY_NAME["snapshot"], SETTINGS_BY_NAME["initial_position"]
+        raise ConfigError(f"{snap.label} and {pos.label}",
+                          "a snapshot needs every write after its first page, which LATEST may skip",
+                          "drop --initial-position LATEST (TRIM_HORIZON is the default)")
     if require_handler and values["handler"] is None:
         handler = SETTINGS_BY_NAME["handler"]
         raise handler.error(

@@ -51,6 +51,7 @@ from worker.observability import Metrics
 from worker.polling import FIRST_IDLE_DELAY_S, PollPacer, PollPolicy
 from worker.reading.records import Record
 from worker.reading.streams import StreamsClient
+from worker.snapshot.gate import HOLD_POLL_S, StreamGate
 
 log = logging.getLogger("shardlease.consumer")
 
@@ -108,6 +109,7 @@ class ShardConsumer:
         on_shard_ended: Callable[[str, list[str]], None],
         deliveries: DeliveryFactory | None = None,
         on_quiet_activity: Callable[[], object] | None = None,
+        gate: StreamGate | None = None,
     ) -> None:
         self.shard_id = acquired.shard_id
         self.token = acquired.token
@@ -136,6 +138,10 @@ class ShardConsumer:
         self._delivery: BatchDelivery | None = None
         self._delivered_prefix = 0
         self._deliveries = deliveries or DeliveryFactory.simple(handler, metrics)
+        self._gate = gate
+        self._hold = 0
+        """> 0: the gathered records wait for snapshot pages announced at or before this clock value
+        (docs/snapshot.md); 0: they may be handed over."""
         self._at_end = False
         self._failures = 0
         self._from_trim_horizon = False
@@ -296,6 +302,10 @@ class ShardConsumer:
             wait = self._gather()
             if wait is not None:
                 return wait
+            if self._gathered and self._hold:
+                if self._gate is not None and not self._gate.clear(self._hold):
+                    return HOLD_POLL_S
+                self._hold = 0
             if self._gathered:
                 self._delivery = self._deliveries.new(self._gathered, self.ctx, self.calls, self._read_spans)
                 self._gathered, self._read_spans = [], []
@@ -412,6 +422,11 @@ class ShardConsumer:
                 self._read_spans)
         ended = time.monotonic()
         self._metrics.getrecords_call(ended - started)
+        if page.records and self._gate is not None:
+            # Read the snapshot clock after the records and before keeping them: if Redis fails here the
+            # iterator has not moved and the page is read again.
+            tag = self._gate.tag()
+            self._hold = tag if tag else 0  # clear now also clears what was gathered before
         if self._pacer.polled(ended, bool(page.records)) and self._on_quiet_activity is not None:
             self._on_quiet_activity()
         self._iterator = page.next_iterator

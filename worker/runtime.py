@@ -47,6 +47,7 @@ from leaser import (
     TickResult,
 )
 from leaser._version import __version__
+from leaser.snapshot import SnapshotStore
 from leaser.store import RedisClient
 from worker.backoff import startup_retrying
 from worker.config import RunConfig
@@ -72,6 +73,8 @@ from worker.polling import QuietWaker
 from worker.reading.streams import StreamsClient, parse_stream_arn
 from worker.redis_setup import open_redis
 from worker.scheduler import ASYNC_HANDLER_THREADS, DEFAULT_THREADS, Scheduler
+from worker.snapshot.command import prepare as prepare_snapshot
+from worker.snapshot.gate import StreamGate
 
 log = logging.getLogger("shardlease.worker")
 
@@ -216,7 +219,16 @@ class Worker:
         self.discovery = ShardDiscovery(self.streams, self.store, self.stream_arn, self.metrics)
         self.scheduler = Scheduler(ASYNC_HANDLER_THREADS if self.handler.is_async else DEFAULT_THREADS)
         undo.callback(self.scheduler.close, wait=True)
+        # Every consumer asks the snapshot gate, --snapshot or not: a snapshot started by any worker or by
+        # `shardlease snapshot` must hold back the records it has to precede (docs/snapshot.md).
+        self.gate = StreamGate(SnapshotStore(self.client, config.group))
+        self.snapshot = (prepare_snapshot(config, self.client, self.stream_arn, region, registry=self.metrics.registry)
+                         if config.snapshot else None)
+        if self.snapshot is not None:
+            undo.callback(self.snapshot.reader.close)
         self.deliveries = build_deliveries(config, self.handler, self.stream_arn, region, self.client, self.metrics)
+        if self.snapshot is not None:
+            self.snapshot.deliveries = self.deliveries
         self.settings = ConsumerSettings(
             stream_arn=self.stream_arn,
             group=config.group,
@@ -299,6 +311,8 @@ class Worker:
                      self._report_meta[REPORT_METRICS])
             self._wake_listener = threading.Thread(target=self._listen_for_wakeups, name="wake", daemon=True)
             self._wake_listener.start()
+            if self.snapshot is not None:
+                self.snapshot.start()
             if on_started is not None:
                 on_started()
             try:
@@ -450,6 +464,16 @@ class Worker:
                 self._on_hung(consumer, now - stuck[1])
         self._hung = {c for c in self._hung if c.calls.oldest_start() is not None}
         self.metrics.shards_stuck(counts)
+        running_s = self.snapshot.hung_for(self.config.handler_timeout_s) if self.snapshot is not None else None
+        if running_s is not None:
+            exits = self.config.on_handler_timeout == "exit"
+            log.error("a handler call on a snapshot page has run %.0f s, past --handler-timeout %.0f s: it is hung; "
+                      "its page holds the group's stream records back while this process lives; %s", running_s,
+                      self.config.handler_timeout_s, "the worker exits (code 3) without giving the segment back"
+                      if exits else "the call is left running (--on-handler-timeout warn)")
+            if exits and not self._hung_exit:
+                self._hung_exit = True
+                self.stop()
 
     def _stuck(self, consumer: ShardConsumer, now: float) -> tuple[str, float] | None:
         """(state, since: monotonic s) while a shard makes no progress, else None: ``hung`` once a handler
@@ -502,7 +526,7 @@ class Worker:
             consumer = ShardConsumer(
                 acquired, settings=self.settings, streams=self.streams, manager=self.manager,
                 handler=self.handler, metrics=self.metrics, on_shard_ended=self._on_shard_ended,
-                deliveries=self.deliveries, on_quiet_activity=self.waker.activity,
+                deliveries=self.deliveries, on_quiet_activity=self.waker.activity, gate=self.gate,
             )
             self.scheduler.add(consumer)
 
@@ -590,6 +614,8 @@ class Worker:
             log.warning("could not leave the group's membership (%s); it lapses in %.0f s", exc,
                         self.config.lease_ttl_s)
         self.scheduler.stop_all(StopReason.SHUTDOWN)
+        if self.snapshot is not None:
+            self.snapshot.stop()
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             # Keep renewing (without membership) until every consumer has released its lease; a hung
@@ -601,6 +627,8 @@ class Worker:
                 self.manager.tick()
             except CoordinationUnavailable as exc:
                 log.warning("heartbeat during shutdown failed: %s", exc)
+        if self.snapshot is not None and not self.snapshot.join(max(deadline - time.monotonic(), 0.0)):
+            log.error("the snapshot's scanners did not stop within the grace period; their segments expire")
         in_flight = self.scheduler.in_flight()
         calls_running = self.scheduler.in_handler_calls()  # the steps in flight that run user code
         if calls_running:

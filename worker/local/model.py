@@ -79,6 +79,9 @@ class Faults:
       account and region), else LimitExceededException. ``None`` disables.
     - ``parent_end_delay_s``: after a shard closes, DescribeStream keeps listing it as open (no
       EndingSequenceNumber) for this many seconds while its children are already listed.
+    - ``scan_units_per_s``: at most this many read units consumed by Scan per table per 1 s window,
+      else ProvisionedThroughputExceededException (the page that crosses the limit is still served).
+      ``None`` disables.
     """
 
     iterator_ttl_s: float = 900.0
@@ -88,6 +91,7 @@ class Faults:
     get_records_per_shard_per_s: float | None = None
     describe_stream_per_s: float | None = None
     parent_end_delay_s: float = 0.0
+    scan_units_per_s: float | None = None
 
 
 class Shard:
@@ -245,6 +249,25 @@ class LocalTable:
         self.items: dict[bytes, AttributeMap] = {}
         self.streams: list[Stream] = []
         self.stream_enabled = False
+        self.scan_window = 0.0
+        self.scan_units = 0.0
+        self.version = 0  # bumped on every write: invalidates _scan_index
+        self._scan_index: dict[int, tuple[int, list[list[bytes]]]] = {}
+        """TotalSegments -> (version, each segment's item idents in key order)."""
+
+    def scan_order(self, total: int) -> list[list[bytes]]:
+        """Each of ``total`` segments' item idents in scan order (call under the model's lock)."""
+        cached = self._scan_index.get(total)
+        if cached is not None and cached[0] == self.version:
+            return cached[1]
+        pk = self.partition_key
+        segments: list[list[bytes]] = [[] for _ in range(total)]
+        for ident, item in self.items.items():
+            segments[key_hash(item[pk]) * total >> 128].append(ident)
+        for idents in segments:
+            idents.sort()
+        self._scan_index = {total: (self.version, segments)}
+        return segments
 
     # -- identity -----------------------------------------------------------------------------
     @property
@@ -316,6 +339,7 @@ class LocalTable:
         return orjson.dumps(keys, option=orjson.OPT_SORT_KEYS)
 
     def _write(self, keys: AttributeMap, new: AttributeMap | None, *, ttl: bool) -> str | None:
+        self.version += 1
         ident = self._ident(keys)
         old = self.items.get(ident)
         if new is None:
@@ -827,6 +851,54 @@ class StreamsModel:
             body += b',"NextShardIterator":"' + next_iterator.encode() + b'"'
         return body + b"}"
 
+    def scan(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """DynamoDB Scan: ``Segment``/``TotalSegments`` (a segment is a range of the partition-key hash),
+        ``ExclusiveStartKey``, ``Limit``, 1 MB pages, ``ConsistentRead`` (1 read unit per 4 KB, else 0.5),
+        ``ReturnConsumedCapacity``; no filters or projections.  Within a segment items come in the order of
+        their key's canonical JSON, so a page continues after its ``ExclusiveStartKey`` even when that item
+        was deleted meanwhile."""
+        limit = _limit(params.get("Limit"), 1 << 30, 1 << 30)
+        total = params.get("TotalSegments")
+        segment = params.get("Segment")
+        if (total is None) != (segment is None):
+            raise _validation("Segment and TotalSegments must be given together")
+        if total is not None and not (
+            isinstance(total, int) and isinstance(segment, int) and 1 <= total <= 1_000_000 and 0 <= segment < total
+        ):
+            raise _validation("TotalSegments must be 1..1000000 and Segment 0..TotalSegments-1")
+        with self.lock:
+            t = self.table(_required(params, "TableName"))
+            now = time.time()
+            rate = self.faults.scan_units_per_s
+            if rate is not None:
+                if now - t.scan_window >= 1.0:
+                    t.scan_window, t.scan_units = now, 0.0
+                if t.scan_units >= rate:
+                    raise StreamsApiError("ProvisionedThroughputExceededException",
+                                          "The level of configured provisioned throughput for the table was exceeded")
+            idents = t.scan_order(total or 1)[segment or 0]
+            start = params.get("ExclusiveStartKey")
+            i = bisect_right(idents, t._ident(t.keys_of(start))) if start else 0
+            page: list[AttributeMap] = []
+            size = 0
+            for ident in idents[i : i + limit]:
+                item = t.items[ident]
+                item_size = len(orjson.dumps(item))
+                if page and size + item_size > MAX_PAGE_BYTES:
+                    break
+                page.append(dict(item))
+                size += item_size
+            more = i + len(page) < len(idents)
+            per_4kb = 1.0 if params.get("ConsistentRead") else 0.5
+            units = max(1, -(-size // 4096)) * per_4kb
+            t.scan_units += units
+            out: dict[str, Any] = {"Items": page, "Count": len(page), "ScannedCount": len(page)}
+            if more and page:
+                out["LastEvaluatedKey"] = t.keys_of(page[-1])
+            if params.get("ReturnConsumedCapacity") in ("TOTAL", "INDEXES"):
+                out["ConsumedCapacity"] = {"TableName": t.name, "CapacityUnits": units}
+            return out
+
     def describe_table(self, params: Mapping[str, Any]) -> dict[str, Any]:
         with self.lock:
             t = self.table(_required(params, "TableName"))
@@ -838,7 +910,7 @@ class StreamsModel:
                 "AttributeDefinitions": [{"AttributeName": n, "AttributeType": ty} for n, ty in t.key_schema],
                 "CreationDateTime": t.created_at,
                 "ItemCount": len(t.items),
-                "TableSizeBytes": 0,
+                "TableSizeBytes": sum(len(orjson.dumps(item)) for item in t.items.values()),
                 "BillingModeSummary": {"BillingMode": "PAY_PER_REQUEST"},
             }
             if t.streams:

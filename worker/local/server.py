@@ -3,7 +3,7 @@
 One port serves three target prefixes (the ``X-Amz-Target`` header):
 
 - ``DynamoDBStreams_20120810.<Op>``: ListStreams, DescribeStream, GetShardIterator, GetRecords.
-- ``DynamoDB_20120810.<Op>``: DescribeTable, plus PutItem, UpdateItem (``SET``-free form: see
+- ``DynamoDB_20120810.<Op>``: DescribeTable, Scan (docs/snapshot.md), plus PutItem, UpdateItem (``SET``-free form: see
   docs), DeleteItem and ListTables so a demo can write through an ordinary boto3 DynamoDB client.
 - ``ShardleaseLocal.<Op>``: admin operations driving topology and faults from another process.
 
@@ -100,6 +100,7 @@ class LocalStreamsServer:
             STREAMS_PREFIX + "GetShardIterator": self.model.get_shard_iterator,
             STREAMS_PREFIX + "GetRecords": self.model.get_records,
             DYNAMODB_PREFIX + "DescribeTable": self.model.describe_table,
+            DYNAMODB_PREFIX + "Scan": self.model.scan,
             DYNAMODB_PREFIX + "ListTables": self._ddb_list_tables,
             DYNAMODB_PREFIX + "PutItem": self._ddb_put_item,
             DYNAMODB_PREFIX + "UpdateItem": self._ddb_update_item,

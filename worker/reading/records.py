@@ -128,7 +128,8 @@ class Record:
     the wire ``userIdentity`` object as-is (``{"Type": "Service", "PrincipalId":
     "dynamodb.amazonaws.com"}`` for TTL deletions) or ``None``.  ``raw`` is the record's wire
     JSON exactly as received (typed images, epoch-seconds ``ApproximateCreationDateTime``,
-    base64 ``B``); treat it as read-only.
+    base64 ``B``); treat it as read-only.  ``is_snapshot`` marks an item of the table's snapshot
+    (an ``INSERT`` with ``sequence_number`` "0" and ``shard_id`` naming the scan segment: docs/snapshot.md).
     """
 
     event_id: str
@@ -143,6 +144,8 @@ class Record:
     user_identity: dict[str, Any] | None
     shard_id: str
     raw: dict[str, Any] = field(repr=False)
+    is_snapshot: bool = False
+    """True for an item of the table's snapshot (docs/snapshot.md), False for every stream record."""
 
     @property
     def sequence_int(self) -> int:

@@ -1,0 +1,15 @@
+-- snapshot_announce: a scanner is about to read a page of its segment: draw the page's ticket from the
+-- clock and put the page in flight (it expires with the segment's lease).  Stream records whose clock
+-- tag is >= this ticket wait until the page leaves (see docs/snapshot.md).
+-- KEYS: as in snapshot_start.lua
+-- ARGV[1] segment   ARGV[2] worker id   ARGV[3] token
+-- Returns {'ok', ticket} or {'lost', reason}.
+local now = now_ms()
+local seg = ARGV[1]
+local exp = redis.call('ZSCORE', KEYS[5], seg)
+if redis.call('HGET', KEYS[6], seg) ~= ARGV[2] .. '|' .. ARGV[3] then return {'lost', 'segment not held'} end
+if not exp or tonumber(exp) <= now then return {'lost', 'lease expired'} end
+local ticket = redis.call('INCR', KEYS[3])
+redis.call('ZADD', KEYS[8], ticket, seg)
+redis.call('ZADD', KEYS[9], exp, seg)
+return {'ok', ticket}

@@ -1,0 +1,149 @@
+"""The snapshot's coordination in Redis: segment leases, pages in flight and the snapshot clock.
+
+One snapshot per consumer group.  Its keys live in the group's slot (built by
+:meth:`leaser.keys.GroupKeys.namespaced`)::
+
+    snapshot               HASH   status (running|done), segments, run, started_ms, done_ms, items, bytes,
+                                  pages, segments_done, note
+    snapshot.token         STRING fencing-token counter of segment leases (never decreases)
+    snapshot.clock         STRING the snapshot clock: page tickets (never decreases, never deleted)
+    snapshot.free          ZSET   segments neither held nor done -> segment
+    snapshot.leases        ZSET   held segments -> lease expiry (Redis ms)
+    snapshot.owners        HASH   held segment -> "<worker>|<token>"
+    snapshot.checkpoints   HASH   segment -> the next ExclusiveStartKey (JSON), or END
+    snapshot.pages         ZSET   segments with a page in flight -> the page's ticket
+    snapshot.page_expiry   ZSET   segments with a page in flight -> expiry (= the lease's, Redis ms)
+    snapshot.bucket        HASH   the fleet's read-unit bucket: units, ms
+
+Every change is one Lua script (``leaser/lua/snapshot_*.lua``).  The protocol and why it makes an
+upserting sink converge: docs/snapshot.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from leaser.keys import GroupKeys
+from leaser.scripts import source
+from leaser.store import RedisClient, translate_redis_errors
+
+SCRIPTS = ("start", "claim", "renew", "announce", "page_done", "release", "gate", "spend")
+END = "END"
+"""The checkpoint of a finished segment."""
+MAX_SEGMENTS = 1_000_000
+"""DynamoDB's limit on TotalSegments."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A segment lease this worker took: resume the segment's Scan after ``checkpoint`` ('' = start)."""
+
+    segment: int
+    token: int
+    checkpoint: str
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotState:
+    """The group's snapshot as status tools show it (``status`` '' = never started)."""
+
+    status: str
+    segments: int
+    segments_done: int
+    segments_held: int
+    items: int
+    bytes: int
+    pages: int
+    started_ms: int
+    done_ms: int
+    run: int
+
+
+class SnapshotStore:
+    """The snapshot protocol of one group (see the module docstring for the keys)."""
+
+    def __init__(self, client: RedisClient, group: str) -> None:
+        self.client = client
+        keys = GroupKeys.for_group(group)
+        names = ("snapshot", "snapshot.token", "snapshot.clock", "snapshot.free", "snapshot.leases",
+                 "snapshot.owners", "snapshot.checkpoints", "snapshot.pages", "snapshot.page_expiry",
+                 "snapshot.bucket")
+        self.keys = [keys.namespaced(name) for name in names]
+        self._scripts = {name: client.register_script(source(f"snapshot_{name}")) for name in SCRIPTS}
+
+    def _run(self, name: str, *args: Any) -> Any:
+        with translate_redis_errors():
+            return self._scripts[name](keys=self.keys, args=list(args))
+
+    # -- the snapshot -------------------------------------------------------------------------
+
+    def start(self, segments: int, *, restart: bool = False, note: str = "") -> tuple[str, int]:
+        """Start the group's snapshot with ``segments`` segments unless one runs or is done (``restart``
+        starts a new one regardless).  Returns (started|running|done, the snapshot's segment count)."""
+        if not 1 <= segments <= MAX_SEGMENTS:
+            raise ValueError(f"segments must be 1..{MAX_SEGMENTS}")
+        status, n = self._run("start", segments, "1" if restart else "0", note)
+        return str(status), int(n)
+
+    def state(self) -> SnapshotState:
+        with translate_redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hgetall(self.keys[0])
+            pipe.zcard(self.keys[4])
+            raw, held = pipe.execute()
+
+        def num(name: str) -> int:
+            return int(raw.get(name) or 0)
+
+        return SnapshotState(status=raw.get("status", ""), segments=num("segments"),
+                             segments_done=num("segments_done"), segments_held=int(held), items=num("items"),
+                             bytes=num("bytes"), pages=num("pages"), started_ms=num("started_ms"),
+                             done_ms=num("done_ms"), run=num("run"))
+
+    # -- segment leases -----------------------------------------------------------------------
+
+    def claim(self, worker_id: str, ttl_ms: int) -> Claimed | None:
+        """Take a free segment (or one whose lease expired), or None."""
+        answer = self._run("claim", worker_id, ttl_ms)
+        if not answer:
+            return None
+        segment, token, checkpoint = answer
+        return Claimed(int(segment), int(token), str(checkpoint))
+
+    def renew(self, worker_id: str, ttl_ms: int, held: dict[int, int]) -> set[int]:
+        """Renew the leases of ``held`` (segment -> token); returns the segments no longer held."""
+        if not held:
+            return set()
+        args: list[Any] = [worker_id, ttl_ms]
+        for segment, token in held.items():
+            args += [segment, token]
+        return {int(s) for s in self._run("renew", *args)}
+
+    def release(self, segment: int, worker_id: str, token: int, *, keep_lease: bool = False) -> bool:
+        """Take the segment's page out of flight and (unless ``keep_lease``) free the segment."""
+        return bool(self._run("release", segment, worker_id, token, "1" if keep_lease else "0") == "ok")
+
+    # -- pages --------------------------------------------------------------------------------
+
+    def announce(self, segment: int, worker_id: str, token: int) -> int | None:
+        """Put the segment's next page in flight before it is read; its ticket, or None (lease lost)."""
+        answer = self._run("announce", segment, worker_id, token)
+        return int(answer[1]) if answer[0] == "ok" else None
+
+    def page_done(self, segment: int, worker_id: str, token: int, ticket: int, next_key: str,
+                  items: int, size_bytes: int) -> str:
+        """The page was handled in full: checkpoint ``next_key`` ('' = the segment ended).  Returns ok,
+        segment_done, snapshot_done or lost."""
+        answer = self._run("page_done", segment, worker_id, token, ticket, next_key, items, size_bytes)
+        return str(answer[0])
+
+    def gate(self) -> tuple[int, int]:
+        """(the clock now, the smallest ticket of a page in flight or 0).  Records read before this call
+        may be handed over once no page with a ticket <= the clock is in flight."""
+        clock, smallest = self._run("gate")
+        return int(clock), int(smallest)
+
+    def spend(self, units_per_s: float, units: float) -> float:
+        """Debit ``units`` read units from the fleet's bucket; seconds to wait before the next read."""
+        return int(self._run("spend", repr(float(units_per_s)), repr(float(units)))) / 1000.0

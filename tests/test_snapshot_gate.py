@@ -1,0 +1,64 @@
+"""A stream consumer and the snapshot gate (docs/snapshot.md): records read while a snapshot page announced
+before them is in flight wait for it; a Redis error while tagging re-reads the page."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from leaser import CoordinationUnavailable
+from leaser.snapshot import SnapshotStore
+from tests.test_consumer import Harness, run_steps
+from tests.test_consumer import creds as creds
+from tests.test_consumer import h as h
+from worker.snapshot.gate import StreamGate
+
+
+@pytest.fixture
+def snapshot(redis_client: redis.Redis, group: str) -> Iterator[SnapshotStore]:
+    yield SnapshotStore(redis_client, group)
+
+
+def gated(h: Harness, gate: StreamGate) -> object:
+    consumer = h.consumer(h.shard())
+    consumer._gate = gate
+    return consumer
+
+
+def test_records_wait_for_a_page_announced_before_they_were_read(h: Harness, snapshot: SnapshotStore) -> None:
+    consumer = gated(h, StreamGate(snapshot))
+    early = h.write(5)
+    run_steps(consumer, 3)  # type: ignore[arg-type]
+    assert h.recorder.seen == early  # no snapshot: at once
+    snapshot.start(1)
+    claimed = snapshot.claim("s1", 30_000)
+    assert claimed is not None
+    ticket = snapshot.announce(claimed.segment, "s1", claimed.token)
+    assert ticket is not None
+    late = h.write(5, start=5)
+    run_steps(consumer, 5)  # type: ignore[arg-type]
+    assert h.recorder.seen == early, "records read after the announce reached the handler before the page"
+    assert snapshot.page_done(claimed.segment, "s1", claimed.token, ticket, "", 0, 0) == "snapshot_done"
+    run_steps(consumer, 3)  # type: ignore[arg-type]
+    assert h.recorder.seen == early + late
+
+
+class FailingOnce(StreamGate):
+    def __init__(self, store: SnapshotStore) -> None:
+        super().__init__(store)
+        self.failures = 1
+
+    def tag(self) -> int:
+        if self.failures:
+            self.failures -= 1
+            raise CoordinationUnavailable("Redis unavailable (test)")
+        return super().tag()
+
+
+def test_a_redis_error_while_tagging_reads_the_page_again(h: Harness, snapshot: SnapshotStore) -> None:
+    consumer = gated(h, FailingOnce(snapshot))
+    written = h.write(7)
+    run_steps(consumer, 6)  # type: ignore[arg-type]
+    assert h.recorder.seen == written
