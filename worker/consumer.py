@@ -270,9 +270,10 @@ class ShardConsumer:
 
     def wake(self, now: float) -> bool:
         """True (and noted) for a quiet shard waiting for its next poll and not polled within the wake gap
-        (worker.polling): the scheduler then runs its next step now.  Called only while no step runs."""
+        (worker.polling): the scheduler then runs its next step now.  Called only while no step runs.
+        Never for a shard backing off after a failed read or write (throttled, AWS or Redis errors)."""
         return (self._delivery is None and not self._gathered and not self._at_end and self._stop_reason is None
-                and self._pacer.wake(now))
+                and not self._failures and self._pacer.wake(now))
 
     def _until_checkpoint_due(self, delay: float | None) -> float | None:
         """Shorten a wait so that a coalesced checkpoint is written when its interval is up."""

@@ -25,7 +25,8 @@ first wait followed by ceiling waits keeps any minute of a quiet shard at ``60 /
 
 Waking (:class:`QuietWaker`): when a quiet shard gets records, this worker's other quiet shards whose
 last poll is at least ``ceiling_s / 2`` old are polled at once.  Wakes are at most one per
-``ceiling_s / 2`` per worker, and a woken shard then waits its normal interval again, so a quiet shard
+``ceiling_s / 2`` per worker, and a woken shard then waits at least ``ceiling_s / 2`` (its spread draw
+after a wake starts there, not at the active interval), so a quiet shard
 is polled at most twice per ``ceiling_s`` even when wakes keep coming (and once per ``ceiling_s`` when
 they do not).
 """
@@ -77,6 +78,9 @@ class PollPacer:
         self._rng = rng
         self._spread = True
         """The next wait at the ceiling is drawn in [active_s, ceiling_s] (see the module docstring)."""
+        self._woken = False
+        """The spread draw follows a wake: drawn in [wake_gap_s, ceiling_s] instead, so that the next wake
+        (at least ``wake_gap_s`` after this shard's last poll) keeps it at two polls per ``ceiling_s``."""
         self._last_records = now
         """When the shard last had records (or its consumer started)."""
         self.last_poll = now
@@ -94,6 +98,7 @@ class PollPacer:
         self._last_records = now
         self._empty = 0
         self._spread = True
+        self._woken = False
         return was_quiet
 
     def empty_delay(self, now: float) -> float:
@@ -103,7 +108,9 @@ class PollPacer:
         delay = self.policy.delay(self._empty, quiet)
         if self._spread and quiet:
             self._spread = False
-            low = self.policy.active_s
+            low = max(self.policy.active_s, self.policy.wake_gap_s) if self._woken else self.policy.active_s
+            low = min(low, self.policy.ceiling_s)
+            self._woken = False
             delay = low + (self.policy.ceiling_s - low) * self._rng()
         return delay
 
@@ -112,6 +119,7 @@ class PollPacer:
         after that poll is spread again."""
         if self.quiet(now) and now - self.last_poll >= self.policy.wake_gap_s:
             self._spread = True
+            self._woken = True
             return True
         return False
 

@@ -81,10 +81,36 @@ def test_a_wake_polls_only_quiet_shards_not_polled_within_the_gap_and_spreads_th
     assert pacer.empty_delay(63.5) == 4.0
     assert not pacer.wake(62.0)  # quiet, but polled 1 s ago (gap 2 s)
     assert pacer.wake(63.0)
-    assert pacer.empty_delay(63.0) == 1.0  # after a wake: spread again
+    assert pacer.empty_delay(63.0) == 2.0  # after a wake: spread again, from the wake gap (2 s) up
     assert pacer.polled(63.5, True)  # records after quiet: a wake trigger
     assert not pacer.wake(100.0)  # active again
     assert not pacer.polled(101.0, True)  # records on an active shard wake nobody
+
+
+@pytest.mark.parametrize("spread", [0.0, 0.3, 1.0])
+def test_wakes_that_keep_coming_poll_a_quiet_shard_at_most_twice_per_ceiling(spread: float) -> None:
+    """Wakes timed as badly as the rules allow (the worker's gap is up and the shard's last poll is a gap
+    old): the shard is still polled at most twice per ceiling (30 a minute at the 4 s default).  A wait
+    spread down to the active interval after a wake let a wake come 1 s after that poll: 40 a minute."""
+    policy = DEFAULT
+    pacer = PollPacer(policy, -100.0, rng=lambda: spread)
+    pacer.polled(-100.0, True)  # records long ago: quiet from t=0
+    tick = 0.01
+    pacer.polled(0.0, False)
+    due = pacer.empty_delay(0.0)
+    last_wake, polls = float("-inf"), [0.0]
+    for i in range(1, int(180 / tick)):
+        now = round(i * tick, 2)
+        if now - last_wake >= policy.wake_gap_s and now - pacer.last_poll >= policy.wake_gap_s:
+            last_wake = now
+            if pacer.wake(now):
+                due = min(due, now)
+        if now >= due:
+            polls.append(now)
+            pacer.polled(now, False)
+            due = now + pacer.empty_delay(now)
+    for start in range(60, 120, 3):
+        assert per_minute(polls, float(start)) <= 2 * 60 / policy.ceiling_s, (start, spread)
 
 
 def test_the_waker_wakes_at_most_once_per_gap() -> None:
