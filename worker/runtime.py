@@ -434,7 +434,7 @@ class Worker:
                 if why is not None:
                     # This consumer only (not scheduler.stop, which addresses the shard's current consumer:
                     # a newer one for a re-acquired lease must go on); it stops at its next step.
-                    consumer.request_stop(StopReason.LOST, detail=why)
+                    self.scheduler.stop_consumer(consumer, StopReason.LOST, detail=why)
         for shard, acquired in held.items():
             current = self.scheduler.get(shard)
             if current is not None and current.token == acquired.token:

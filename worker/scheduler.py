@@ -110,6 +110,15 @@ class Scheduler:
                     moved += 1
         return moved
 
+    def stop_consumer(self, consumer: ShardConsumer, reason: str, detail: str = "") -> None:
+        """Ask this consumer (current or retiring: not whichever is now current for its shard) to stop after its
+        step in flight; a waiting one runs its stopping step at once instead of at its next poll (up to
+        ``--idle-poll-interval`` away)."""
+        with self._cv:
+            consumer.request_stop(reason, "", detail)
+            if consumer in self._due and self._due[consumer] != _RUNNING:
+                self._push(consumer, time.monotonic())
+
     def stop_all(self, reason: str) -> None:
         with self._cv:
             consumers = list(self._due)

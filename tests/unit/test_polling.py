@@ -189,6 +189,18 @@ def test_pull_forward_leaves_a_running_step_alone(scheduler: Scheduler) -> None:
     wait_steps(a, 1)
 
 
+def test_a_consumer_stopped_by_reconcile_stops_now_not_at_its_next_poll(scheduler: Scheduler) -> None:
+    """The runtime's reconcile stops a consumer whose lease is no longer held; it used to wait for its next poll
+    (up to the idle ceiling) before its stopping step ran, widening the window in which a re-acquired lease's
+    new consumer ran its hooks before the old one's on_lease_lost."""
+    a = FakeConsumer("a")
+    scheduler.add(cast(Any, a))
+    wait_steps(a, 1)  # now waiting 1,000 s for its next step
+    scheduler.stop_consumer(cast(Any, a), "lost", detail="token is stale")
+    wait_steps(a, 2)
+    assert a.finished
+
+
 def test_a_stopping_consumer_keeps_its_retry_delay(scheduler: Scheduler) -> None:
     """A stopping step that must retry (a release refused by a Redis error, renewals late) waits the delay it
     returns instead of being run again at once."""
