@@ -45,6 +45,7 @@ BENCHES: dict[str, tuple[list[str], list[str], int]] = {
     "latency": ([], ["--seconds", "10"], 600),
     "memory": ([], ["--shards", "300", "--seconds", "10"], 900),
     "async_handlers": ([], ["--reps", "1", "--records", "3200"], 900),
+    "call_cpu": ([], ["--shards", "50", "--window", "10", "--warmup", "5"], 600),
 }
 
 KCL_FAILOVER_S = 10.0
@@ -671,6 +672,7 @@ def build_markdown(data: dict[str, Any], status: dict[str, Any], made: dict[str,
             add("")
 
     add_async_handlers(add, data.get("async_handlers"))
+    add_cost_goals(add, data.get("call_cpu"), tp)
 
     add("## How each benchmark was run")
     add("")
@@ -715,6 +717,49 @@ def add_async_handlers(add: Any, ah: dict[str, Any] | None) -> None:
         f"the I/O wait. The hop to the loop thread and back costs {over['async']:.0f} us per call "
         f"(a sync call of a handler doing nothing: {over['sync']:.1f} us).")
     add("")
+
+
+CALL_CPU_TARGET_MS = 0.3  # issue 16 goal 2: worker CPU per empty GetRecords call
+DRAIN_TARGET_X = 6.0  # issue 16 goal 3: drain vs the seed's plain boto3 loop, from process start
+
+
+def add_cost_goals(add: Any, cc: dict[str, Any] | None, tp: dict[str, Any] | None) -> None:
+    """Issue 16 goals 2 (``bench/call_cpu.py``) and 3 (``bench/worker_throughput.py``, from process start)."""
+    if cc and cc.get("points"):
+        pts = cc["points"]
+        label = {"plain": "(a) plain boto3 client (a polling loop, own process)",
+                 "botocore": "(b) worker, botocore's pipeline (before; `SHARDLEASE_BENCH_GETRECORDS_PATH=botocore`)",
+                 "lean": "(c) worker, lean GetRecords path (default)"}
+        add("## CPU per empty GetRecords call (`bench/call_cpu.py`)")
+        add("")
+        add(f"{cc['shards']} idle shards polled every {cc['idle_poll_interval_s']:g} s; process CPU time (user + "
+            "system) over the window divided by the GetRecords calls the server counted for that process, "
+            "everything the process does included. The three run one after the other in one run.")
+        add("")
+        add("| | GetRecords/s | CPU % of a core | CPU ms per call | 1,000 idle shards at 1 call/s |")
+        add("|---|---|---|---|---|")
+        for name, r in pts.items():
+            ms = r["cpu_ms_per_call"]
+            add(f"| {label.get(name, name)} | {r['calls_per_s']:.0f} | {r['cpu_pct']:.1f} | {ms:.3f} | "
+                f"{ms * 100:.0f}% of a core |")
+        add("")
+        lean = pts.get("lean", {}).get("cpu_ms_per_call")
+        if lean is not None:
+            add(f"Target ≤ {CALL_CPU_TARGET_MS:g} ms per call (1,000 idle shards in ≤ 20% of a core): "
+                f"{verdict(lean <= CALL_CPU_TARGET_MS)}.")
+            add("")
+    if tp and tp.get("reps") and all(r["worker"].get("first_getrecords_s") is not None for r in tp["reps"]):
+        reps = tp["reps"]
+        plain = med([r["plain"]["wall_s"] for r in reps])
+        wall = med([r["worker"]["wall_s"] for r in reps])
+        first_get = med([r["worker"]["first_getrecords_s"] for r in reps])
+        add("## Drain speed from process start (issue 16 goal 3, `bench/worker_throughput.py`)")
+        add("")
+        add(f"The throughput run above, from `Popen`: {plain / wall:.1f}x the plain boto3 loop (target ≥ "
+            f"{DRAIN_TARGET_X:g}x: {verdict(plain / wall >= DRAIN_TARGET_X)}). Worker start-up, median: "
+            f"`Popen` -> first GetRecords (server-side) {first_get:.2f} s, "
+            f"`Popen` -> first handler call {med([r['worker']['startup_s'] for r in reps]):.2f} s.")
+        add("")
 
 
 def main() -> int:

@@ -101,6 +101,7 @@ def server() -> Iterator[Server]:
 def warm(url: str, **kwargs: Any) -> StreamsClient:
     """A client whose first GetRecords went through botocore (so the lean path has learned)."""
     kwargs.setdefault("max_attempts", 1)
+    kwargs.setdefault("lean_http", None)  # what the worker passes
     client = StreamsClient(region_name="us-east-1", endpoint_url=url, **kwargs)
     client.get_records("it-0", shard_id=SHARD)
     return client
@@ -188,7 +189,7 @@ def test_errors_go_through_botocore(server: Server, status: int, code: str, cls:
 def test_botocore_retries_still_apply(server: Server) -> None:
     client = warm(server.url.replace("127.0.0.1", "localhost"), max_attempts=3)
     assert client.lean_path
-    client = StreamsClient(region_name="us-east-1", endpoint_url=server.url, max_attempts=3)
+    client = StreamsClient(region_name="us-east-1", endpoint_url=server.url, max_attempts=3, lean_http=True)
     client.get_records("it-0", shard_id=SHARD)
     server.seen.clear()
     replies = iter([error(500, "InternalServerError"), error(500, "InternalServerError"), (200, page_body(2))])
@@ -294,16 +295,21 @@ def test_refreshed_credentials_are_used(server: Server) -> None:
 def test_off_when_asked(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
     off = warm(server.url, lean_http=False)
     off.get_records("it-1", shard_id=SHARD)
+    default = StreamsClient(region_name="us-east-1", endpoint_url=server.url)  # not the worker: off
+    default.get_records("it-0", shard_id=SHARD)
+    default.get_records("it-1", shard_id=SHARD)
     monkeypatch.setenv(BENCH_PATH_ENV, "botocore")
     bench_off = warm(server.url)
     bench_off.get_records("it-1", shard_id=SHARD)
-    assert not off.lean_path and not bench_off.lean_path
-    assert server.paths() == ["botocore"] * 4
+    forced = warm(server.url, lean_http=True)  # an explicit True ignores the bench switch
+    forced.get_records("it-1", shard_id=SHARD)
+    assert not off.lean_path and not default.lean_path and not bench_off.lean_path and forced.lean_path
+    assert server.paths() == ["botocore"] * 7 + ["lean"]
 
 
 def test_off_with_before_send_handlers(server: Server) -> None:
     """moto (and any user hook) answers or changes requests in before-send: botocore must send them."""
-    client = StreamsClient(region_name="us-east-1", endpoint_url=server.url, max_attempts=1)
+    client = StreamsClient(region_name="us-east-1", endpoint_url=server.url, max_attempts=1, lean_http=True)
     client.boto_client.meta.events.register("before-send.dynamodb-streams", lambda **kw: None)
     client.get_records("it-0", shard_id=SHARD)
     client.get_records("it-1", shard_id=SHARD)

@@ -200,7 +200,7 @@ class LeanGetRecords:
             self._read_timeout = pool.timeout.read_timeout
             self._credentials = credentials
             self.ready = True
-        log.debug("lean GetRecords path on: %s (signing %s/%s)", url, signer.signing_name, signer.region)
+        log.info("GetRecords: lean path on for %s (signing %s/%s)", url, signer.signing_name, signer.region)
         return None
 
     def send(self, iterator: str, limit: int) -> bytes | None:

@@ -31,13 +31,14 @@ boto3 keeps doing credentials, signing, endpoint resolution and retries; this mo
   reads over HTTP checks that the handler ran, and logs one WARNING if it did not (correct
   but slower: the event was not emitted, e.g. renamed).  :attr:`StreamsClient.fast_path`
   tells whether the fast path is still on.
-* **The lean GetRecords path** (:mod:`worker.reading.lean`, on by default).  After botocore has
+* **The lean GetRecords path** (:mod:`worker.reading.lean`, on in the worker).  After botocore has
   sent one GetRecords of this client, later ones skip botocore's request pipeline (about 0.5 ms
   of CPU per call): one SigV4-signed POST through botocore's own urllib3 pool, the 200 body
   decoded as above.  Anything but a clean 200 (an error status, a connection error, a checksum
   mismatch) is sent again through botocore, so errors, retries and their classification are
-  botocore's and :func:`translate_error`'s exactly as before.  ``lean_http=False`` (or, for the
-  benchmarks only, ``SHARDLEASE_BENCH_GETRECORDS_PATH=botocore``) keeps every call on botocore.
+  botocore's and :func:`translate_error`'s exactly as before.  The worker turns it on
+  (``lean_http=None``; for the benchmarks only, ``SHARDLEASE_BENCH_GETRECORDS_PATH=botocore``
+  keeps every call on botocore); a ``StreamsClient()`` built without ``lean_http`` does not use it.
 * **Error translation.**  ``ClientError``/``BotoCoreError`` never escape: they become the classes
   of :mod:`worker.errors` (original chained as ``__cause__``).
 * **Small helpers**: shard pagination, child-shard lookup with fallback, stream-ARN validation,
@@ -370,7 +371,9 @@ class StreamsClient:
     given (local emulators serve both APIs on one URL), else boto3's sources
     (``AWS_ENDPOINT_URL_DYNAMODB``).  ``max_attempts`` counts every attempt botocore makes
     (standard retry mode; 1 = no retry inside botocore), the worker adds its own backoff.
-    ``lean_http`` (default on) sends GetRecords by the lean path once botocore sent one.
+    ``lean_http`` sends GetRecords by the lean path once botocore has sent one; the worker passes
+    ``None``: on, unless the bench-only ``SHARDLEASE_BENCH_GETRECORDS_PATH=botocore`` is set.
+    Off by default for other callers, whose tests may hook botocore's GetRecords pipeline.
     """
 
     def __init__(
@@ -384,7 +387,7 @@ class StreamsClient:
         connect_timeout: float = 5.0,
         read_timeout: float = 15.0,
         max_attempts: int = 3,
-        lean_http: bool | None = None,
+        lean_http: bool | None = False,
     ) -> None:
         self._session = session if session is not None else boto3.session.Session()
         self._region_name = region_name
