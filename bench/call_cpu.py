@@ -22,8 +22,10 @@ calls the server counted for it in that window: **CPU ms per empty GetRecords ca
 the process does included (scheduler, consumer step, lease heartbeats, metrics, logging).
 CPU time, unlike wall time, is not inflated by other load on the machine, only by cache effects.
 
-``--profile DIR`` also samples the workers with ``py-spy`` (if installed) for the window and writes
-the top functions (self and inclusive samples) to ``DIR/<variant>.txt``.
+Each process is also sampled with ``py-spy --gil --nonblocking`` (when installed; ``--profile off``
+skips it) for the window: only the thread holding the GIL is sampled, i.e. where the Python CPU
+goes (the rest of the CPU is the kernel: sockets, futex wake-ups of the step threads).  The top
+functions (self and inclusive share of those samples) go to ``DIR/<variant>.txt`` and the JSON.
 """
 
 from __future__ import annotations
@@ -100,14 +102,17 @@ class _Spy:
              "-f", "raw", "-o", str(self.raw)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def finish(self) -> None:
+    def finish(self) -> dict[str, Any] | None:
         try:
             self.proc.wait(60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            return
-        if self.raw.exists():
-            self.out.write_text(summarise_collapsed(self.raw.read_text()))
+            return None
+        if not self.raw.exists():
+            return None
+        text = self.raw.read_text()
+        self.out.write_text(summarise_collapsed(text))
+        return top_functions(text)
 
 
 def _frame_name(frame: str) -> str:
@@ -116,8 +121,7 @@ def _frame_name(frame: str) -> str:
     return f"{func} ({where.split(':')[0].rsplit('/', 1)[-1]})"
 
 
-def summarise_collapsed(text: str, top: int = 30) -> str:
-    """Top functions by self and inclusive samples from py-spy collapsed stacks (GIL-holding samples only)."""
+def _count(text: str) -> tuple[Counter[str], Counter[str], int]:
     self_c: Counter[str] = Counter()
     incl: Counter[str] = Counter()
     total = 0
@@ -133,6 +137,20 @@ def summarise_collapsed(text: str, top: int = 30) -> str:
         self_c[frames[-1]] += count
         for f in set(frames):
             incl[f] += count
+    return self_c, incl, total
+
+
+def top_functions(text: str, top: int = 12) -> dict[str, Any]:
+    """The profile for the JSON: samples, and the top functions by self and inclusive share (%)."""
+    self_c, incl, total = _count(text)
+    return {"samples": total,
+            "self": [(f, round(100 * c / total, 1)) for f, c in self_c.most_common(top)] if total else [],
+            "inclusive": [(f, round(100 * c / total, 1)) for f, c in incl.most_common(top * 3)] if total else []}
+
+
+def summarise_collapsed(text: str, top: int = 30) -> str:
+    """Top functions by self and inclusive samples from py-spy collapsed stacks (GIL-holding samples only)."""
+    self_c, incl, total = _count(text)
     lines = [f"{total} samples holding the GIL", "", "self %  function"]
     lines += [f"{100 * c / total:6.1f}  {f}" for f, c in self_c.most_common(top)]
     lines += ["", "incl %  function"]
@@ -146,11 +164,10 @@ def measure(proc: psutil.Process, counter: CallCounter, window_s: float,
     cpu0, t0 = _cpu_s(proc), time.time()
     time.sleep(window_s)
     cpu1, t1 = _cpu_s(proc), time.time()
-    if spy:
-        spy.finish()
+    profile = spy.finish() if spy else None
     calls = len(counter.between(t0, t1, "GetRecords"))
     cpu = cpu1 - cpu0
-    return {"window_s": t1 - t0, "cpu_s": cpu, "get_records_calls": calls,
+    return {"window_s": t1 - t0, "cpu_s": cpu, "get_records_calls": calls, "profile": profile,
             "calls_per_s": calls / (t1 - t0), "cpu_ms_per_call": 1000 * cpu / calls if calls else None,
             "cpu_pct": 100 * cpu / (t1 - t0)}
 
@@ -205,14 +222,19 @@ def main() -> None:
     ap.add_argument("--window", type=float, default=30.0)
     ap.add_argument("--warmup", type=float, default=8.0)
     ap.add_argument("--variants", default="plain,botocore,lean")
-    ap.add_argument("--profile", metavar="DIR", help="sample each process with py-spy into DIR")
+    ap.add_argument("--profile", metavar="DIR", help="sample each process with py-spy (default: a temporary "
+                    "directory when py-spy is installed; 'off' to skip)")
     ap.add_argument("--json", metavar="PATH")
     args = ap.parse_args()
     for k, v in ENV.items():
         os.environ.setdefault(k, v)
-    spy_dir = Path(args.profile) if args.profile else None
-    if spy_dir:
+    has_spy = bool(shutil.which("py-spy") or (Path(sys.executable).parent / "py-spy").exists())
+    if args.profile == "off" or (not args.profile and not has_spy):
+        spy_dir = None
+    else:
+        spy_dir = Path(args.profile or tempfile.mkdtemp(prefix="bench-callcpu-profile-"))
         spy_dir.mkdir(parents=True, exist_ok=True)
+        print(f"py-spy profiles in {spy_dir}", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="bench-callcpu-"))
     print(f"worker logs in {tmp}", flush=True)
     points: dict[str, Any] = {}

@@ -743,6 +743,22 @@ def add_cost_goals(add: Any, cc: dict[str, Any] | None, tp: dict[str, Any] | Non
             add(f"| {label.get(name, name)} | {r['calls_per_s']:.0f} | {r['cpu_pct']:.1f} | {ms:.3f} | "
                 f"{ms * 100:.0f}% of a core |")
         add("")
+        profiled = [(n, r) for n, r in pts.items() if r.get("profile") and r["profile"]["samples"]]
+        if profiled:
+            add("Where the Python CPU goes: `py-spy --gil` samples of the thread holding the GIL during the window "
+                "(share of those samples; what is not sampled is the kernel: sockets, futex wake-ups). Inclusive "
+                "share of the frames on the GetRecords path, and the top self costs:")
+            add("")
+            add("| | GIL samples per 1,000 calls | inclusive | top self |")
+            add("|---|---|---|---|")
+            for name, r in profiled:
+                prof = r["profile"]
+                frames = [(fn.split(" (")[0], pct) for fn, pct in prof["inclusive"]
+                          if "thread" not in fn and "Thread" not in fn and "<locals>" not in fn]
+                incl = "; ".join(f"`{fn}` {pct:g}%" for fn, pct in frames[:8])
+                top = "; ".join(f"`{fn.split(' (')[0]}` {pct:g}%" for fn, pct in prof["self"][:6])
+                add(f"| {name} | {1000 * prof['samples'] / max(1, r['get_records_calls']):.0f} | {incl} | {top} |")
+            add("")
         lean = pts.get("lean", {}).get("cpu_ms_per_call")
         if lean is not None:
             add(f"Target ≤ {CALL_CPU_TARGET_MS:g} ms per call (1,000 idle shards in ≤ 20% of a core): "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import json
 import socket
+import sys
 import threading
 import zlib
 from collections.abc import Callable, Iterator
@@ -98,11 +99,22 @@ def server() -> Iterator[Server]:
         s.close()
 
 
+def new_client(**kwargs: Any) -> StreamsClient:
+    """A StreamsClient without moto's before-send hook, which every botocore session created after
+    moto's import carries (other test modules of this process import moto); it is inert while no
+    mock runs, but the lean path rightly stays off for any client with a before-send handler."""
+    client = StreamsClient(region_name="us-east-1", **kwargs)
+    models = sys.modules.get("moto.core.models")
+    if models is not None:
+        client.boto_client.meta.events.unregister("before-send", models.botocore_stubber)
+    return client
+
+
 def warm(url: str, **kwargs: Any) -> StreamsClient:
     """A client whose first GetRecords went through botocore (so the lean path has learned)."""
     kwargs.setdefault("max_attempts", 1)
     kwargs.setdefault("lean_http", None)  # what the worker passes
-    client = StreamsClient(region_name="us-east-1", endpoint_url=url, **kwargs)
+    client = new_client(endpoint_url=url, **kwargs)
     client.get_records("it-0", shard_id=SHARD)
     return client
 
@@ -115,7 +127,7 @@ def test_second_call_is_lean_and_equals_botocore_path(server: Server) -> None:
     server.reply = lambda p: (200, body)
     lean = warm(server.url)
     assert lean.lean_path
-    slow = StreamsClient(region_name="us-east-1", endpoint_url=server.url, max_attempts=1, lean_http=False)
+    slow = new_client(endpoint_url=server.url, max_attempts=1, lean_http=False)
     a = lean.get_records("it-1", 500, shard_id=SHARD)
     b = slow.get_records("it-1", 500, shard_id=SHARD)
     assert server.paths() == ["botocore", "lean", "botocore"]
@@ -189,7 +201,7 @@ def test_errors_go_through_botocore(server: Server, status: int, code: str, cls:
 def test_botocore_retries_still_apply(server: Server) -> None:
     client = warm(server.url.replace("127.0.0.1", "localhost"), max_attempts=3)
     assert client.lean_path
-    client = StreamsClient(region_name="us-east-1", endpoint_url=server.url, max_attempts=3, lean_http=True)
+    client = new_client(endpoint_url=server.url, max_attempts=3, lean_http=True)
     client.get_records("it-0", shard_id=SHARD)
     server.seen.clear()
     replies = iter([error(500, "InternalServerError"), error(500, "InternalServerError"), (200, page_body(2))])
@@ -295,7 +307,7 @@ def test_refreshed_credentials_are_used(server: Server) -> None:
 def test_off_when_asked(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
     off = warm(server.url, lean_http=False)
     off.get_records("it-1", shard_id=SHARD)
-    default = StreamsClient(region_name="us-east-1", endpoint_url=server.url)  # not the worker: off
+    default = new_client(endpoint_url=server.url)  # not the worker: off
     default.get_records("it-0", shard_id=SHARD)
     default.get_records("it-1", shard_id=SHARD)
     monkeypatch.setenv(BENCH_PATH_ENV, "botocore")
@@ -309,7 +321,7 @@ def test_off_when_asked(server: Server, monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_off_with_before_send_handlers(server: Server) -> None:
     """moto (and any user hook) answers or changes requests in before-send: botocore must send them."""
-    client = StreamsClient(region_name="us-east-1", endpoint_url=server.url, max_attempts=1, lean_http=True)
+    client = new_client(endpoint_url=server.url, max_attempts=1, lean_http=True)
     client.boto_client.meta.events.register("before-send.dynamodb-streams", lambda **kw: None)
     client.get_records("it-0", shard_id=SHARD)
     client.get_records("it-1", shard_id=SHARD)
