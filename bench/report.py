@@ -46,6 +46,7 @@ BENCHES: dict[str, tuple[list[str], list[str], int]] = {
     "memory": ([], ["--shards", "300", "--seconds", "10"], 900),
     "async_handlers": ([], ["--reps", "1", "--records", "3200"], 900),
     "call_cpu": ([], ["--shards", "50", "--window", "10", "--warmup", "5"], 600),
+    "call_instructions": ([], ["--calls", "200"], 1800),
 }
 
 KCL_FAILOVER_S = 10.0
@@ -672,7 +673,7 @@ def build_markdown(data: dict[str, Any], status: dict[str, Any], made: dict[str,
             add("")
 
     add_async_handlers(add, data.get("async_handlers"))
-    add_cost_goals(add, data.get("call_cpu"), tp)
+    add_cost_goals(add, data.get("call_cpu"), tp, data.get("call_instructions"))
 
     add("## How each benchmark was run")
     add("")
@@ -723,8 +724,10 @@ CALL_CPU_TARGET_MS = 0.3  # issue 16 goal 2: worker CPU per empty GetRecords cal
 DRAIN_TARGET_X = 6.0  # issue 16 goal 3: drain vs the seed's plain boto3 loop, from process start
 
 
-def add_cost_goals(add: Any, cc: dict[str, Any] | None, tp: dict[str, Any] | None) -> None:
-    """Issue 16 goals 2 (``bench/call_cpu.py``) and 3 (``bench/worker_throughput.py``, from process start)."""
+def add_cost_goals(add: Any, cc: dict[str, Any] | None, tp: dict[str, Any] | None,
+                   ci: dict[str, Any] | None = None) -> None:
+    """Issue 16 goals 2 (``bench/call_cpu.py``, ``bench/call_instructions.py``) and 3
+    (``bench/worker_throughput.py``, from process start)."""
     if cc and cc.get("points"):
         pts = cc["points"]
         label = {"plain": "(a) plain boto3 client (a polling loop, own process)",
@@ -758,6 +761,11 @@ def add_cost_goals(add: Any, cc: dict[str, Any] | None, tp: dict[str, Any] | Non
                 incl = "; ".join(f"`{fn}` {pct:g}%" for fn, pct in frames[:8])
                 top = "; ".join(f"`{fn.split(' (')[0]}` {pct:g}%" for fn, pct in prof["self"][:6])
                 add(f"| {name} | {1000 * prof['samples'] / max(1, r['get_records_calls']):.0f} | {incl} | {top} |")
+            add("")
+        if ci:
+            add(f"Instructions per call, client side only (`StreamsClient.get_records`, valgrind callgrind, "
+                f"{ci['calls']:,} calls; repeatable whatever the load): botocore's pipeline "
+                f"{ci['botocore']:,.0f}, lean path {ci['lean']:,.0f} ({ci['botocore'] / ci['lean']:.1f}x fewer).")
             add("")
         lean = pts.get("lean", {}).get("cpu_ms_per_call")
         if lean is not None:
