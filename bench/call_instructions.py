@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import ROOT, write_json  # noqa: E402
+from bench._common import ROOT, write_json
 
 _CLIENT = r"""
 import os, subprocess, sys
