@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import datetime
 import json
+import shutil
 import socket
+import ssl
+import subprocess
 import sys
 import threading
 import zlib
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -42,9 +46,10 @@ Reply = tuple[int, bytes]
 
 
 class Server:
-    """Answers GetRecords with ``reply(payload)``; ``raw_for_lean`` (bytes) answers lean requests raw."""
+    """Answers GetRecords with ``reply(payload)``; ``raw_for_lean`` (bytes) answers lean requests raw.
+    ``tls``: (certificate file, key file) to serve HTTPS."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
         self.reply: Callable[[dict[str, Any]], Reply] = lambda p: (200, page_body(3))
         self.raw_for_lean: bytes | None = None
         self.keep_alive = True
@@ -79,7 +84,13 @@ class Server:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
         self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        scheme = "http"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(tls[0]), str(tls[1]))
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 
     def paths(self) -> list[str]:
@@ -336,3 +347,39 @@ def test_off_behind_a_proxy(server: Server, monkeypatch: pytest.MonkeyPatch) -> 
     client = warm(server.url.replace("127.0.0.1", "shardlease-test.invalid"))
     client.get_records("it-1", shard_id=SHARD)
     assert not client.lean_path and "proxy" in (client._lean.why_not or "")
+
+
+def _self_signed(tmp: Path, name: str) -> tuple[Path, Path]:
+    cert, key = tmp / f"{name}.pem", tmp / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def test_https_uses_botocores_tls_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lean path's connections come from botocore's pool: botocore's CA bundle verifies them, and a
+    certificate that bundle does not trust is refused (the lean attempt falls back; botocore refuses too)."""
+    if not shutil.which("openssl"):
+        pytest.skip("openssl not installed")
+    trusted = _self_signed(tmp_path, "trusted")
+    other = _self_signed(tmp_path, "other")
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(trusted[0]))
+    good, bad = Server(tls=trusted), Server(tls=other)
+    try:
+        client = warm(good.url)
+        assert client.lean_path
+        assert len(client.get_records("it-1", shard_id=SHARD).records) == 3
+        assert good.paths() == ["botocore", "lean"]
+        # Point the lean path's pool (botocore's, same TLS settings) at a server with an untrusted certificate:
+        # the handshake fails, so the lean attempt never sends the request and botocore reads the page.
+        client._lean._pool = client.boto_client._endpoint.http_session._get_connection_manager(
+            bad.url, None).connection_from_url(bad.url)
+        assert len(client.get_records("it-2", shard_id=SHARD).records) == 3
+        assert bad.seen == [] and good.paths() == ["botocore", "lean", "botocore"]
+        with pytest.raises(StreamServerError):  # botocore refuses it too
+            warm(bad.url)
+        assert bad.seen == []
+    finally:
+        good.close()
+        bad.close()
