@@ -1,4 +1,4 @@
-"""The lean GetRecords path: one signed POST through botocore's own connection pool.
+"""The lean GetRecords path: one signed POST over a connection of botocore's own pool.
 
 botocore's request pipeline costs about 0.5 ms of CPU per call before any byte is sent (some 20
 event emissions, endpoint-ruleset resolution, serialization, user-agent assembly, retry
@@ -13,10 +13,20 @@ after botocore has prepared it once this module sends it directly:
   headers (``Content-Type``, ``X-Amz-Target``, ``User-Agent``).  Only a plain SigV4 request with
   no per-request credentials, no proxy and botocore's urllib3 session qualifies; anything else
   keeps botocore's pipeline for good (:attr:`LeanGetRecords.why_not` says why).
-* **Credentials and signing stay botocore's**: the client's credentials object (refreshable
-  credentials refresh themselves in ``get_frozen_credentials``) and :class:`botocore.auth.SigV4Auth`.
-* **Connections stay botocore's**: the request goes through the urllib3 pool of the client's
-  own HTTP session (its TLS settings, CA bundle, pool size, timeouts, TCP keep-alive).
+* **Credentials stay botocore's**: the client's credentials object, asked for frozen credentials
+  on every call (refreshable credentials refresh themselves there).  **Signing** is SigV4 as
+  :class:`botocore.auth.SigV4Auth` does it, with the fixed parts and the day's signing key cached
+  (:class:`SigV4Signer`; tests compare it byte for byte with botocore's): ``SigV4Auth.add_auth``
+  alone cost ~60 us a call.
+* **Connections stay botocore's**: each call borrows a connection from the urllib3 pool of the
+  client's own HTTP session (so its TLS settings, CA bundle, pool size, connect timeout and TCP
+  keep-alive apply; a dropped one is reconnected by urllib3), writes the request in one
+  ``sendall`` and reads the answer itself (:func:`_read_response`: a status line, headers, a
+  ``Content-Length`` body; anything else is not read), then returns the connection to the pool.
+  urllib3's and http.client's per-request machinery (header objects, the email-module header
+  parser) cost more than the exchange itself.
+* **Measured**: ~130,000 instructions per empty call instead of ~2.9 million through botocore
+  (``bench/call_instructions.py``); worker CPU per empty call in ``bench/call_cpu.py``.
 * **Every answer but a clean 200 goes back to botocore.**  :meth:`LeanGetRecords.send` returns the
   body of a 200 response (whose ``x-amz-crc32``, when present, matches) and ``None`` for anything
   else: an HTTP error status (throttling, expired iterator, trimmed data, 5xx, ...), a connection
