@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import shutil
 import socket
 import ssl
@@ -176,7 +177,23 @@ def test_unreadable_200_over_lean_is_retryable_never_shard_end(server: Server, b
     server.reply = lambda p: (200, body)
     with pytest.raises(StreamServerError):
         client.get_records("it-1", shard_id=SHARD)
-    assert server.paths() == ["botocore", "lean"]
+    # botocore was asked too, and read the same non-page: a retryable error, the lean path stays on.
+    assert server.paths() == ["botocore", "lean", "botocore"]
+    assert client.lean_path
+
+
+def test_lean_only_non_page_turns_the_lean_path_off(server: Server, caplog: pytest.LogCaptureFixture) -> None:
+    """A 200 to the lean request that is not a page, while botocore's answer is: the endpoint does not
+    understand the lean request, so the page is botocore's and later calls stay on botocore."""
+    client = warm(server.url)
+    server.raw_for_lean = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}"
+    with caplog.at_level(logging.WARNING, logger="shardlease"):
+        page = client.get_records("it-1", shard_id=SHARD)
+    assert len(page.records) == 3 and page.next_iterator == "it-next"
+    assert not client.lean_path and "not a page" in (client._lean.why_not or "")
+    assert [r.getMessage() for r in caplog.records if "lean GetRecords path off" in r.getMessage()]
+    client.get_records("it-2", shard_id=SHARD)
+    assert server.paths() == ["botocore", "lean", "botocore", "botocore"]
 
 
 # --- errors: the same request goes through botocore, which classifies as before --------------------

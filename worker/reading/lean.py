@@ -154,13 +154,13 @@ class LeanGetRecords:
         self._credentials: Any = None
         self._read_timeout: float | None = None
 
-    def give_up(self, why: str) -> None:
-        """Keep botocore's pipeline for good (logged once at INFO)."""
+    def give_up(self, why: str, level: int = logging.INFO) -> None:
+        """Keep botocore's pipeline for good (logged once, at ``level``)."""
         with self._lock:
             if self.why_not is None:
                 self.why_not = why
                 self.ready = False
-                log.info("lean GetRecords path off (GetRecords goes through botocore's pipeline): %s", why)
+                log.log(level, "lean GetRecords path off (GetRecords goes through botocore's pipeline): %s", why)
 
     def learn(self, request: Any, signing_name: str, region_name: str, signature_version: Any) -> None:
         """``before-sign`` handler body: record botocore's resolved request for GetRecords (once)."""

@@ -555,15 +555,30 @@ class StreamsClient:
         """
         if not 1 <= limit <= 1000:
             raise InvalidRequest(f"GetRecords: limit must be 1..1000, got {limit}", operation="GetRecords")
-        sid = shard_id or None
+        lean_unreadable: BaseException | None = None
         if self._lean.ready and self._fast_on:
             raw = self._lean.send(iterator, limit)
             if raw is not None:
                 try:
                     records, next_iterator = decode_get_records(raw, shard_id)
                 except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-                    raise translate_error(exc, "GetRecords") from exc
-                return GetRecordsPage(records, next_iterator)
+                    # A 200 that is not a page: botocore sends the request again (below).  If its answer
+                    # reads as a page, the lean request is what the endpoint does not understand.
+                    lean_unreadable = exc
+                else:
+                    return GetRecordsPage(records, next_iterator)
+        page = self._get_records_botocore(iterator, limit, shard_id)
+        if lean_unreadable is not None:
+            self._lean.give_up(
+                f"a 200 answer to the lean request was not a page ({type(lean_unreadable).__name__}: "
+                f"{lean_unreadable}) while botocore's answer to the same request was",
+                level=logging.WARNING,
+            )
+        return page
+
+    def _get_records_botocore(self, iterator: str, limit: int, shard_id: str) -> GetRecordsPage:
+        """One GetRecords through botocore's pipeline (the before-parse fast path, else its parser)."""
+        sid = shard_id or None
         state = self._stash_state
         state.stashed = False
         try:
