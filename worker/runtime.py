@@ -197,7 +197,8 @@ class Worker:
         config = self.config
         # boto3 reads AWS_DEFAULT_REGION; AWS_REGION (what Lambda and newer SDKs set) is honoured too.
         region = config.region or os.environ.get("AWS_REGION") or None
-        self.streams = self._given_streams or StreamsClient(region_name=region, endpoint_url=config.endpoint_url)
+        self.streams = self._given_streams or StreamsClient(
+            region_name=region, endpoint_url=config.endpoint_url, lean_http=None)  # None: the lean GetRecords path
         undo.callback(self.streams.close)
         self.metrics = Metrics(config.worker_id, config.group, per_shard=config.per_shard_metrics)
         self.client, self.redis_shown = open_redis(

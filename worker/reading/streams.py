@@ -31,6 +31,14 @@ boto3 keeps doing credentials, signing, endpoint resolution and retries; this mo
   reads over HTTP checks that the handler ran, and logs one WARNING if it did not (correct
   but slower: the event was not emitted, e.g. renamed).  :attr:`StreamsClient.fast_path`
   tells whether the fast path is still on.
+* **The lean GetRecords path** (:mod:`worker.reading.lean`, on in the worker).  After botocore has
+  sent one GetRecords of this client, later ones skip botocore's request pipeline (about 0.5 ms
+  of CPU per call): one SigV4-signed POST through botocore's own urllib3 pool, the 200 body
+  decoded as above.  Anything but a clean 200 (an error status, a connection error, a checksum
+  mismatch) is sent again through botocore, so errors, retries and their classification are
+  botocore's and :func:`translate_error`'s exactly as before.  The worker turns it on
+  (``lean_http=None``; for the benchmarks only, ``SHARDLEASE_BENCH_GETRECORDS_PATH=botocore``
+  keeps every call on botocore); a ``StreamsClient()`` built without ``lean_http`` does not use it.
 * **Error translation.**  ``ClientError``/``BotoCoreError`` never escape: they become the classes
   of :mod:`worker.errors` (original chained as ``__cause__``).
 * **Small helpers**: shard pagination, child-shard lookup with fallback, stream-ARN validation,
@@ -43,6 +51,7 @@ own backoff), bounded connect/read timeouts and a connection pool sized for many
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 from collections.abc import Iterator
@@ -76,6 +85,7 @@ from worker.errors import (
     StreamThrottled,
     TrimmedData,
 )
+from worker.reading.lean import LeanGetRecords
 from worker.reading.records import Record, _from_wire, decode_get_records
 
 __all__ = [
@@ -92,6 +102,10 @@ __all__ = [
 ITERATOR_TYPES: Final = frozenset({"TRIM_HORIZON", "LATEST", "AT_SEQUENCE_NUMBER", "AFTER_SEQUENCE_NUMBER"})
 _RAW_BODY_KEY: Final = "_ShardleaseRawBody"
 _FAST_PATH_ID: Final = "shardlease-fast-getrecords"  # unique_id of the before-parse handler
+_LEAN_PATH_ID: Final = "shardlease-lean-getrecords"  # unique_id of the before-sign handler
+# Bench-only switch (bench/call_cpu.py measures "before" in the same run): "botocore" turns the
+# lean path off in every StreamsClient built without an explicit ``lean_http``.
+BENCH_PATH_ENV: Final = "SHARDLEASE_BENCH_GETRECORDS_PATH"
 _PARTITIONS: Final = (
     "aws",
     "aws-cn",
@@ -357,6 +371,9 @@ class StreamsClient:
     given (local emulators serve both APIs on one URL), else boto3's sources
     (``AWS_ENDPOINT_URL_DYNAMODB``).  ``max_attempts`` counts every attempt botocore makes
     (standard retry mode; 1 = no retry inside botocore), the worker adds its own backoff.
+    ``lean_http`` sends GetRecords by the lean path once botocore has sent one; the worker passes
+    ``None``: on, unless the bench-only ``SHARDLEASE_BENCH_GETRECORDS_PATH=botocore`` is set.
+    Off by default for other callers, whose tests may hook botocore's GetRecords pipeline.
     """
 
     def __init__(
@@ -370,6 +387,7 @@ class StreamsClient:
         connect_timeout: float = 5.0,
         read_timeout: float = 15.0,
         max_attempts: int = 3,
+        lean_http: bool | None = False,
     ) -> None:
         self._session = session if session is not None else boto3.session.Session()
         self._region_name = region_name
@@ -393,6 +411,15 @@ class StreamsClient:
         self._fast_checked = False  # the first page read over HTTP checks that the handler runs
         self._stash_state = threading.local()  # .stashed: the handler took this thread's current body
         self._client.meta.events.register(self._fast_event, self._before_parse, unique_id=_FAST_PATH_ID)
+        if lean_http is None:
+            lean_http = os.environ.get(BENCH_PATH_ENV, "") != "botocore"
+        self._lean = LeanGetRecords(self._client)
+        if lean_http:
+            self._client.meta.events.register(
+                f"before-sign.{service_id}.GetRecords", self._before_sign, unique_id=_LEAN_PATH_ID
+            )
+        else:
+            self._lean.give_up("turned off (lean_http=False)")
         self._shard_filter_supported = True
 
     @property
@@ -400,6 +427,11 @@ class StreamsClient:
         """The underlying ``dynamodbstreams`` client (its GetRecords answers carry only the raw body
         while the fast path is on)."""
         return self._client
+
+    @property
+    def lean_path(self) -> bool:
+        """True while GetRecords is sent by the lean path (from the second call of a client on)."""
+        return self._lean.ready
 
     @property
     def fast_path(self) -> bool:
@@ -523,6 +555,29 @@ class StreamsClient:
         """
         if not 1 <= limit <= 1000:
             raise InvalidRequest(f"GetRecords: limit must be 1..1000, got {limit}", operation="GetRecords")
+        lean_unreadable: BaseException | None = None
+        if self._lean.ready and self._fast_on:
+            raw = self._lean.send(iterator, limit)
+            if raw is not None:
+                try:
+                    records, next_iterator = decode_get_records(raw, shard_id)
+                except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+                    # A 200 that is not a page: botocore sends the request again (below).  If its answer
+                    # reads as a page, the lean request is what the endpoint does not understand.
+                    lean_unreadable = exc
+                else:
+                    return GetRecordsPage(records, next_iterator)
+        page = self._get_records_botocore(iterator, limit, shard_id)
+        if lean_unreadable is not None:
+            self._lean.give_up(
+                f"a 200 answer to the lean request was not a page ({type(lean_unreadable).__name__}: "
+                f"{lean_unreadable}) while botocore's answer to the same request was",
+                level=logging.WARNING,
+            )
+        return page
+
+    def _get_records_botocore(self, iterator: str, limit: int, shard_id: str) -> GetRecordsPage:
+        """One GetRecords through botocore's pipeline (the before-parse fast path, else its parser)."""
         sid = shard_id or None
         state = self._stash_state
         state.stashed = False
@@ -539,6 +594,13 @@ class StreamsClient:
             # AttributeError/TypeError: also botocore's own parser on a 200 body of the wrong shape.
             raise translate_error(exc, "GetRecords") from exc
         return GetRecordsPage(records, next_iterator)
+
+    def _before_sign(
+        self, request: Any, signing_name: str, region_name: str, signature_version: Any, **_: Any
+    ) -> None:
+        """The before-sign handler of this client's GetRecords: the lean path learns the request once."""
+        if not self._lean.ready and self._lean.why_not is None:
+            self._lean.learn(request, signing_name, region_name, signature_version)
 
     def _before_parse(
         self, response_dict: dict[str, Any], customized_response_dict: dict[str, Any], **_: Any
