@@ -221,8 +221,9 @@ class SnapshotRunner:
 
     def _scan_segment(self, claimed: Claimed) -> None:
         s = self.settings
-        segment, token = claimed.segment, claimed.token
-        label = f"{segment}/{self.segments}"
+        # The count of the run the segment belongs to, not the one this worker joined: a restart may change it.
+        segment, token, total = claimed.segment, claimed.token, claimed.segments
+        label = f"{segment}/{total}"
         ctx = ShardContext(shard_id=f"snapshot:{label}", worker_id=s.worker_id, stream_arn=s.stream_arn,
                            group=s.group, lease_token=token)
         start = decode_key(claimed.checkpoint)
@@ -248,7 +249,7 @@ class SnapshotRunner:
                 return
             announced = time.monotonic()
             try:
-                page = self.reader.page(segment, self.segments, start)
+                page = self.reader.page(segment, total, start)
             except (ScanThrottled, ScanFailed) as exc:
                 # Out of flight while backing off: the stream must not wait for a page that is not being read.
                 self.store.release(segment, s.worker_id, token, keep_lease=True)
