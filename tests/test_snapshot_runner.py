@@ -81,3 +81,26 @@ def test_a_scanner_that_joined_before_a_restart_scans_with_the_new_segment_count
         r.reader.close()
     assert store.state().status == "done"
     assert sink.keys == {f"k{i:04d}" for i in range(ITEMS)}
+
+
+def test_a_snapshot_whose_state_redis_lost_is_started_again_not_taken_as_done(
+    server: LocalStreamsServer, redis_client: redis.Redis, group: str,
+) -> None:
+    """Redis restarted empty while the snapshot ran: its segments and checkpoints are gone.  The group's shards
+    start over (from TRIM_HORIZON), and so must the snapshot.  (Scanners found no segment to claim and no
+    running snapshot, and stopped as if it were done: the segments not scanned yet never reached the sink.)"""
+    store = SnapshotStore(redis_client, group)
+    assert store.start(3) == ("started", 3)
+    sink = Sink()
+    r = runner(server, store, group, 3, sink)
+    for key in redis_client.scan_iter(match=f"shardlease:{{{group}}}:*", count=1000):
+        redis_client.delete(key)  # what a Redis restarted without persistence holds
+    r.start()
+    try:
+        assert r.finished.wait(30), "the snapshot did not finish"
+    finally:
+        r.stop()
+        r.join(10)
+        r.reader.close()
+    assert sink.keys == {f"k{i:04d}" for i in range(ITEMS)}
+    assert store.state().status == "done"

@@ -193,6 +193,13 @@ class SnapshotRunner:
                 claimed = self.store.claim(self.settings.worker_id, int(self.settings.lease_ttl_s * 1000))
                 if claimed is None:
                     state = self.store.state()
+                    if not state.status:
+                        # Redis lost the group's state (restarted empty): the shards start over from
+                        # TRIM_HORIZON, and so does the snapshot (what was not scanned yet is nowhere else).
+                        log.error("snapshot: REDIS LOST THE SNAPSHOT'S STATE (restarted without persistence?): "
+                                  "starting the snapshot again")
+                        self.store.start(self.segments)
+                        continue
                     if state.status != "running":
                         self.finished.set()
                         return
