@@ -49,6 +49,9 @@ log = logging.getLogger("shardlease.snapshot")
 
 IDLE_S = 1.0
 """Seconds between claim attempts while every segment left is held by someone else."""
+LATE_RENEWAL_WAIT_S = 0.2
+"""Seconds between checks while a held segment's renewal is late (not lost): nothing is handed over meanwhile."""
+LATE = "lease not renewed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +183,7 @@ class SnapshotRunner:
                 return "lease lost"
             age = time.monotonic() - self._renewed.get(segment, 0.0)
         if age > self.settings.lease_ttl_s - self.margin_s:
-            return f"lease not renewed for {age:.1f} s"
+            return f"{LATE} for {age:.1f} s"
         return None
 
     # -- scanning -----------------------------------------------------------------------------
@@ -241,7 +244,13 @@ class SnapshotRunner:
         # readers starting together do not all pass an empty bucket; the difference is settled after it.
         estimate = 1.0
         while True:
-            if self._valid(segment) is not None:
+            why = self._valid(segment)
+            if why is not None and why.startswith(LATE):
+                # Late, not lost: the lease (and a page in flight with it) expires in Redis only when a renewal
+                # says so; wait for the next one, as a shard consumer does, rather than let the segment lapse.
+                self._sleep(LATE_RENEWAL_WAIT_S)
+                continue
+            if why is not None:
                 self._give_back(segment, token, label)
                 return
             if s.read_units_per_s > 0:
@@ -328,6 +337,10 @@ class SnapshotRunner:
             delivery = self.deliveries.new(records[i : i + s.batch_size], ctx, self.calls)
             while not delivery.finished:
                 delay = delivery.run_round(guard)
+                if refused and refused[0].startswith(LATE):
+                    refused.clear()  # late, not lost: wait for the next renewal (see _scan_segment)
+                    time.sleep(LATE_RENEWAL_WAIT_S)
+                    continue
                 if refused:
                     return refused[0]
                 if not delivery.finished and delay > 0:
