@@ -7,8 +7,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import orjson
+
 from worker.handling.delivery import BatchDelivery, DeliveryPolicy, FailureContext
-from worker.handling.destinations import NoDestination
+from worker.handling.destinations import NoDestination, _dumps
 from worker.handling.lambda_compat import lambda_event
 from worker.observability import Metrics
 from worker.reading.records import Record
@@ -83,3 +85,14 @@ def test_a_partial_batch_response_naming_a_snapshot_item_retries_from_the_first_
         d.run_round()
     assert d.finished
     assert {f"k{i}" for i in range(5)} <= set(applied)  # k1 too: it was retried, not taken as handled
+
+
+def test_a_snapshot_item_rebuilt_from_its_dead_letter_is_still_marked_as_snapshot() -> None:
+    """`shardlease dlq replay` rebuilds records from their stored wire JSON: a snapshot item given up on must
+    reach the handler as a snapshot item again (it came back as a stream INSERT, ``is_snapshot`` False,
+    though its wire JSON carries the marker)."""
+    (r,) = snapshot_records(page(), ("pk", "sk"), "3/16", "NEW_IMAGE", "us-east-1")
+    stored = orjson.loads(_dumps(r.raw))  # what a destination keeps
+    again = Record.from_wire(stored, r.shard_id)
+    assert again.is_snapshot and again.event_name == "INSERT" and again.new_image == r.new_image
+    assert not Record.from_wire({**stored, "shardlease": None}, "shard-1").is_snapshot
