@@ -37,11 +37,13 @@ MAX_SEGMENTS = 1_000_000
 
 @dataclass(frozen=True, slots=True)
 class Claimed:
-    """A segment lease this worker took: resume the segment's Scan after ``checkpoint`` ('' = start)."""
+    """A segment lease this worker took: resume the segment's Scan after ``checkpoint`` ('' = start).
+    ``segments`` is the snapshot's segment count when it was claimed (the Scan's TotalSegments)."""
 
     segment: int
     token: int
     checkpoint: str
+    segments: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +110,8 @@ class SnapshotStore:
         answer = self._run("claim", worker_id, ttl_ms)
         if not answer:
             return None
-        segment, token, checkpoint = answer
-        return Claimed(int(segment), int(token), str(checkpoint))
+        segment, token, checkpoint, segments = answer
+        return Claimed(int(segment), int(token), str(checkpoint), int(segments))
 
     def renew(self, worker_id: str, ttl_ms: int, held: dict[int, int]) -> set[int]:
         """Renew the leases of ``held`` (segment -> token); returns the segments no longer held."""

@@ -111,3 +111,16 @@ def test_the_snapshot_command_runs_once_per_group_and_restart_redoes_it(
     assert main(["status", "--json", "--redis-url", redis_url, "--group", group]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["snapshot"]["status"] == "done" and doc["snapshot"]["items"] == 2_500 and doc["snapshot"]["run"] == 2
+
+
+def test_a_missing_describe_table_permission_is_a_config_error() -> None:
+    """--snapshot needs dynamodb:DescribeTable too (README: IAM policy): denied, it is one line naming the
+    permission, exit 2 (it was an 'unexpected ClientError', exit 1)."""
+    reader = TableReader("items", region="us-east-1", endpoint_url=None,
+                         stream_arn="arn:aws:dynamodb:us-east-1:123456789012:table/items/stream/x")
+    with Stubber(reader._client) as stub:
+        stub.add_client_error("describe_table", "AccessDeniedException",
+                              "not authorized to perform: dynamodb:DescribeTable")
+        with pytest.raises(ConfigError) as info:
+            reader.check(0)
+    assert "dynamodb:DescribeTable" in str(info.value)

@@ -300,9 +300,10 @@ class ShardConsumer:
     def _advance(self) -> float | None:
         self._save_checkpoint()
         if self._delivery is None:
-            wait = self._gather()
-            if wait is not None:
-                return wait
+            if not (self._gathered and self._hold):  # held records: read no more (a read would move the hold)
+                wait = self._gather()
+                if wait is not None:
+                    return wait
             if self._gathered and self._hold:
                 if self._gate is not None and not self._gate.clear(self._hold):
                     return HOLD_POLL_S

@@ -506,7 +506,11 @@ def parse_batch_response(response: Any, records: Sequence[Record]) -> BatchOutco
         return BatchOutcome(0, f"whole batch failed: batchItemFailures is a {type(failures).__name__}, not a list")
     if not failures:
         return BatchOutcome(None, "success: batchItemFailures is empty")
-    index_of = {int(r.sequence_number): i for i, r in enumerate(records)}
+    index_of: dict[int, int] = {}
+    for i, r in enumerate(records):
+        # The first record with that number: snapshot items all carry "0" (docs/snapshot.md), so an
+        # identifier naming one fails the batch from its first item, never from its last.
+        index_of.setdefault(int(r.sequence_number), i)
     lowest: int | None = None
     for n, entry in enumerate(failures):
         if not isinstance(entry, Mapping):

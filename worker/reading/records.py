@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import binascii
 import gc
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Clamped, Context, Inexact, Overflow, Rounded, Underflow
 from typing import Any
@@ -164,8 +164,12 @@ class Record:
 
     @classmethod
     def from_wire(cls, wire: dict[str, Any], shard_id: str) -> Record:
-        """Build a Record from one element of a GetRecords ``Records`` array (orjson-decoded)."""
-        return _from_wire(wire, shard_id, {})
+        """Build a Record from one element of a GetRecords ``Records`` array (orjson-decoded), or from a
+        snapshot item's wire JSON (a dead letter: its ``"shardlease": {"snapshot": true}`` marks it again)."""
+        record = _from_wire(wire, shard_id, {})
+        if (wire.get("shardlease") or {}).get("snapshot"):
+            return replace(record, is_snapshot=True)
+        return record
 
 
 def _from_wire(wire: dict[str, Any], shard_id: str, times: dict[Any, datetime]) -> Record:

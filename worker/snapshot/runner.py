@@ -49,6 +49,9 @@ log = logging.getLogger("shardlease.snapshot")
 
 IDLE_S = 1.0
 """Seconds between claim attempts while every segment left is held by someone else."""
+LATE_RENEWAL_WAIT_S = 0.2
+"""Seconds between checks while a held segment's renewal is late (not lost): nothing is handed over meanwhile."""
+LATE = "lease not renewed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +183,7 @@ class SnapshotRunner:
                 return "lease lost"
             age = time.monotonic() - self._renewed.get(segment, 0.0)
         if age > self.settings.lease_ttl_s - self.margin_s:
-            return f"lease not renewed for {age:.1f} s"
+            return f"{LATE} for {age:.1f} s"
         return None
 
     # -- scanning -----------------------------------------------------------------------------
@@ -193,6 +196,13 @@ class SnapshotRunner:
                 claimed = self.store.claim(self.settings.worker_id, int(self.settings.lease_ttl_s * 1000))
                 if claimed is None:
                     state = self.store.state()
+                    if not state.status:
+                        # Redis lost the group's state (restarted empty): the shards start over from
+                        # TRIM_HORIZON, and so does the snapshot (what was not scanned yet is nowhere else).
+                        log.error("snapshot: REDIS LOST THE SNAPSHOT'S STATE (restarted without persistence?): "
+                                  "starting the snapshot again")
+                        self.store.start(self.segments)
+                        continue
                     if state.status != "running":
                         self.finished.set()
                         return
@@ -221,8 +231,9 @@ class SnapshotRunner:
 
     def _scan_segment(self, claimed: Claimed) -> None:
         s = self.settings
-        segment, token = claimed.segment, claimed.token
-        label = f"{segment}/{self.segments}"
+        # The count of the run the segment belongs to, not the one this worker joined: a restart may change it.
+        segment, token, total = claimed.segment, claimed.token, claimed.segments
+        label = f"{segment}/{total}"
         ctx = ShardContext(shard_id=f"snapshot:{label}", worker_id=s.worker_id, stream_arn=s.stream_arn,
                            group=s.group, lease_token=token)
         start = decode_key(claimed.checkpoint)
@@ -233,7 +244,13 @@ class SnapshotRunner:
         # readers starting together do not all pass an empty bucket; the difference is settled after it.
         estimate = 1.0
         while True:
-            if self._valid(segment) is not None:
+            why = self._valid(segment)
+            if why is not None and why.startswith(LATE):
+                # Late, not lost: the lease (and a page in flight with it) expires in Redis only when a renewal
+                # says so; wait for the next one, as a shard consumer does, rather than let the segment lapse.
+                self._sleep(LATE_RENEWAL_WAIT_S)
+                continue
+            if why is not None:
                 self._give_back(segment, token, label)
                 return
             if s.read_units_per_s > 0:
@@ -248,7 +265,7 @@ class SnapshotRunner:
                 return
             announced = time.monotonic()
             try:
-                page = self.reader.page(segment, self.segments, start)
+                page = self.reader.page(segment, total, start)
             except (ScanThrottled, ScanFailed) as exc:
                 # Out of flight while backing off: the stream must not wait for a page that is not being read.
                 self.store.release(segment, s.worker_id, token, keep_lease=True)
@@ -320,6 +337,10 @@ class SnapshotRunner:
             delivery = self.deliveries.new(records[i : i + s.batch_size], ctx, self.calls)
             while not delivery.finished:
                 delay = delivery.run_round(guard)
+                if refused and refused[0].startswith(LATE):
+                    refused.clear()  # late, not lost: wait for the next renewal (see _scan_segment)
+                    time.sleep(LATE_RENEWAL_WAIT_S)
+                    continue
                 if refused:
                     return refused[0]
                 if not delivery.finished and delay > 0:

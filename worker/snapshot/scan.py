@@ -129,6 +129,10 @@ class TableReader:
             if code == "ResourceNotFoundException":
                 raise ConfigError("table (--table / SHARDLEASE_TABLE)", f"table {self.table!r} not found",
                                   "check the table name, region and account") from None
+            if code in DENIED_CODES:
+                raise ConfigError("snapshot (--snapshot / SHARDLEASE_SNAPSHOT)",
+                                  f"DescribeTable on table {self.table!r} is denied ({code})",
+                                  "grant dynamodb:DescribeTable on the table (README: IAM policy)") from None
             raise
         spec = t.get("StreamSpecification") or {}
         return TableFacts(
