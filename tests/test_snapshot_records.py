@@ -96,3 +96,13 @@ def test_a_snapshot_item_rebuilt_from_its_dead_letter_is_still_marked_as_snapsho
     again = Record.from_wire(stored, r.shard_id)
     assert again.is_snapshot and again.event_name == "INSERT" and again.new_image == r.new_image
     assert not Record.from_wire({**stored, "shardlease": None}, "shard-1").is_snapshot
+
+
+def test_each_read_of_an_item_has_its_own_event_id() -> None:
+    """Every snapshot item had the event id snapshot-<hash of its keys> in every run: a sink that skips the ids it
+    has seen (Powertools' idempotency) skipped a --restart re-sync entirely, and a page read again with newer items."""
+    (first,) = snapshot_records(page(), ("pk", "sk"), "3/16", "NEW_IMAGE", "us-east-1", read_id=7)
+    (again,) = snapshot_records(page(), ("pk", "sk"), "3/16", "NEW_IMAGE", "us-east-1", read_id=8)
+    assert first.event_id.startswith("snapshot-7-") and again.event_id.startswith("snapshot-8-")
+    assert first.event_id.split("-", 2)[2] == again.event_id.split("-", 2)[2]  # the same item: the same key hash
+    assert first.raw["eventID"] == first.event_id

@@ -408,8 +408,9 @@ RUN_SETTINGS: tuple[Setting, ...] = (
        "Read capacity units per second the snapshot may consume across the group; 0 means no limit.",
        metavar="UNITS", group="stream"),
     _s("snapshot_max_stream_lag_s", "--snapshot-max-stream-lag", _ranged(parse_duration, 1, 3600), 300.0,
-       "Longest a snapshot page may hold back the group's stream records; a page not handled by then is "
-       "read again later.", metavar="SECONDS", group="stream"),
+       "Seconds after which no new handler call starts for a snapshot page that holds back the group's stream "
+       "records (it is released and read again later); a call already running, and its retries, may hold "
+       "them longer (docs/snapshot.md).", metavar="SECONDS", group="stream"),
     _s("handler_style", "--handler-style", _choice("auto", "native", "lambda", upper=False), "auto",
        "How the handler is called: native handle(records, ctx), lambda handler(event, context) with Lambda's "
        "exact event, or auto (lambda when its parameters are named event and context).", metavar="STYLE",

@@ -280,7 +280,7 @@ class SnapshotRunner:
             if s.read_units_per_s > 0:
                 self.store.spend(s.read_units_per_s, page.consumed_units - estimate)
                 estimate = max(1.0, page.consumed_units)
-            records = snapshot_records(page, s.key_names, label, s.view_type, s.region)
+            records = snapshot_records(page, s.key_names, label, s.view_type, s.region, read_id=ticket)
             why = self._deliver(records, ctx, segment, announced)
             if why is not None:
                 if why.startswith("lease"):

@@ -197,9 +197,13 @@ class TableReader:
 
 
 def snapshot_records(page: ScanPage, key_names: tuple[str, ...], segment_label: str, view_type: str,
-                     region: str) -> list[Record]:
+                     region: str, read_id: int = 0) -> list[Record]:
     """The page's items as Records: INSERT, keys and new image in plain values, ``is_snapshot`` True,
-    ``raw`` a stream-shaped wire record with ``"shardlease": {"snapshot": true, "segment": ...}``."""
+    ``raw`` a stream-shaped wire record with ``"shardlease": {"snapshot": true, "segment": ...}``.
+
+    ``event_id`` is ``snapshot-<read_id>-<hash of the keys>``: ``read_id`` (the page's ticket) is new for every
+    read of a page, so a sink that skips event ids it has seen (Powertools' idempotency) does not skip a
+    ``--restart`` re-sync or a page read again with newer items."""
     when = page.read_at
     epoch = int(when.timestamp())
     shard = f"snapshot:{segment_label}"
@@ -207,7 +211,8 @@ def snapshot_records(page: ScanPage, key_names: tuple[str, ...], segment_label: 
     for item in page.items:
         keys_typed = {name: item[name] for name in key_names if name in item}
         size = len(orjson.dumps(_wire(item)))
-        event_id = hashlib.md5(orjson.dumps(_wire(keys_typed), option=orjson.OPT_SORT_KEYS)).hexdigest()
+        key_hash = hashlib.md5(orjson.dumps(_wire(keys_typed), option=orjson.OPT_SORT_KEYS)).hexdigest()
+        event_id = f"{read_id}-{key_hash}"
         raw: dict[str, Any] = {
             "eventID": f"snapshot-{event_id}",
             "eventName": "INSERT",
