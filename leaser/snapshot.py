@@ -6,7 +6,8 @@ One snapshot per consumer group.  Its keys live in the group's slot (built by
     snapshot               HASH   status (running|done), segments, run, started_ms, done_ms, items, bytes,
                                   pages, segments_done, note
     snapshot.token         STRING fencing-token counter of segment leases (never decreases)
-    snapshot.clock         STRING the snapshot clock: page tickets (never decreases, never deleted)
+    snapshot.clock         HASH   field t: the snapshot clock, page tickets (never decreases, never deleted;
+                                  a hash, not a string: the worker's ACL grants HGET/HINCRBY, not GET)
     snapshot.free          ZSET   segments neither held nor done -> segment
     snapshot.leases        ZSET   held segments -> lease expiry (Redis ms)
     snapshot.owners        HASH   held segment -> "<worker>|<token>"

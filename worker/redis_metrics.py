@@ -40,14 +40,16 @@ COMMANDS: frozenset[str] = frozenset({
 SCRIPTS: frozenset[str] = frozenset({
     "register", "acquire", "heartbeat", "checkpoint", "end_shard", "release", "ask", "leader", "cleanup", "offer",
     "begin", "reposition", "report",
+    "snapshot_start", "snapshot_claim", "snapshot_renew", "snapshot_announce", "snapshot_page_done",
+    "snapshot_release", "snapshot_gate", "snapshot_spend",
 })
-"""The lease protocol's scripts (leaser/lua/<name>.lua, each starting ``-- <name>: ...``), labelled
+"""The lease protocol's and the snapshot's scripts (leaser/lua/<name>.lua, each starting ``-- <name>: ...``), labelled
 ``script:<name>``; an unknown script is ``script:other``.  tests/test_redis_metrics.py checks this
 list against the scripts the leaser registers."""
 
 _SCRIPT_NAME = re.compile(r"^-- ([a-z_]+): ", re.MULTILINE)
 _MAX_SCRIPTS = 64
-"""At most this many SHAs are remembered (the leaser registers 13, once per store)."""
+"""At most this many SHAs are remembered (the leaser registers 21: 13 per store, 8 per snapshot store)."""
 
 
 def error_kind(exc: BaseException) -> str | None:

@@ -9,7 +9,7 @@ local seg = ARGV[1]
 local exp = redis.call('ZSCORE', KEYS[5], seg)
 if redis.call('HGET', KEYS[6], seg) ~= ARGV[2] .. '|' .. ARGV[3] then return {'lost', 'segment not held'} end
 if not exp or tonumber(exp) <= now then return {'lost', 'lease expired'} end
-local ticket = redis.call('INCR', KEYS[3])
+local ticket = redis.call('HINCRBY', KEYS[3], 't', 1)
 redis.call('ZADD', KEYS[8], ticket, seg)
 redis.call('ZADD', KEYS[9], exp, seg)
 return {'ok', ticket}

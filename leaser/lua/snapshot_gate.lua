@@ -9,7 +9,7 @@ for _, seg in ipairs(dead) do
   redis.call('ZREM', KEYS[9], seg)
   redis.call('ZREM', KEYS[8], seg)
 end
-local clock = tonumber(redis.call('GET', KEYS[3]) or '0')
+local clock = tonumber(redis.call('HGET', KEYS[3], 't') or '0')
 local first = redis.call('ZRANGE', KEYS[8], 0, 0, 'WITHSCORES')
 if #first == 0 then return {clock, 0} end
 return {clock, tonumber(first[2])}

@@ -154,9 +154,11 @@ def scheduler() -> Any:
     s.close(wait=True)
 
 
-def wait_steps(c: FakeConsumer, n: int) -> None:
+def wait_steps(c: FakeConsumer, n: int, scheduler: Scheduler | None = None) -> None:
+    """Wait until ``c`` has taken ``n`` steps (and, given the scheduler, is waiting again: its step returned and
+    the scheduler pushed its next one, so that a pull_forward or stop_consumer finds it waiting)."""
     for _ in range(100):
-        if c.steps >= n:
+        if c.steps >= n and (scheduler is None or c.shard_id not in scheduler.in_flight()):
             return
         c.stepped.wait(0.1)
         c.stepped.clear()
@@ -167,7 +169,7 @@ def test_pull_forward_runs_the_chosen_waiting_consumers_now(scheduler: Scheduler
     a, b = FakeConsumer("a"), FakeConsumer("b")
     for c in (a, b):
         scheduler.add(cast(Any, c))
-        wait_steps(c, 1)
+        wait_steps(c, 1, scheduler)
     assert scheduler.pull_forward(time.monotonic(), lambda c: c.shard_id == "a") == 1
     wait_steps(a, 2)  # without the pull it would wait 1,000 s
     assert b.steps == 1
@@ -195,7 +197,7 @@ def test_a_consumer_stopped_by_reconcile_stops_now_not_at_its_next_poll(schedule
     new consumer ran its hooks before the old one's on_lease_lost."""
     a = FakeConsumer("a")
     scheduler.add(cast(Any, a))
-    wait_steps(a, 1)  # now waiting 1,000 s for its next step
+    wait_steps(a, 1, scheduler)  # now waiting 1,000 s for its next step
     scheduler.stop_consumer(cast(Any, a), "lost", detail="token is stale")
     wait_steps(a, 2)
     assert a.finished

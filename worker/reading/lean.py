@@ -10,7 +10,8 @@ after botocore has prepared it once this module sends it directly:
   botocore; a ``before-sign`` handler records what botocore resolved for it: the endpoint URL
   (endpoint rules, ``endpoint_url``, FIPS/dual-stack settings), the signing name and region
   (including an endpoint rule's override), the signature version, and the request's own
-  headers (``Content-Type``, ``X-Amz-Target``, ``User-Agent``).  Only a plain SigV4 request with
+  headers (``Content-Type``, ``X-Amz-Target``, ``User-Agent``; what another library's ``request-created``
+  hook appends to the User-Agent later, as Powertools does, is not carried).  Only a plain SigV4 request with
   no per-request credentials, no proxy and botocore's urllib3 session qualifies; anything else
   keeps botocore's pipeline for good (:attr:`LeanGetRecords.why_not` says why).
 * **Credentials stay botocore's**: the client's credentials object, asked for frozen credentials
@@ -154,7 +155,7 @@ class LeanGetRecords:
         self._credentials: Any = None
         self._read_timeout: float | None = None
 
-    def give_up(self, why: str, level: int = logging.INFO) -> None:
+    def give_up(self, why: str, level: int = logging.DEBUG) -> None:
         """Keep botocore's pipeline for good (logged once, at ``level``)."""
         with self._lock:
             if self.why_not is None:
