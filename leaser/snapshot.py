@@ -63,11 +63,23 @@ class SnapshotState:
     run: int
 
 
-class SnapshotStore:
-    """The snapshot protocol of one group (see the module docstring for the keys)."""
+NOTICE_S = 10.0
+"""Seconds between a snapshot's start (or restart) and its first page, on Redis time: a consumer that asked the
+gate and heard that no snapshot runs may hand over the records it reads for :data:`QUIET_GATE_FRACTION` of
+this without asking again (docs/snapshot.md, "The gate's cost")."""
+QUIET_GATE_FRACTION = 0.4
+"""How long, as a fraction of the notice, a "no snapshot runs" answer of the gate stays good for records read
+after the call was sent: well under the notice, so that a worker clock running up to 2x fast, or a Redis
+clock running that much slow, still keeps every such record before the first page's announce."""
 
-    def __init__(self, client: RedisClient, group: str) -> None:
+
+class SnapshotStore:
+    """The snapshot protocol of one group (see the module docstring for the keys).  ``notice_s``: see
+    :data:`NOTICE_S` (tests shorten it; every worker and command of a group must use the same)."""
+
+    def __init__(self, client: RedisClient, group: str, *, notice_s: float = NOTICE_S) -> None:
         self.client = client
+        self.notice_s = notice_s
         keys = GroupKeys.for_group(group)
         names = ("snapshot", "snapshot.token", "snapshot.clock", "snapshot.free", "snapshot.leases",
                  "snapshot.owners", "snapshot.checkpoints", "snapshot.pages", "snapshot.page_expiry",
@@ -129,9 +141,12 @@ class SnapshotStore:
 
     # -- pages --------------------------------------------------------------------------------
 
-    def announce(self, segment: int, worker_id: str, token: int) -> int | None:
-        """Put the segment's next page in flight before it is read; its ticket, or None (lease lost)."""
-        answer = self._run("announce", segment, worker_id, token)
+    def announce(self, segment: int, worker_id: str, token: int) -> int | float | None:
+        """Put the segment's next page in flight before it is read: its ticket (an int); or None (the lease
+        is lost); or, during the notice after the snapshot's start, the seconds to wait (a float)."""
+        answer = self._run("announce", segment, worker_id, token, int(self.notice_s * 1000))
+        if answer[0] == "wait":
+            return max(int(answer[1]), 1) / 1000.0
         return int(answer[1]) if answer[0] == "ok" else None
 
     def page_done(self, segment: int, worker_id: str, token: int, ticket: int, next_key: str,
@@ -141,11 +156,11 @@ class SnapshotStore:
         answer = self._run("page_done", segment, worker_id, token, ticket, next_key, items, size_bytes)
         return str(answer[0])
 
-    def gate(self) -> tuple[int, int]:
-        """(the clock now, the smallest ticket of a page in flight or 0).  Records read before this call
-        may be handed over once no page with a ticket <= the clock is in flight."""
-        clock, smallest = self._run("gate")
-        return int(clock), int(smallest)
+    def gate(self) -> tuple[int, int, bool]:
+        """(the clock now, the smallest ticket of a page in flight or 0, whether a snapshot runs).  Records
+        read before this call may be handed over once no page with a ticket <= the clock is in flight."""
+        clock, smallest, running = self._run("gate")
+        return int(clock), int(smallest), bool(int(running))
 
     def spend(self, units_per_s: float, units: float) -> float:
         """Debit ``units`` read units from the fleet's bucket; seconds to wait before the next read."""

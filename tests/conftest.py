@@ -34,6 +34,10 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+# A snapshot's first page waits out a notice after its start (leaser.snapshot.NOTICE_S, 10 s): 1 s in tests, for
+# this process and every worker process a test starts (they inherit the environment).
+os.environ.setdefault("SHARDLEASE_TEST_SNAPSHOT_NOTICE_S", "1")
+
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """``-n auto`` (pyproject's addopts): at least 4 test processes, even on 2 cores, at most 8.

@@ -24,7 +24,7 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in {"AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t", "AWS_REGION": "us-east-1"}.items():
         monkeypatch.setenv(name, value)
     for name in list(os.environ):
-        if name.startswith("SHARDLEASE_") and name != "SHARDLEASE_TEST_REDIS_URL":
+        if name.startswith("SHARDLEASE_") and not name.startswith("SHARDLEASE_TEST_"):
             monkeypatch.delenv(name)
 
 

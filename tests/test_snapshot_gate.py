@@ -18,7 +18,7 @@ from worker.snapshot.gate import StreamGate
 
 @pytest.fixture
 def snapshot(redis_client: redis.Redis, group: str) -> Iterator[SnapshotStore]:
-    yield SnapshotStore(redis_client, group)
+    yield SnapshotStore(redis_client, group, notice_s=0)
 
 
 def gated(h: Harness, gate: StreamGate) -> object:
@@ -50,11 +50,11 @@ class FailingOnce(StreamGate):
         super().__init__(store)
         self.failures = 1
 
-    def tag(self) -> int:
+    def tag(self, read_at: float | None = None) -> int:
         if self.failures:
             self.failures -= 1
             raise CoordinationUnavailable("Redis unavailable (test)")
-        return super().tag()
+        return super().tag(read_at)
 
 
 def test_a_redis_error_while_tagging_reads_the_page_again(h: Harness, snapshot: SnapshotStore) -> None:

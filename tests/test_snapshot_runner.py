@@ -68,7 +68,7 @@ def test_a_scanner_that_joined_before_a_restart_scans_with_the_new_segment_count
     started a new one.  The worker's scanners claim segments of the new run: each must be read as i/2.  (They
     were read as i/3: segments 0/3 and 1/3 cover two thirds of the table, and the snapshot was marked done
     without the rest.)"""
-    store = SnapshotStore(redis_client, group)
+    store = SnapshotStore(redis_client, group, notice_s=0)
     assert store.start(3) == ("started", 3)
     sink = Sink()
     r = runner(server, store, group, 3, sink)
@@ -90,7 +90,7 @@ def test_a_snapshot_whose_state_redis_lost_is_started_again_not_taken_as_done(
     """Redis restarted empty while the snapshot ran: its segments and checkpoints are gone.  The group's shards
     start over (from TRIM_HORIZON), and so must the snapshot.  (Scanners found no segment to claim and no
     running snapshot, and stopped as if it were done: the segments not scanned yet never reached the sink.)"""
-    store = SnapshotStore(redis_client, group)
+    store = SnapshotStore(redis_client, group, notice_s=0)
     assert store.start(3) == ("started", 3)
     sink = Sink()
     r = runner(server, store, group, 3, sink)
@@ -115,7 +115,7 @@ def test_a_late_renewal_pauses_the_page_and_does_not_abandon_the_segment(
     expire together).  The scanner waits for the next renewal, as a shard consumer does, and finishes the page.
     (It gave up the segment without giving it back: the page held the stream until the lease lapsed, was read
     and handed over again by the next owner: the unexplained repeats of test_snapshot_cli.)"""
-    store = SnapshotStore(redis_client, group)
+    store = SnapshotStore(redis_client, group, notice_s=0)
     assert store.start(1) == ("started", 1)
     applied: list[str] = []
     r = runner(server, store, group, 1, Sink())

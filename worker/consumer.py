@@ -427,7 +427,7 @@ class ShardConsumer:
         if page.records and self._gate is not None:
             # Read the snapshot clock after the records and before keeping them: if Redis fails here the
             # iterator has not moved and the page is read again.
-            tag = self._gate.tag()
+            tag = self._gate.tag(read_at=ended)
             self._hold = tag if tag else 0  # clear now also clears what was gathered before
         if self._pacer.polled(ended, bool(page.records)) and self._on_quiet_activity is not None:
             self._on_quiet_activity()

@@ -74,7 +74,7 @@ from worker.reading.streams import StreamsClient, parse_stream_arn
 from worker.redis_setup import open_redis
 from worker.scheduler import ASYNC_HANDLER_THREADS, DEFAULT_THREADS, Scheduler
 from worker.snapshot.command import prepare as prepare_snapshot
-from worker.snapshot.gate import StreamGate
+from worker.snapshot.gate import StreamGate, notice_s
 
 log = logging.getLogger("shardlease.worker")
 
@@ -222,7 +222,7 @@ class Worker:
         undo.callback(self.scheduler.close, wait=True)
         # Every consumer asks the snapshot gate, --snapshot or not: a snapshot started by any worker or by
         # `shardlease snapshot` must hold back the records it has to precede (docs/snapshot.md).
-        self.gate = StreamGate(SnapshotStore(self.client, config.group))
+        self.gate = StreamGate(SnapshotStore(self.client, config.group, notice_s=notice_s()))
         self.snapshot = (prepare_snapshot(config, self.client, self.stream_arn, region, registry=self.metrics.registry)
                          if config.snapshot else None)
         if self.snapshot is not None:

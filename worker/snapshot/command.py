@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from leaser.errors import ConfigError
 from leaser.snapshot import SnapshotStore
 from worker.config import RunConfig
+from worker.snapshot.gate import notice_s
 from worker.snapshot.progress import SnapshotMetrics, progress_lines
 from worker.snapshot.runner import SnapshotRunner, SnapshotSettings
 from worker.snapshot.scan import TableReader, default_segments, table_of_stream_arn
@@ -31,7 +32,7 @@ def prepare(config: RunConfig, client: Any, stream_arn: str, region: str | None,
     reader = TableReader(table, region=region, endpoint_url=config.endpoint_url, stream_arn=stream_arn)
     try:
         facts = reader.check(config.snapshot_segments)
-        store = SnapshotStore(client, config.group)
+        store = SnapshotStore(client, config.group, notice_s=notice_s())
         wanted = config.snapshot_segments or default_segments(facts.size_bytes)
         status, segments = store.start(wanted, restart=restart, note=f"{facts.item_count} {facts.size_bytes}")
     except BaseException:

@@ -263,6 +263,9 @@ class SnapshotRunner:
             if ticket is None:
                 log.warning("snapshot: segment %s lost before a page", label)
                 return
+            if isinstance(ticket, float):  # the notice after the snapshot's start is not over (SnapshotStore)
+                self._sleep(min(ticket, 1.0))
+                continue
             announced = time.monotonic()
             try:
                 page = self.reader.page(segment, total, start)
