@@ -771,7 +771,8 @@ def build_markdown(data: dict[str, Any], status: dict[str, Any], made: dict[str,
     if mem and mem.get("idle"):
         add("## Memory of one worker holding many shards (`bench/memory.py`)")
         add("")
-        add(f"One worker process, default settings (idle poll 1 s, 32 shard threads), {mem['shards']:,} shards; RSS "
+        add(f"One worker process, default settings (32 shard threads; the idle poll backs off to 4 s after 60 s "
+            f"quiet, docs/benchmarks.md \"Idle cost\"), {mem['shards']:,} shards; RSS "
             "sampled with psutil every second.")
         add("")
         add("| phase | RSS (MB) | worker CPU (% of one core) | GetRecords/s (server-side) | "
@@ -790,11 +791,10 @@ def build_markdown(data: dict[str, Any], status: dict[str, Any], made: dict[str,
             f"{t['cpu_pct_mean']:.0f} | {t['get_records_per_s']:.0f} | {t['bench_process_cpu_pct_mean']:.0f} |")
         add("")
         ms = mem["idle"]["cpu_pct_mean"] * 10 / max(1.0, mem["idle"]["get_records_per_s"])
-        add(f"Memory is not the limit (a few MB above a freshly started worker). **CPU is**: at the default 1 s idle "
-            f"poll every idle shard costs one GetRecords call per second, {ms:.1f} ms of worker CPU per call here "
-            f"(worker CPU / server-side call rate), so {mem['shards']:,} idle shards keep one worker at "
-            f"{mem['idle']['cpu_pct_mean']:.0f}% of a core. A worker meant to hold ~1,000 "
-            "shards should raise `--idle-poll-interval` (or the group should have more workers).")
+        add(f"Memory is not the limit (a few MB above a freshly started worker). CPU: {ms:.2f} ms of worker CPU per "
+            f"GetRecords call here (worker CPU / server-side call rate), so {mem['shards']:,} idle shards keep one "
+            f"worker at {mem['idle']['cpu_pct_mean']:.0f}% of a core (CPU per call: \"CPU per empty GetRecords "
+            "call\"; the idle back-off: \"Idle cost\").")
         add("")
         if "memory" in made:
             add(f"![RSS and CPU over time]({made['memory']})")
