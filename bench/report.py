@@ -624,8 +624,8 @@ def build_markdown(data: dict[str, Any], status: dict[str, Any], made: dict[str,
     if ho:
         add("## Pause when a lease moves (`bench/handoff_pause.py`)")
         add("")
-        add("Three real worker processes (two for join) at DEFAULT settings (lease TTL 5 s, renew 1.5 s, idle poll "
-            "1 s), 6 shards x 20 records/s, each record carrying its write time. **pause** = first batch of the new "
+        add("Three real worker processes (two for join) at DEFAULT settings (lease TTL 5 s, renew 1.5 s), "
+            "6 shards x 20 records/s, each record carrying its write time. **pause** = first batch of the new "
             "owner - last batch of the old owner; **data pause** = worst write->handle latency of records written "
             "from 2 s before the event, minus the steady median latency.")
         add("")
