@@ -403,3 +403,30 @@ def test_https_uses_botocores_tls_settings(tmp_path: Path, monkeypatch: pytest.M
     finally:
         good.close()
         bad.close()
+
+
+def test_close_closes_the_lean_paths_connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    """StreamsClient.close() left the lean path's connection open (botocore's close does not reach it): an embedded
+    worker's stop left the endpoint's request thread for it running (tests/test_embedding.py saw it)."""
+    from worker.local import LocalStreamsServer
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t", "AWS_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    with LocalStreamsServer(port=0) as server:
+        table = server.create_table("orders", shards=1)
+        table.put_item({"pk": "a"})
+        before = set(threading.enumerate())
+        client = StreamsClient(region_name="us-east-1", endpoint_url=server.endpoint_url, lean_http=True)
+        shard = client.list_shards(table.stream_arn)[0]
+        iterator = client.get_shard_iterator(table.stream_arn, shard.shard_id, "TRIM_HORIZON")
+        for _ in range(3):
+            page = client.get_records(iterator, 100, shard_id=shard.shard_id)
+            iterator = page.next_iterator
+        assert client.lean_path
+        client.close()
+        for _ in range(100):
+            left = [t.name for t in set(threading.enumerate()) - before if t.is_alive()]
+            if not left:
+                break
+            threading.Event().wait(0.02)
+        assert left == []

@@ -163,6 +163,17 @@ class LeanGetRecords:
                 self.ready = False
                 log.log(level, "lean GetRecords path off (GetRecords goes through botocore's pipeline): %s", why)
 
+    def close(self) -> None:
+        """Stop for good and close the connections this path holds (the client's ``close()`` does not reach
+        them: an embedded worker's stop left one open, and the endpoint's server thread for it)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+            self.ready = False
+            if self.why_not is None:
+                self.why_not = "closed"
+        if pool is not None:
+            pool.close()
+
     def learn(self, request: Any, signing_name: str, region_name: str, signature_version: Any) -> None:
         """``before-sign`` handler body: record botocore's resolved request for GetRecords (once)."""
         if self.ready or self.why_not is not None:
@@ -225,6 +236,8 @@ class LeanGetRecords:
         head = "".join(["POST / HTTP/1.1\r\n", *(f"{k}: {v}\r\n" for k, v in headers.items()),
                         f"Content-Length: {len(body)}\r\n\r\n"]).encode("latin-1")
         pool = self._pool
+        if pool is None:  # closed
+            return None
         try:
             conn = pool._get_conn()
         except Exception as exc:  # pool closed or exhausted: botocore's pipeline knows what to do

@@ -439,6 +439,7 @@ class StreamsClient:
         return self._fast_on
 
     def close(self) -> None:
+        self._lean.close()
         self._client.close()
         if self._dynamodb is not None:
             self._dynamodb.close()
