@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -439,6 +439,38 @@ class HealthState:
             return self._ready, self._reason
 
 
+class Endpoints(Protocol):
+    """What the HTTP server answers: liveness and readiness as (ok, why not) and the metrics exposition.  A
+    worker's come from its :class:`Metrics` and :class:`HealthState`; ``--processes``' supervisor has its own."""
+
+    def liveness(self) -> tuple[bool, str]: ...
+
+    def readiness(self) -> tuple[bool, str]: ...
+
+    def exposition(self) -> bytes: ...
+
+
+class WorkerEndpoints:
+    """A worker's answers: alive while the main loop beat within ``max_silence_s``, ready as its state says."""
+
+    def __init__(self, metrics: Metrics, health: HealthState, max_silence_s: float) -> None:
+        self.metrics = metrics
+        self.health = health
+        self.max_silence_s = max_silence_s
+
+    def liveness(self) -> tuple[bool, str]:
+        silence = self.health.silence_s()
+        if silence <= self.max_silence_s:
+            return True, "ok"
+        return False, f"main loop silent for {silence:.1f}s (limit {self.max_silence_s:g}s)"
+
+    def readiness(self) -> tuple[bool, str]:
+        return self.health.readiness()
+
+    def exposition(self) -> bytes:
+        return self.metrics.render()
+
+
 class _RequestHandler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
@@ -452,21 +484,18 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     def _respond(self, *, send_body: bool) -> None:
         path = self.path.split("?", 1)[0].rstrip("/") or "/"
-        owner = self.server.owner
+        endpoints = self.server.owner.endpoints
         content_type = "text/plain; charset=utf-8"
         if path == "/healthz":
-            silence = owner.health.silence_s()
-            if silence <= owner.max_silence_s:
-                status, body = HTTPStatus.OK, b"ok\n"
-            else:
-                status = HTTPStatus.SERVICE_UNAVAILABLE
-                body = f"main loop silent for {silence:.1f}s (limit {owner.max_silence_s:g}s)\n".encode()
+            alive, why = endpoints.liveness()
+            status = HTTPStatus.OK if alive else HTTPStatus.SERVICE_UNAVAILABLE
+            body = b"ok\n" if alive else f"{why}\n".encode()
         elif path == "/readyz":
-            ready, reason = owner.health.readiness()
+            ready, reason = endpoints.readiness()
             status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
             body = b"ok\n" if ready else f"not ready: {reason}\n".encode()
         elif path == "/metrics":
-            status, body, content_type = HTTPStatus.OK, owner.metrics.render(), CONTENT_TYPE_LATEST
+            status, body, content_type = HTTPStatus.OK, endpoints.exposition(), CONTENT_TYPE_LATEST
         else:
             status, body = HTTPStatus.NOT_FOUND, b"not found; try /healthz, /readyz or /metrics\n"
         self.send_response(status)
@@ -517,26 +546,31 @@ class _Server(ThreadingHTTPServer):
 class HealthServer:
     """``/healthz``, ``/readyz`` and ``/metrics`` on ``host:port`` from a daemon thread.
 
-    ``port=0`` picks a free port (read :attr:`port` after :meth:`start`).  ``/healthz``
-    fails once the main loop has not beaten for ``max_silence_s``, by default three
-    renew intervals.
+    ``port=0`` picks a free port (read :attr:`port` after :meth:`start`).  The answers come from
+    ``endpoints``, or, for a worker, from ``metrics`` and ``health``: ``/healthz`` then fails once the main
+    loop has not beaten for ``max_silence_s``, by default three renew intervals.
     """
 
     def __init__(
         self,
         host: str,
         port: int,
-        metrics: Metrics,
-        health: HealthState,
+        metrics: Metrics | None = None,
+        health: HealthState | None = None,
         *,
         renew_interval_s: float = 1.5,
         max_silence_s: float | None = None,
+        endpoints: Endpoints | None = None,
     ) -> None:
         self.host = host
         self._requested_port = port
         self.metrics = metrics
         self.health = health
         self.max_silence_s = max_silence_s if max_silence_s is not None else 3 * renew_interval_s
+        if endpoints is None:
+            assert metrics is not None and health is not None, "give endpoints, or metrics and health"
+            endpoints = WorkerEndpoints(metrics, health, self.max_silence_s)
+        self.endpoints: Endpoints = endpoints
         self._bound_port = port
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -600,7 +634,8 @@ where its metrics are served (``host:port``) and its version, for ``shardlease s
 
 
 def start_health_server(
-    host: str, port: int | None, metrics: Metrics, health: HealthState, *, renew_interval_s: float = 1.5
+    host: str, port: int | None, metrics: Metrics | None = None, health: HealthState | None = None, *,
+    renew_interval_s: float = 1.5, endpoints: Endpoints | None = None,
 ) -> HealthServer | None:
     """Start the metrics/health server.  ``port`` 0: none.  A given port must be free (else ConfigError).
     ``None`` (not given): the default port, else the next free one of :data:`METRICS_PORT_FALLBACKS`, else
@@ -610,11 +645,13 @@ def start_health_server(
     if port == 0:
         return None
     if port is not None:
-        return HealthServer(host, port, metrics, health, renew_interval_s=renew_interval_s).start()
+        return HealthServer(host, port, metrics, health, renew_interval_s=renew_interval_s,
+                            endpoints=endpoints).start()
     candidates = [*range(DEFAULT_METRICS_PORT, DEFAULT_METRICS_PORT + METRICS_PORT_FALLBACKS), 0]
     for candidate in candidates:
         try:
-            server = HealthServer(host, candidate, metrics, health, renew_interval_s=renew_interval_s).start()
+            server = HealthServer(host, candidate, metrics, health, renew_interval_s=renew_interval_s,
+                                  endpoints=endpoints).start()
         except ConfigError:
             if candidate == 0:
                 raise

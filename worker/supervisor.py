@@ -51,16 +51,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
-from typing import IO, Any
+from typing import IO
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from leaser.errors import ConfigError
 from leaser.keys import validate_id
-from worker.config import DEFAULT_METRICS_PORT, RUN_SETTINGS, SETTINGS_BY_NAME, RunConfig, _python_value_text
+from worker.config import RUN_SETTINGS, SETTINGS_BY_NAME, RunConfig, _python_value_text
 from worker.metrics_merge import merge_expositions
+from worker.observability import HealthServer, start_health_server
 
 log = logging.getLogger("shardlease.supervisor")
 
@@ -191,7 +191,7 @@ class Supervisor:
         self._stop_deadline = 0.0
         self._fatal: _Process | None = None
         self._wake = threading.Event()
-        self._http: _SupervisorServer | None = None
+        self._http: HealthServer | None = None
         self._pool = ThreadPoolExecutor(max_workers=min(16, len(self.processes)), thread_name_prefix="scrape")
         self.registry = CollectorRegistry(auto_describe=True)
         Gauge("shardlease_supervisor_processes", "Worker processes this supervisor runs (--processes).",
@@ -230,8 +230,7 @@ class Supervisor:
 
     def run(self) -> int:
         cfg = self.config
-        if cfg.metrics_port != 0:
-            self._http = _SupervisorServer.start(cfg.metrics_host, cfg.metrics_port, self)
+        self._http = start_health_server(cfg.metrics_host, cfg.metrics_port, endpoints=self)
         log.info("supervising %d worker processes (%s .. %s); metrics, health and readiness of all on %s",
                  len(self.processes), self.processes[0].worker_id, self.processes[-1].worker_id,
                  f"{cfg.metrics_host}:{self._http.port}" if self._http else "off")
@@ -383,14 +382,24 @@ class Supervisor:
 
         return list(self._pool.map(one, self.processes))
 
-    def metrics(self) -> bytes:
+    # -- the answers of the one metrics/health server (worker.observability.Endpoints) -------------------
+
+    def liveness(self) -> tuple[bool, str]:
+        """Alive only if every worker process runs and answers /healthz with 200."""
+        return self._check("/healthz")
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready only if every worker process answers /readyz with 200, and not while stopping."""
+        if self._stopping:
+            return False, "shutting down"
+        return self._check("/readyz")
+
+    def exposition(self) -> bytes:
+        """The worker processes' metrics merged (a ``process`` label on every series) and the supervisor's."""
         parts = [(str(p.index), body) for p, status, body in self._scrape("/metrics") if status == HTTPStatus.OK]
         return merge_expositions(parts) + generate_latest(self.registry)
 
-    def check(self, path: str) -> tuple[bool, str]:
-        """/healthz or /readyz of the whole: ok only if every process answers 200."""
-        if path == "/readyz" and self._stopping:
-            return False, "not ready: shutting down"
+    def _check(self, path: str) -> tuple[bool, str]:
         problems = []
         for p, status, body in self._scrape(path):
             if status != HTTPStatus.OK:
@@ -399,73 +408,6 @@ class Supervisor:
         if problems:
             return False, "; ".join(problems)
         return True, "ok"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _SupervisorServer
-    protocol_version = "HTTP/1.1"
-    timeout = 30
-
-    def do_GET(self) -> None:
-        self._respond(send_body=True)
-
-    def do_HEAD(self) -> None:
-        self._respond(send_body=False)
-
-    def _respond(self, *, send_body: bool) -> None:
-        path = self.path.split("?", 1)[0].rstrip("/") or "/"
-        content_type = "text/plain; charset=utf-8"
-        supervisor = self.server.supervisor
-        if path in ("/healthz", "/readyz"):
-            ok, text = supervisor.check(path)
-            status = HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE
-            body = (text + "\n").encode()
-        elif path == "/metrics":
-            status, body, content_type = HTTPStatus.OK, supervisor.metrics(), CONTENT_TYPE_LATEST
-        else:
-            status, body = HTTPStatus.NOT_FOUND, b"not found; try /healthz, /readyz or /metrics\n"
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        if send_body:
-            self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("http %s " + format, self.address_string(), *args)
-
-
-class _SupervisorServer(ThreadingHTTPServer):
-    daemon_threads = True
-    supervisor: Supervisor
-
-    @property
-    def port(self) -> int:
-        return int(self.server_address[1])
-
-    @classmethod
-    def start(cls, host: str, port: int | None, supervisor: Supervisor) -> _SupervisorServer:
-        """Listen on ``port``; ``None``: the default port, else the next free of ten, else any (as a worker)."""
-        candidates = [port] if port is not None else [*range(DEFAULT_METRICS_PORT, DEFAULT_METRICS_PORT + 10), 0]
-        for candidate in candidates:
-            try:
-                server = cls((host, candidate), _Handler)
-            except OSError as exc:
-                if candidate == candidates[-1]:
-                    raise ConfigError("metrics_port (--metrics-port / SHARDLEASE_METRICS_PORT)",
-                                      f"cannot listen on {host}:{candidate}: {exc.strerror or exc}",
-                                      "choose a free port, or 0 to turn the metrics server off") from None
-                continue
-            server.supervisor = supervisor
-            threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="supervisor-http",
-                             daemon=True).start()
-            return server
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
 
 
 def supervise(config: RunConfig) -> int:
