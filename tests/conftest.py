@@ -48,6 +48,21 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return max(4, min(os.cpu_count() or 1, 8))
 
 
+@pytest.fixture(scope="module")
+def moto_url() -> Iterator[str]:
+    """URL of a moto server (real DynamoDB and DynamoDB Streams APIs, in memory) for the module's tests.  moto is
+    imported here, not at the top: importing it adds a before-send hook to every botocore session made after."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """URL of a real Redis: ``REDIS_URL`` if set, else a throwaway redis-server for this session."""

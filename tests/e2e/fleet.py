@@ -18,6 +18,16 @@ import orjson
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def wait_until(predicate: Any, timeout_s: float = 30.0, interval_s: float = 0.2) -> bool:
+    """Poll ``predicate`` every ``interval_s`` until it is true (True) or ``timeout_s`` passed (False)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return False
+
+
 @dataclass
 class Handled:
     """One line of the recording handler's output: a record handled by a worker."""

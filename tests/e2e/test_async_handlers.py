@@ -14,21 +14,12 @@ import orjson
 import pytest
 
 from leaser import LeaseStore, connect
-from tests.e2e.fleet import Fleet, Writer, check_order_per_key, check_parents_before_children
+from tests.e2e.fleet import Fleet, Writer, check_order_per_key, check_parents_before_children, wait_until
 from worker.local import LocalStreamsServer
 
 pytestmark = pytest.mark.e2e
 
 HANDLER = "tests.e2e.async_recording_handler:handle"
-
-
-def wait_until(predicate: object, timeout_s: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_async_handler_loses_nothing_and_keeps_order_through_splits_a_sigterm_and_a_sigkill(

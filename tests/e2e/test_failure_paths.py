@@ -3,26 +3,17 @@
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
 import orjson
 import pytest
 
 from leaser import LeaseStore, connect
-from tests.e2e.fleet import Fleet
+from tests.e2e.fleet import Fleet, wait_until
 from worker.local import LocalStreamsServer
 
 pytestmark = pytest.mark.e2e
 
-
-def wait_until(predicate: object, timeout_s: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def test_latest_survives_a_rolling_restart_before_the_first_checkpoint(

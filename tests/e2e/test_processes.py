@@ -18,20 +18,12 @@ from pathlib import Path
 import pytest
 
 from leaser import LeaseStore, connect
-from tests.e2e.fleet import ROOT, Fleet, Writer, check_order_per_key
+from tests.e2e.fleet import ROOT, Fleet, Writer, check_order_per_key, wait_until
 from worker.local import LocalStreamsServer
 from worker.supervisor import free_loopback_port
 
 pytestmark = pytest.mark.e2e
 
-
-def wait_until(predicate: object, timeout_s: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def get(url: str) -> tuple[int, str]:

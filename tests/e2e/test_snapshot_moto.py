@@ -11,7 +11,6 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ import orjson
 import pytest
 import redis
 from botocore.config import Config
-from moto.server import ThreadedMotoServer
 
 from leaser.snapshot import SnapshotStore
 from tests.e2e.fleet import Fleet
@@ -29,17 +27,6 @@ from tests.e2e.test_snapshot import SINK, check_journal
 from worker.reading.records import from_typed_item
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def moto_url() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
 
 
 def ddb_client(url: str) -> Any:

@@ -6,30 +6,16 @@ GetShardIterator, GetRecords, TypeDeserializer) and our local endpoint's record 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import boto3
-import pytest
 from boto3.dynamodb.types import TypeDeserializer
 from botocore.config import Config
-from moto.server import ThreadedMotoServer
 
 from worker.local import LocalStreamsServer
 
 REGION = "us-east-1"
 CONFIG = Config(retries={"total_max_attempts": 1, "mode": "standard"})
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
 
 
 def client(service: str, url: str) -> Any:
