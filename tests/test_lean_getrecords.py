@@ -405,28 +405,39 @@ def test_https_uses_botocores_tls_settings(tmp_path: Path, monkeypatch: pytest.M
         bad.close()
 
 
-def test_close_closes_the_lean_paths_connections(monkeypatch: pytest.MonkeyPatch) -> None:
-    """StreamsClient.close() left the lean path's connection open (botocore's close does not reach it): an embedded
-    worker's stop left the endpoint's request thread for it running (tests/test_embedding.py saw it)."""
-    from worker.local import LocalStreamsServer
+_CLOSE_SCRIPT = """
+import os, threading
+from worker.local import LocalStreamsServer
+from worker.reading.streams import StreamsClient
 
-    for name, value in {"AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t", "AWS_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(name, value)
-    with LocalStreamsServer(port=0) as server:
-        table = server.create_table("orders", shards=1)
-        table.put_item({"pk": "a"})
-        before = set(threading.enumerate())
-        client = StreamsClient(region_name="us-east-1", endpoint_url=server.endpoint_url, lean_http=True)
-        shard = client.list_shards(table.stream_arn)[0]
-        iterator = client.get_shard_iterator(table.stream_arn, shard.shard_id, "TRIM_HORIZON")
-        for _ in range(3):
-            page = client.get_records(iterator, 100, shard_id=shard.shard_id)
-            iterator = page.next_iterator
-        assert client.lean_path
-        client.close()
-        for _ in range(100):
-            left = [t.name for t in set(threading.enumerate()) - before if t.is_alive()]
-            if not left:
-                break
-            threading.Event().wait(0.02)
-        assert left == []
+os.environ.update(AWS_ACCESS_KEY_ID="t", AWS_SECRET_ACCESS_KEY="t", AWS_REGION="us-east-1")
+with LocalStreamsServer(port=0) as server:
+    table = server.create_table("orders", shards=1)
+    table.put_item({"pk": "a"})
+    before = set(threading.enumerate())
+    client = StreamsClient(region_name="us-east-1", endpoint_url=server.endpoint_url, lean_http=True)
+    shard = client.list_shards(table.stream_arn)[0]
+    iterator = client.get_shard_iterator(table.stream_arn, shard.shard_id, "TRIM_HORIZON")
+    for _ in range(3):
+        iterator = client.get_records(iterator, 100, shard_id=shard.shard_id).next_iterator
+    assert client.lean_path, "the lean path is not in use"
+    client.close()
+    for _ in range(100):
+        left = [t.name for t in set(threading.enumerate()) - before if t.is_alive()]
+        if not left:
+            break
+        threading.Event().wait(0.02)
+    assert left == [], left
+print("closed")
+"""
+
+
+def test_close_closes_the_lean_paths_connections() -> None:
+    """StreamsClient.close() left the lean path's connection open (botocore's close does not reach it): an embedded
+    worker's stop left the endpoint's request thread for it running (tests/test_embedding.py saw it).
+
+    Runs in a fresh interpreter: once a test of this process has imported moto (it listens to botocore's
+    before-send), the lean path stays off here, and the test would check nothing."""
+    done = subprocess.run([sys.executable, "-c", _CLOSE_SCRIPT], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0 and done.stdout.strip() == "closed", done.stderr[-3000:]
