@@ -7,7 +7,7 @@ list of maps, numbers, strings, a string set, a bool, a null and a binary) and d
 
 (a) plain boto3: botocore's JSON response parser on an HTTP response dict with the GetRecords
     output shape (what a real client runs), then ``TypeDeserializer`` on Keys/NewImage/OldImage;
-(b) fast path: :func:`worker.reading.records.decode_get_records` (orjson + hand-written unmarshaller).
+(b) fast path: :func:`worker.reading.records.decode_get_records` (msgspec structs + hand-written unmarshaller).
 
 Prints the best of ``--repeat`` runs for each, and the ratio.  Single thread, one core.
 """
@@ -148,7 +148,7 @@ def main() -> None:
     plain = best_rate(lambda: plain_boto3(body, shape, parser, deser), args.records, args.repeat)
     fast = best_rate(lambda: fast_path(body), args.records, args.repeat)
     print(f"(a) plain boto3 (botocore JSON parser + TypeDeserializer): {plain:10,.0f} records/s")
-    print(f"(b) fast path (orjson + worker.reading.records):                  {fast:10,.0f} records/s")
+    print(f"(b) fast path (msgspec + worker.reading.records):                 {fast:10,.0f} records/s")
     print(f"ratio fast/plain: {fast / plain:.1f}x")
 
 

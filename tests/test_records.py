@@ -118,6 +118,51 @@ def test_from_typed_item_equals_boto3(item: dict[str, Any]) -> None:
     assert canon(from_typed_item(item)) == canon(boto3_image(item))
 
 
+def _page(new: dict[str, Any], old: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
+    wire = {"eventID": "e1", "eventName": "MODIFY", "eventVersion": "1.1", "eventSource": "aws:dynamodb",
+            "awsRegion": "us-east-1",
+            "dynamodb": {"ApproximateCreationDateTime": 1714566896, "Keys": {"pk": {"S": "k"}}, "NewImage": new,
+                         "OldImage": old, "SequenceNumber": "1" * 21, "SizeBytes": 9,
+                         "StreamViewType": "NEW_AND_OLD_IMAGES"}}
+    return orjson.dumps({"Records": [wire], "NextShardIterator": "it"}), wire
+
+
+@settings(
+    max_examples=max(300, settings.default.max_examples), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(_items, _items)
+def test_page_decode_equals_boto3(new: dict[str, Any], old: dict[str, Any]) -> None:
+    """The page decoder (msgspec structs) gives what botocore's parser plus TypeDeserializer give, and
+    ``raw`` is the record's wire JSON."""
+    body, wire = _page(new, old)
+    (record,), nxt = decode_get_records(body, SHARD)
+    assert nxt == "it"
+    assert canon(record.new_image) == canon(boto3_image(new))
+    assert canon(record.old_image) == canon(boto3_image(old))
+    assert record.keys == {"pk": "k"}
+    assert record.raw == wire
+
+
+def test_raw_is_parsed_at_first_read_and_kept() -> None:
+    body, wire = _page({"a": {"N": "1.50"}}, {"b": {"B": "AQI="}})
+    (record,), _ = decode_get_records(body, SHARD)
+    assert not isinstance(record.wire, dict)  # still the record's bytes in the page
+    first = record.raw
+    assert first == wire and record.raw is first and record.wire is first
+    assert record.new_image == {"a": Decimal("1.50")} and record.old_image == {"b": b"\x01\x02"}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [{}, {"X": "1"}, {"S": 5}, {"N": 1}, {"B": "not base64!"}, {"M": []}, {"L": {}}, {"SS": "a"}],
+)
+def test_page_with_a_bad_value_is_refused(value: dict[str, Any]) -> None:
+    body, _ = _page({"v": value}, {})
+    with pytest.raises(TypeError, match="GetRecords response"):
+        decode_get_records(body, SHARD)
+    assert gc.isenabled()
+
+
 @settings(max_examples=max(200, settings.default.max_examples), deadline=None)
 @given(_typed)
 def test_from_typed_equals_type_deserializer(value: dict[str, Any]) -> None:
@@ -301,7 +346,7 @@ def test_decode_restores_gc_state() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
-    with pytest.raises(orjson.JSONDecodeError):
+    with pytest.raises(TypeError, match="GetRecords response body is not a page"):
         decode_get_records(b"{not json", SHARD)
     assert gc.isenabled()
 

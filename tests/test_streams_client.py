@@ -318,9 +318,9 @@ def break_fast_path(client: StreamsClient) -> None:
 
 
 def fields(record: Record) -> tuple[Any, ...]:
-    """Everything of a record but ``raw`` (the wire dict, or botocore's parse of it on the slow path)."""
+    """Everything of a record but its wire JSON (the page's bytes, or botocore's parse of it on the slow path)."""
     return tuple(
-        exact(getattr(record, f.name)) for f in dataclasses.fields(record) if f.name != "raw"
+        exact(getattr(record, f.name)) for f in dataclasses.fields(record) if f.name != "wire"
     )
 
 

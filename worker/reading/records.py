@@ -1,9 +1,10 @@
 """Stream records and the fast decoder of GetRecords pages.
 
-A GetRecords page is decoded with :mod:`orjson` and a hand-written unmarshaller of DynamoDB's
-typed JSON (:func:`from_typed`, :func:`from_typed_item`) instead of botocore's generic response
-parser plus boto3's ``TypeDeserializer``; the output is the same except for one documented
-difference:
+A GetRecords page is decoded with :mod:`msgspec` into typed, garbage-collector-untracked structs of
+DynamoDB's wire shapes, and a hand-written unmarshaller turns their typed values into plain Python
+(:func:`from_typed` and :func:`from_typed_item` do the same for typed JSON already parsed into dicts),
+instead of botocore's generic response parser plus boto3's ``TypeDeserializer``; the output is the
+same except for one documented difference:
 
 * ``B`` (binary) values are plain :class:`bytes` (and ``BS`` a ``set[bytes]``), where
   ``TypeDeserializer`` returns ``boto3.dynamodb.types.Binary`` wrappers.  ``Binary(b) == b`` is
@@ -14,7 +15,9 @@ traps on inexact/rounded/overflow/underflow/clamped), so every valid DynamoDB nu
 the identical ``Decimal`` (same digits, same exponent) and an invalid one raises as boto3 would.
 
 Images are decoded eagerly: a lazy variant only moves the cost to the first attribute access,
-and consumers read the images of nearly every record they are given.
+and consumers read the images of nearly every record they are given.  The record's wire JSON
+(:attr:`Record.raw`: filters, lanes, Lambda-style events and dead letters read it) is parsed only
+when first read, from the record's own bytes of the page.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from datetime import UTC, datetime
 from decimal import Clamped, Context, Inexact, Overflow, Rounded, Underflow
 from typing import Any
 
+import msgspec
 import orjson
 
 __all__ = [
@@ -143,9 +147,23 @@ class Record:
     stream_view_type: str
     user_identity: dict[str, Any] | None
     shard_id: str
-    raw: dict[str, Any] = field(repr=False)
+    wire: dict[str, Any] | msgspec.Raw = field(repr=False, compare=False)
+    """The record's wire JSON: parsed (a dict), or its bytes in the page until :attr:`raw` is first read."""
     is_snapshot: bool = False
     """True for an item of the table's snapshot (docs/snapshot.md), False for every stream record."""
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        """The record's wire JSON exactly as received (see the class docstring); parsed at the first read.
+
+        Concurrent first reads from two threads may each parse it; both get equal dicts, and the one
+        kept is what later reads return."""
+        wire = self.wire
+        if type(wire) is dict:
+            return wire
+        parsed: dict[str, Any] = orjson.loads(memoryview(wire))  # type: ignore[arg-type]
+        object.__setattr__(self, "wire", parsed)
+        return parsed
 
     @property
     def sequence_int(self) -> int:
@@ -164,7 +182,7 @@ class Record:
 
     @classmethod
     def from_wire(cls, wire: dict[str, Any], shard_id: str) -> Record:
-        """Build a Record from one element of a GetRecords ``Records`` array (orjson-decoded), or from a
+        """Build a Record from one element of a GetRecords ``Records`` array (parsed JSON), or from a
         snapshot item's wire JSON (a dead letter: its ``"shardlease": {"snapshot": true}`` marks it again)."""
         record = _from_wire(wire, shard_id, {})
         if (wire.get("shardlease") or {}).get("snapshot"):
@@ -200,39 +218,145 @@ def _from_wire(wire: dict[str, Any], shard_id: str, times: dict[Any, datetime]) 
     )
 
 
+class _Value(msgspec.Struct, gc=False):
+    """One typed value as on the wire (exactly one field is set).  ``B``/``BS`` arrive as base64 text and
+    are decoded by msgspec; ``N``/``NS`` stay text until :data:`_number` (boto3's context) reads them."""
+
+    S: str | None = None
+    N: str | None = None
+    M: dict[str, _Value] | None = None
+    L: list[_Value] | None = None
+    BOOL: bool | None = None
+    NULL: bool | None = None
+    B: bytes | None = None
+    SS: list[str] | None = None
+    NS: list[str] | None = None
+    BS: list[bytes] | None = None
+
+
+class _StreamRecord(msgspec.Struct, gc=False):
+    """A wire record's ``dynamodb`` object (the fields a :class:`Record` keeps)."""
+
+    SequenceNumber: str
+    ApproximateCreationDateTime: float
+    Keys: dict[str, _Value] | None = None
+    NewImage: dict[str, _Value] | None = None
+    OldImage: dict[str, _Value] | None = None
+    SizeBytes: int = 0
+    StreamViewType: str = ""
+
+
+class _WireRecord(msgspec.Struct, gc=False):
+    eventID: str
+    eventName: str
+    dynamodb: _StreamRecord
+    userIdentity: dict[str, Any] | None = None
+
+
+class _Page(msgspec.Struct, gc=False):
+    """A GetRecords answer; each record is kept as its bytes in the body (for :attr:`Record.raw`)."""
+
+    Records: list[msgspec.Raw]
+    NextShardIterator: str | None = None
+
+
+_decode_page = msgspec.json.Decoder(_Page).decode
+_decode_record = msgspec.json.Decoder(_WireRecord).decode
+
+
+def _plain(value: _Value) -> Any:
+    """The plain Python value of one decoded typed value (the rules of :func:`from_typed`)."""
+    s = value.S
+    if s is not None:
+        return s
+    n = value.N
+    if n is not None:
+        return _number(n)
+    m = value.M
+    if m is not None:
+        return _plain_map(m)
+    items = value.L
+    if items is not None:
+        return [_plain(x) for x in items]
+    flag = value.BOOL
+    if flag is not None:
+        return flag
+    if value.NULL is not None:
+        return None
+    if value.B is not None:
+        return value.B
+    if value.SS is not None:
+        return set(value.SS)
+    if value.NS is not None:
+        return set(map(_number, value.NS))
+    if value.BS is not None:
+        return set(value.BS)
+    raise TypeError("a value in the GetRecords response is not of a supported DynamoDB type")
+
+
+def _plain_map(m: dict[str, _Value]) -> dict[str, Any]:
+    # The hot loop: strings and numbers inline, everything else through _plain.
+    out: dict[str, Any] = {}
+    for key, value in m.items():
+        s = value.S
+        if s is not None:
+            out[key] = s
+            continue
+        n = value.N
+        out[key] = _plain(value) if n is None else _number(n)
+    return out
+
+
 def decode_get_records(body: bytes, shard_id: str) -> tuple[list[Record], str | None]:
     """Decode a raw GetRecords response body: (records, NextShardIterator or None at shard end).
 
-    The cyclic garbage collector is paused while the page is decoded: a page allocates some
-    100,000 acyclic containers (the typed-JSON wrappers, mostly garbage at once), and on
-    CPython 3.11 the collections they trigger doubled the decode time (see
-    bench/decode_throughput.py).  It is re-enabled afterwards only if this call disabled it, so
-    an application that keeps GC off stays so; concurrent decodes in other threads merely
-    shorten or lengthen the pause.
+    Each record's :attr:`Record.wire` is its slice of ``body`` (``raw`` parses it when first read), so
+    the page's bytes live as long as one of its records.  The cyclic garbage collector is paused while
+    the page is decoded: the decoded images are containers it would otherwise scan several times
+    over as the page is built (the structs of the wire shape are untracked).  It is re-enabled
+    afterwards only if this call disabled it, so an application that keeps GC off stays so;
+    concurrent decodes in other threads merely shorten or lengthen the pause.
 
-    Only a JSON object with a ``Records`` list is a page (a closed shard's last page is
-    ``{"Records": []}``); anything else raises :class:`TypeError` (``orjson.JSONDecodeError`` if
-    it is not JSON), so a malformed body can never read as ``([], None)``, the end of the shard.
+    Only a JSON object with a ``Records`` list whose records have the wire shape is a page (a closed
+    shard's last page is ``{"Records": []}``); anything else, not JSON at all included, raises
+    :class:`TypeError`, so a malformed body can never read as ``([], None)``, the end of the shard.
     """
     paused = gc.isenabled()
     if paused:
         gc.disable()
     try:
-        doc = orjson.loads(body)
-        if not isinstance(doc, dict):
-            raise TypeError(f"GetRecords response body is a JSON {type(doc).__name__}, not an object")
-        wire = doc.get("Records")
-        if not isinstance(wire, list):
-            problem = "has no Records" if wire is None else f"has Records of type {type(wire).__name__}"
-            raise TypeError(f"GetRecords response body {problem} (expected a list; keys: {sorted(doc)[:5]})")
-        next_iterator = doc.get("NextShardIterator")
-        if next_iterator is not None and not isinstance(next_iterator, str):
-            raise TypeError(
-                f"GetRecords response body has NextShardIterator of type {type(next_iterator).__name__}"
-            )
-        times: dict[Any, datetime] = {}
-        records = [_from_wire(r, shard_id, times) for r in wire]
-        return records, next_iterator
+        try:
+            page = _decode_page(body)
+        except msgspec.DecodeError as exc:
+            raise TypeError(f"GetRecords response body is not a page: {exc}") from None
+        times: dict[float, datetime] = {}
+        records = []
+        for wire in page.Records:
+            try:
+                rec = _decode_record(wire)
+            except msgspec.DecodeError as exc:
+                raise TypeError(f"GetRecords response body has a record not of the wire shape: {exc}") from None
+            ddb = rec.dynamodb
+            created = ddb.ApproximateCreationDateTime
+            when = times.get(created)
+            if when is None:  # records of a page mostly share a handful of seconds
+                when = times[created] = datetime.fromtimestamp(created, UTC)
+            keys, new, old = ddb.Keys, ddb.NewImage, ddb.OldImage
+            records.append(Record(
+                rec.eventID,
+                rec.eventName,
+                ddb.SequenceNumber,
+                {} if keys is None else _plain_map(keys),
+                None if new is None else _plain_map(new),
+                None if old is None else _plain_map(old),
+                when,
+                ddb.SizeBytes,
+                ddb.StreamViewType,
+                rec.userIdentity,
+                shard_id,
+                wire,
+            ))
+        return records, page.NextShardIterator
     finally:
         if paused:
             gc.enable()

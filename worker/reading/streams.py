@@ -10,7 +10,7 @@ boto3 keeps doing credentials, signing, endpoint resolution and retries; this mo
   client's own event emitter only, moves the raw body of a **200** response into
   ``customized_response_dict["_ShardleaseRawBody"]`` and gives the parser ``b"{}"``, which it
   turns into ``{}`` at once.  :func:`worker.reading.records.decode_get_records` then decodes the bytes with
-  orjson.  Non-200 responses are left alone, so botocore still parses error codes, raises
+  msgspec.  Non-200 responses are left alone, so botocore still parses error codes, raises
   ``ClientError`` and its retry handler (which looks at the parsed error only on failures, and
   at the CRC32 header of ``http_response.content``, untouched) still works.
 * **The fast path's guard.**  The hook above relies on botocore internals (the event's name,
@@ -347,7 +347,7 @@ def _boundary(
 
 
 def _stash_raw_body(response_dict: dict[str, Any], customized_response_dict: dict[str, Any]) -> bool:
-    """Keep a 200 body for orjson, hand the generic parser an empty object; True if it did."""
+    """Keep a 200 body for the page decoder, hand the generic parser an empty object; True if it did."""
     if response_dict.get("status_code") == 200:
         body = response_dict.get("body")
         if isinstance(body, bytes | bytearray):
