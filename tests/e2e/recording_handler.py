@@ -4,11 +4,12 @@ Each line: worker, shard, sequence number, key, a counter value from the image, 
 and the wall time.  Lines are written with one O_APPEND write each, so several worker processes
 can share the file.  $SHARDLEASE_TEST_SLOW_S makes each batch take that long (to catch batches
 in flight at a kill or handoff); with $SHARDLEASE_TEST_CALLS set, each call's shard, size, start and end
-times go there too.
+times go there too, and how many objects the process had frozen out of the cyclic GC's reach.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from collections.abc import Sequence
@@ -34,7 +35,8 @@ def handle(records: Sequence[Any], ctx: Any) -> None:
     _append(os.environ["SHARDLEASE_TEST_OUT"], lines)
     if os.environ.get("SHARDLEASE_TEST_CALLS"):
         _append(os.environ["SHARDLEASE_TEST_CALLS"], [orjson.dumps(
-            {"shard": ctx.shard_id, "size": len(records), "start": started, "end": time.time()})])
+            {"shard": ctx.shard_id, "size": len(records), "start": started, "end": time.time(),
+             "frozen": gc.get_freeze_count()})])
 
 
 def _append(path: str, lines: list[bytes]) -> None:
