@@ -350,8 +350,9 @@ def add_idle_and_redis_cost(add: Any, data: dict[str, Any], made: dict[str, str]
             "records within the last minute waits at most the active interval (1 s) for its next poll, as before. A "
             "quiet shard waits up to the 4 s ceiling: a lone record landing at a random time waits half of it on "
             "average (p50 about 2 s, p99 about 4 s). The quiet phase's records follow each other every 4-6 s on "
-            "different shards, and each one read wakes the worker's other quiet shards (polled at once, then spread "
-            "again), which shortens the next record's wait: bursts spread over shards see the same. Lambda's 4 polls/s "
+            "different shards, and each one read wakes the worker's other quiet shards (those whose next poll is "
+            "at most 2 s away are polled at once; the poll after stays on their own 4 s grid), which shortens the "
+            "next record's wait: bursts spread over shards see the same. Lambda's 4 polls/s "
             "bound the wait at 0.25 s.")
         add("")
         if "latency" in made:

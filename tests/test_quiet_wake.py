@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from leaser import ShardSpec
 from tests.test_consumer import Harness, creds, h  # noqa: F401  (fixtures)
 from worker.consumer import ConsumerSettings, ShardConsumer
@@ -25,12 +23,15 @@ def quiet_consumer(h: Harness) -> ShardConsumer:  # noqa: F811
 
 def test_a_wake_does_not_cut_short_the_backoff_of_a_shard_whose_read_failed(h: Harness) -> None:  # noqa: F811
     c = quiet_consumer(h)
-    assert c.step() is not None  # an empty page: quiet, waiting for its next poll
-    assert c.wake(time.monotonic() + 1.0)  # a quiet shard waiting for its poll is woken
+    assert c.step() is not None  # an empty page: quiet, waiting for its next slot (1 s away)
+    slot = c._pacer.slot
+    assert slot is not None
     h.server.model.set_faults(internal_error_rate=1.0)
     assert c.step() is not None  # GetRecords fails: the shard backs off (throttled or an AWS error)
-    # Woken now, it would call GetRecords again at every wake (one per 2 s per worker) whatever its backoff.
-    assert not c.wake(time.monotonic() + 1.0)
+    # The pacer alone would let a wake 0.1 s before the slot poll it (the slot is within the 0.5 s wake gap, the
+    # last poll 0.9 s old); woken, it would call GetRecords again at every wake whatever its backoff.
+    assert not c.wake(slot - 0.1)
     h.server.model.set_faults(internal_error_rate=0.0)
     assert c.step() is not None  # read again, successfully: wakes apply again
-    assert c.wake(time.monotonic() + 1.0)
+    slot = c._pacer.slot
+    assert slot is not None and c.wake(slot - 0.1)

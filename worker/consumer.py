@@ -269,9 +269,10 @@ class ShardConsumer:
         return self._unsaved or self.checkpoint
 
     def wake(self, now: float) -> bool:
-        """True (and noted) for a quiet shard waiting for its next poll and not polled within the wake gap
-        (worker.polling): the scheduler then runs its next step now.  Called only while no step runs.
-        Never for a shard backing off after a failed read or write (throttled, AWS or Redis errors)."""
+        """True (and noted) for a quiet shard whose next poll is within the wake gap and not polled within it
+        (worker.polling): the scheduler then runs that poll now, and the one after stays on the shard's grid.
+        Called only while no step runs.  Never for a shard backing off after a failed read or write (throttled,
+        AWS or Redis errors)."""
         return (self._delivery is None and not self._gathered and not self._at_end and self._stop_reason is None
                 and not self._failures and self._pacer.wake(now))
 
