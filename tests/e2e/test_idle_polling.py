@@ -58,7 +58,7 @@ class PollLog:
 
 def key_for(server: LocalStreamsServer, table: Any, shard: str) -> str:
     i = 0
-    while server.model.shard_for_key(table, f"k{i}") != shard:
+    while server.model.shard_for_key(table, {"S": f"k{i}"}) != shard:
         i += 1
     return f"k{i}"
 
