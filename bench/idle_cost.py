@@ -11,7 +11,11 @@ on its own table of ``--shards`` shards that never receive a record (one in-proc
   ``--idle-poll-interval`` 4 s);
 - ``baseline``: ``--idle-poll-interval 1`` (every caught-up shard polled once a second: the behaviour before
   quiet pacing);
-- ``idle<S>``: ``--idle-poll-interval S`` (any other ceiling).
+- ``idle<S>``: ``--idle-poll-interval S`` (any other ceiling);
+- ``wakes``: default settings while wakes keep coming: half of the table's shards (the *triggers*) get one
+  record every ``WAKE_EVERY_S`` seconds in turn through the window, each one on a shard quiet for longer
+  than ``--quiet-after`` (a wake of the worker's other quiet shards each time); calls are reported for the
+  other half, which never get a record.  Target: still at most 15 per quiet shard per minute.
 
 After every lease is held and ``--warmup`` seconds (longer than ``--quiet-after`` plus the ceiling, so the
 shards are quiet), GetRecords and GetShardIterator calls are counted server-side per shard for ``--window``
@@ -27,6 +31,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -42,7 +47,24 @@ LAMBDA_PER_SHARD_PER_MIN = 4 * 60
 
 
 TARGET_PER_SHARD_PER_MIN = 15.0
-CONFIGS = {"default": {}, "baseline": {"idle-poll-interval": "1"}}
+CONFIGS = {"default": {}, "baseline": {"idle-poll-interval": "1"}, "wakes": {}}
+WAKE_EVERY_S = 2.5
+"""Seconds between trigger records in the ``wakes`` configuration (the waker's own gap is 2 s)."""
+
+
+def trigger_writes(server: LocalStreamsServer, table: Any, shard_ids: list[str], stop: threading.Event) -> None:
+    """One record every WAKE_EVERY_S on the next of ``shard_ids`` in turn (each quiet again by its next turn if
+    ``len(shard_ids) * WAKE_EVERY_S`` exceeds --quiet-after)."""
+    keys = []
+    for shard in shard_ids:
+        i = 0
+        while server.model.shard_for_key(table, {"S": f"k{i}"}) != shard:
+            i += 1
+        keys.append(f"k{i}")
+    n = 0
+    while not stop.wait(WAKE_EVERY_S):
+        table.put_item({"pk": keys[n % len(keys)], "n": n})
+        n += 1
 
 
 def config_flags(name: str) -> dict[str, str]:
@@ -68,11 +90,19 @@ def run(server: LocalStreamsServer, redis_url: str, tmp: Path, names: list[str],
         for fleet in fleets.values():
             wait_until(lambda f=fleet: all_held(redis_url, f.group, shards), 120, "every lease held", fleet)
         time.sleep(warmup_s)
+        stop_writes = threading.Event()
+        triggers = {name: sorted(server.model.shard_ids(tables[name]))[::2] for name in names if name == "wakes"}
+        writers = [threading.Thread(target=trigger_writes, args=(server, tables[name], ids, stop_writes), daemon=True)
+                   for name, ids in triggers.items()]
+        for w in writers:
+            w.start()
+        time.sleep(2 * WAKE_EVERY_S if writers else 0.0)  # wakes under way before the window
         sampler = CpuSampler({name: fleet.procs["w0"].pid for name, fleet in fleets.items()}, period_s=1.0)
         sampler.start()
         t0 = time.time()
         time.sleep(window_s)
         t1 = time.time()
+        stop_writes.set()
         sampler.stop_event.set()
         for fleet in fleets.values():
             fleet.check_alive()
@@ -83,7 +113,7 @@ def run(server: LocalStreamsServer, redis_url: str, tmp: Path, names: list[str],
     results = []
     for name in names:
         table, flags = tables[name], fleets[name].flags
-        ids = set(server.model.shard_ids(table))
+        ids = set(server.model.shard_ids(table)) - set(triggers.get(name, ()))
         gr = [c for c in counter.between(t0, t1, "GetRecords") if c[2] in ids]
         per_shard = Counter(c[2] for c in gr)
         per_min = [per_shard.get(s, 0) / (t1 - t0) * 60 for s in ids]
@@ -92,7 +122,7 @@ def run(server: LocalStreamsServer, redis_url: str, tmp: Path, names: list[str],
         rss = [row[name]["rss_mb"] for row in sampler.samples if row.get(name)]
         results.append({
             "config": name, "flags": {k: v for k, v in flags.items() if k != "metrics-port"},
-            "shards": shards, "idle_poll_interval_s": float(flags.get("idle-poll-interval", 4.0)),
+            "shards": len(ids), "idle_poll_interval_s": float(flags.get("idle-poll-interval", 4.0)),
             "window_s": t1 - t0, "warmup_s": warmup_s,
             "get_records_calls": len(gr), "get_shard_iterator_calls": len(gsi),
             "per_shard_per_min_median": statistics.median(per_min), "per_shard_per_min_min": min(per_min),

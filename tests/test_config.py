@@ -66,6 +66,7 @@ def test_defaults() -> None:
     assert (cfg.active_poll_interval_s, cfg.quiet_after_s, cfg.checkpoint_interval_s) == (1.0, 60.0, 0.0)
     assert cfg.shard_sync_interval_s == 60.0 and cfg.handoff_timeout_s == 10.0
     assert cfg.max_shards == 0
+    assert cfg.max_getrecords_per_second == 0.0  # no budget: pacing alone, as before
     assert cfg.endpoint_url is None and cfg.region is None
     assert cfg.redis_ca_file is None
     # The defaults of the table and of the dataclass are the same.
@@ -145,6 +146,11 @@ def test_help_mentions_env_and_default(capsys: pytest.CaptureFixture[str]) -> No
         (["--log-level", "chatty"], {}, ["log_level", "DEBUG, INFO"]),
         (["--metrics-port", "70000"], {}, ["metrics_port"]),
         (["--max-shards", "-1"], {}, ["max_shards"]),
+        (["--max-getrecords-per-second", "-1"], {}, ["max_getrecords_per_second (--max-getrecords-per-second / "
+                                                     "SHARDLEASE_MAX_GETRECORDS_PER_SECOND)", "0 (no budget)"]),
+        (["--max-getrecords-per-second", "fast"], {}, ["max_getrecords_per_second", "calls per second such as 50"]),
+        ([], {"SHARDLEASE_MAX_GETRECORDS_PER_SECOND": "inf"}, ["max_getrecords_per_second", "out of range"]),
+        (["--max-getrecords-per-second", "0.001"], {}, ["max_getrecords_per_second", "from 0.01"]),
         (["--endpoint-url", "localhost:8000"], {}, ["endpoint_url", "http"]),
         (["--redis-ca-file", "/no/such/file.pem"], {}, ["redis_ca_file", "does not exist"]),
         (["--bogus", "1"], {}, ["unrecognized arguments: --bogus 1"]),

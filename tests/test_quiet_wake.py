@@ -1,13 +1,15 @@
-"""A wake (worker.polling) of a quiet shard, on a real consumer: a real Redis and the local stream endpoint."""
+"""A wake (worker.polling) of a quiet shard and a GetRecords budget (worker.reading.budget), on a real consumer: a
+real Redis and the local stream endpoint."""
 
 from __future__ import annotations
 
-import time
+from typing import Any
 
 from leaser import ShardSpec
-from tests.test_consumer import Harness, creds, h  # noqa: F401  (fixtures)
-from worker.consumer import ConsumerSettings, ShardConsumer
+from tests.test_consumer import Harness, creds, h, run_steps  # noqa: F401  (fixtures)
+from worker.consumer import ConsumerSettings, ShardConsumer, StopReason
 from worker.handling.handler import as_handler
+from worker.reading.budget import ReadBudget
 
 
 def quiet_consumer(h: Harness) -> ShardConsumer:  # noqa: F811
@@ -25,12 +27,44 @@ def quiet_consumer(h: Harness) -> ShardConsumer:  # noqa: F811
 
 def test_a_wake_does_not_cut_short_the_backoff_of_a_shard_whose_read_failed(h: Harness) -> None:  # noqa: F811
     c = quiet_consumer(h)
-    assert c.step() is not None  # an empty page: quiet, waiting for its next poll
-    assert c.wake(time.monotonic() + 1.0)  # a quiet shard waiting for its poll is woken
+    assert c.step() is not None  # an empty page: quiet, waiting for its next slot (1 s away)
+    slot = c._pacer.slot
+    assert slot is not None
     h.server.model.set_faults(internal_error_rate=1.0)
     assert c.step() is not None  # GetRecords fails: the shard backs off (throttled or an AWS error)
-    # Woken now, it would call GetRecords again at every wake (one per 2 s per worker) whatever its backoff.
-    assert not c.wake(time.monotonic() + 1.0)
+    # The pacer alone would let a wake 0.1 s before the slot poll it (the slot is within the 0.5 s wake gap, the
+    # last poll 0.9 s old); woken, it would call GetRecords again at every wake whatever its backoff.
+    assert not c.wake(slot - 0.1)
     h.server.model.set_faults(internal_error_rate=0.0)
     assert c.step() is not None  # read again, successfully: wakes apply again
-    assert c.wake(time.monotonic() + 1.0)
+    slot = c._pacer.slot
+    assert slot is not None and c.wake(slot - 0.1)
+
+
+def test_a_shard_waiting_for_a_getrecords_token_reads_nothing_and_still_stops_at_once(h: Harness) -> None:  # noqa: F811
+    """--max-getrecords-per-second: a consumer refused a token waits (the step returns the wait, no GetRecords);
+    a shutdown asked meanwhile releases the lease at its next step, which the scheduler runs at once."""
+    c = quiet_consumer(h)
+    budget = ReadBudget(0.01, quiet_yield_s=1.0, ceiling_s=1.0)
+    budget.set_share(1, 1)  # one token, then one per 100 s
+    c._budget = budget
+    calls: list[str] = []
+    get_records = h.streams.get_records
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs.get("shard_id", ""))
+        return get_records(*args, **kwargs)
+
+    h.streams.get_records = counted  # type: ignore[method-assign]
+    written = h.write(3)
+    run_steps(c, 3)  # the token: the page is read, handed over and checkpointed
+    assert h.recorder.seen == written and len(calls) == 1 and budget.granted == 1
+    h.write(2, start=3)
+    wait = c.step()
+    assert wait is not None and wait > 10  # no token for about 100 s: the shard waits, reading nothing
+    assert len(calls) == 1 and h.recorder.seen == written
+    c.request_stop(StopReason.SHUTDOWN)
+    assert c.step() is None
+    lease = h.store.lease(c.shard_id)
+    assert lease is not None and lease.owner == "" and lease.checkpoint == written[-1]
+    assert not budget._waiting  # its place in line is given up

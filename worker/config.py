@@ -85,6 +85,17 @@ def parse_float_setting(text: str) -> float:
     return value
 
 
+def parse_calls_per_second(text: str) -> float:
+    """A fleet-wide rate of calls per second: 0 (no limit) or a finite number from 0.01 to 1,000,000."""
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number; use calls per second such as 50, or 0 for no budget") from None
+    if not math.isfinite(value) or value < 0 or value > 1_000_000 or 0 < value < 0.01:
+        raise ValueError(f"{text!r} is out of range; use 0 (no budget) or calls per second from 0.01 to 1000000")
+    return value
+
+
 def parse_int(text: str) -> int:
     """A base-10 integer."""
     try:
@@ -487,6 +498,11 @@ RUN_SETTINGS: tuple[Setting, ...] = (
        "Seconds without records after which a shard is polled at --idle-poll-interval instead of "
        "--active-poll-interval; records on a quiet shard wake the worker's other quiet shards.",
        metavar="SECONDS", group="stream"),
+    _s("max_getrecords_per_second", "--max-getrecords-per-second", parse_calls_per_second, 0.0,
+       "Fleet-wide GetRecords budget: all workers of the group together make at most about this many calls a "
+       "second, each its share by shards held, busy shards first; below one call per shard per "
+       "--idle-poll-interval every shard's poll interval stretches.  0: no budget.", metavar="CALLS",
+       default_doc="0 (no budget)", group="stream"),
     _s("checkpoint_interval_s", "--checkpoint-interval", _ranged(parse_duration, 0, 300), 0.0,
        "At most one checkpoint per shard per this many seconds (always at handoff, shutdown and shard end); "
        "0 checkpoints every batch.  A crash re-delivers up to this many seconds of records.",
@@ -563,6 +579,7 @@ class RunConfig:
     idle_poll_interval_s: float = 4.0
     active_poll_interval_s: float = 1.0
     quiet_after_s: float = 60.0
+    max_getrecords_per_second: float = 0.0
     checkpoint_interval_s: float = 0.0
     shutdown_grace_s: float = 20.0
     processes: int = 1

@@ -22,7 +22,10 @@ Invariants:
   its consumer is running.  A lost lease's checkpoint is refused by the token.
 * The shard is marked ended only after the handler finished its last record;
   ``on_shard_end`` runs once, even when SHARD_END has to be retried.
-* A caught-up shard waits at most ``idle_poll_interval_s`` between polls (pacing: worker.polling).
+* A caught-up shard waits at most ``idle_poll_interval_s`` between polls (pacing: worker.polling; a
+  woken poll's next one up to half that more), unless a GetRecords budget is set: then each GetRecords
+  waits for a token of worker.reading.budget (busy shards first, no shard starves) and a stop, handoff or
+  shutdown still takes effect at the next step, which the scheduler runs at once.
 * With ``checkpoint_interval_s`` > 0 a handled position is written at most once per interval, and
   always before a handoff or shutdown release and by SHARD_END; a crash or lost lease re-delivers what
   was handled since the last write (at most ``checkpoint_interval_s`` of records).  Reads resume after
@@ -49,6 +52,7 @@ from worker.handling.delivery import BatchDelivery, DeliveryFactory
 from worker.handling.handler import Handler, ShardContext
 from worker.observability import Metrics
 from worker.polling import FIRST_IDLE_DELAY_S, PollPacer, PollPolicy
+from worker.reading.budget import ReadBudget
 from worker.reading.records import Record
 from worker.reading.streams import StreamsClient
 from worker.snapshot.gate import HOLD_POLL_S, StreamGate
@@ -110,6 +114,7 @@ class ShardConsumer:
         deliveries: DeliveryFactory | None = None,
         on_quiet_activity: Callable[[], object] | None = None,
         gate: StreamGate | None = None,
+        budget: ReadBudget | None = None,
     ) -> None:
         self.shard_id = acquired.shard_id
         self.token = acquired.token
@@ -129,6 +134,8 @@ class ShardConsumer:
         """Monotonic time of the last checkpoint written (for checkpoint_interval_s)."""
         self._pacer = PollPacer(settings.poll_policy, time.monotonic())
         self._on_quiet_activity = on_quiet_activity
+        self._budget = budget
+        """The worker's GetRecords budget (``--max-getrecords-per-second``); None: no budget."""
         """Called (no arguments) when this shard gets records after being quiet: wakes the worker's others."""
         self._iterator: str | None = None
         self._gathered: list[Record] = []
@@ -269,9 +276,10 @@ class ShardConsumer:
         return self._unsaved or self.checkpoint
 
     def wake(self, now: float) -> bool:
-        """True (and noted) for a quiet shard waiting for its next poll and not polled within the wake gap
-        (worker.polling): the scheduler then runs its next step now.  Called only while no step runs.
-        Never for a shard backing off after a failed read or write (throttled, AWS or Redis errors)."""
+        """True (and noted) for a quiet shard whose next poll is within the wake gap and not polled within it
+        (worker.polling): the scheduler then runs that poll now, and the one after stays on the shard's grid.
+        Called only while no step runs.  Never for a shard backing off after a failed read or write (throttled,
+        AWS or Redis errors)."""
         return (self._delivery is None and not self._gathered and not self._at_end and self._stop_reason is None
                 and not self._failures and self._pacer.wake(now))
 
@@ -356,6 +364,15 @@ class ShardConsumer:
         otherwise the seconds to wait before reading again."""
         settings = self.settings
         want = settings.batch_size - len(self._gathered)
+        if want > 0 and not self._at_end and (wait := self._budget_wait()) > 0:
+            # No GetRecords token yet: deliver what is gathered (once its batching window is up), else wait.
+            if not self._gathered:
+                return wait
+            if settings.batching_window_s > 0:
+                left = self._gather_started + settings.batching_window_s - time.monotonic()
+                if left > 0:
+                    return min(wait, left)
+            return None
         if want > 0 and not self._at_end:
             limit = min(want, 1000)
             page = self._read(limit)
@@ -383,6 +400,12 @@ class ShardConsumer:
                 return None
             return 0.0 if more_waiting else min(left, FIRST_IDLE_DELAY_S * 2)
         return 0.0 if more_waiting else None
+
+    def _budget_wait(self) -> float:
+        """Seconds until this shard may call GetRecords under the worker's budget (0.0: a token was taken)."""
+        if self._budget is None:
+            return 0.0
+        return self._budget.request(self, busy=not self._pacer.quiet(time.monotonic()))
 
     def _checkpoint_progress(self, delivery: BatchDelivery) -> None:
         """Note the end of the batch's done prefix as handled, if it moved, and checkpoint it when due."""
@@ -476,6 +499,8 @@ class ShardConsumer:
                  f"; children ready: {', '.join(children)}" if children else "", extra={"shard_id": self.shard_id})
         self._metrics.lease_lost("shard_end")
         self._metrics.forget_shard(self.shard_id)
+        if self._budget is not None:
+            self._budget.forget(self)
         self.finished = True
         self._on_shard_ended(self.shard_id, children)
 
@@ -519,6 +544,8 @@ class ShardConsumer:
             return 0.5
         self._call_hook(self._handler.on_lease_lost)
         self._metrics.forget_shard(self.shard_id)
+        if self._budget is not None:
+            self._budget.forget(self)
         self.finished = True
         return None
 

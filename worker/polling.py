@@ -12,23 +12,34 @@ The policy (:class:`PollPolicy`, all times in seconds):
 * **quiet** shard (no records for ``quiet_after_s``): the wait is ``ceiling_s`` (``--idle-poll-interval``,
   4 s by default: 15 calls a minute instead of 60).
 
-Invariants: a wait is never longer than ``ceiling_s`` (no shard starves, and a closed shard's last page
-is found at most ``ceiling_s`` after it closed); ``active_interval_s`` is clamped to ``ceiling_s``, so
-``--idle-poll-interval 1`` polls every caught-up shard once a second (the old fixed interval).
+Invariants: without wakes a wait is never longer than ``ceiling_s`` (no shard starves, and a closed
+shard's last page is found at most ``ceiling_s`` after it closed); ``active_interval_s`` is clamped to
+``ceiling_s``, so ``--idle-poll-interval 1`` polls every caught-up shard once a second (the old fixed
+interval).
 
-Spreading: the first quiet wait (after a shard turns quiet, or after a wake) is drawn uniformly
-between ``active_interval_s`` and ``ceiling_s``, so shards that went quiet together (a worker's start, a
-wake) do not poll in step: spread over the ceiling, the first of them to poll after a burst wakes the
-others.  The interval thus grows from the active one to the ceiling in one step drawn at random, not by
-doubling: a doubling (1, 2, 4 s) would add polls to the minute after a shard turns quiet, and a shorter
-first wait followed by ceiling waits keeps any minute of a quiet shard at ``60 / ceiling_s`` calls.
+Spreading: the first quiet wait after a shard turns quiet is drawn uniformly between ``active_interval_s``
+and ``ceiling_s``, so shards that went quiet together (a worker's start) do not poll in step: spread over
+the ceiling, the first of them to poll after a burst wakes the others.  The interval thus grows from the
+active one to the ceiling in one step drawn at random, not by doubling: a doubling (1, 2, 4 s) would add
+polls to the minute after a shard turns quiet, and a shorter first wait followed by ceiling waits keeps
+any minute of a quiet shard at ``60 / ceiling_s`` calls.
 
-Waking (:class:`QuietWaker`): when a quiet shard gets records, this worker's other quiet shards whose
-last poll is at least ``ceiling_s / 2`` old are polled at once.  Wakes are at most one per
-``ceiling_s / 2`` per worker, and a woken shard then waits at least ``ceiling_s / 2`` (its spread draw
-after a wake starts there, not at the active interval), so a quiet shard
-is polled at most twice per ``ceiling_s`` even when wakes keep coming (and once per ``ceiling_s`` when
-they do not).
+Waking (:class:`QuietWaker`): when a quiet shard gets records, this worker's other quiet shards are
+polled at once, if their next poll (their *slot*) is at most ``wake_gap_s`` (``ceiling_s / 2``) away and
+their last poll at least ``wake_gap_s`` old.  A wake moves a poll earlier, it never adds one: the slot
+after a woken poll is the woken slot plus ``ceiling_s`` (the shard's grid is kept, so the shards also
+stay spread).  Hence, for a quiet shard, however many wakes come (one per ``wake_gap_s`` per worker):
+
+* after its first quiet wait, its slots are at least ``ceiling_s`` apart and no poll is earlier than
+  ``wake_gap_s`` before its slot, so any ``n + 1`` consecutive polls span at least
+  ``n * ceiling_s - wake_gap_s`` seconds: one poll per ``ceiling_s`` on average, and in any window of
+  ``T`` seconds at most ``ceil((T + wake_gap_s) / ceiling_s)`` polls (``ceil(T / ceiling_s)`` without
+  wakes).  At the 4 s default: at most 15 in any 58 s window, and 16 only in a 60 s window that starts
+  at a poll on its slot and ends just after a poll woken ``wake_gap_s`` early (never two more, never a
+  sustained rate above 15 a minute);
+* two polls are at least ``wake_gap_s`` apart;
+* the wait after a woken poll ends at the shard's next slot: at most ``ceiling_s + wake_gap_s`` (6 s at
+  the default; another wake usually comes first).  Every other wait is at most ``ceiling_s``.
 """
 
 from __future__ import annotations
@@ -41,8 +52,8 @@ from dataclasses import dataclass
 FIRST_IDLE_DELAY_S = 0.1
 """Seconds before the first re-poll after an empty page; doubles from there."""
 WAKE_GAP_FRACTION = 0.5
-"""A wake polls a quiet shard only if its last poll is at least this fraction of ``ceiling_s`` old,
-and one worker wakes at most once per that many seconds."""
+"""A wake polls a quiet shard only if its next slot is at most this fraction of ``ceiling_s`` away and its
+last poll at least that old; one worker wakes at most once per that many seconds."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,20 +82,26 @@ class PollPolicy:
 
 class PollPacer:
     """One consumer's pacing state; ``now`` is monotonic seconds.  Used from that consumer's steps (one
-    at a time) and read by :meth:`wakeable` from the scheduler while no step of it runs."""
+    at a time) and read by :meth:`wake` from the scheduler while no step of it runs."""
 
     def __init__(self, policy: PollPolicy, now: float, rng: Callable[[], float] = random.random) -> None:
         self.policy = policy
         self._rng = rng
         self._spread = True
         """The next wait at the ceiling is drawn in [active_s, ceiling_s] (see the module docstring)."""
-        self._woken = False
-        """The spread draw follows a wake: drawn in [wake_gap_s, ceiling_s] instead, so that the next wake
-        (at least ``wake_gap_s`` after this shard's last poll) keeps it at two polls per ``ceiling_s``."""
         self._last_records = now
         """When the shard last had records (or its consumer started)."""
         self.last_poll = now
         self._empty = 0
+        self._slot: float | None = None
+        """When the next poll of a quiet shard is due on its grid (None: not quiet, or not waiting)."""
+        self._woken_slot: float | None = None
+        """The slot a wake pulled forward: the slot after the woken poll is this one plus ``ceiling_s``."""
+
+    @property
+    def slot(self) -> float | None:
+        """When the next poll of this quiet shard is due (monotonic s), if it waits for one."""
+        return self._slot
 
     def quiet(self, now: float) -> bool:
         return now - self._last_records >= self.policy.quiet_after_s
@@ -98,7 +115,7 @@ class PollPacer:
         self._last_records = now
         self._empty = 0
         self._spread = True
-        self._woken = False
+        self._slot = self._woken_slot = None
         return was_quiet
 
     def empty_delay(self, now: float) -> float:
@@ -106,20 +123,28 @@ class PollPacer:
         self._empty += 1
         quiet = self.quiet(now)
         delay = self.policy.delay(self._empty, quiet)
-        if self._spread and quiet:
+        woken, self._woken_slot = self._woken_slot, None
+        if not quiet:
+            self._slot = None
+            return delay
+        if woken is not None and woken + self.policy.ceiling_s > now:
+            # A woken poll took the slot it was pulled from: the next one stays on the grid.
+            self._slot = woken + self.policy.ceiling_s
+            return self._slot - now
+        if self._spread:
             self._spread = False
-            low = max(self.policy.active_s, self.policy.wake_gap_s) if self._woken else self.policy.active_s
-            low = min(low, self.policy.ceiling_s)
-            self._woken = False
+            low = self.policy.active_s
             delay = low + (self.policy.ceiling_s - low) * self._rng()
+        self._slot = now + delay
         return delay
 
     def wake(self, now: float) -> bool:
-        """True if a wake may poll this shard now (quiet, and not polled within ``wake_gap_s``); the wait
-        after that poll is spread again."""
-        if self.quiet(now) and now - self.last_poll >= self.policy.wake_gap_s:
-            self._spread = True
-            self._woken = True
+        """True if a wake may poll this shard now: quiet, its next slot at most ``wake_gap_s`` away (and not
+        passed) and its last poll at least ``wake_gap_s`` old.  The poll then takes that slot."""
+        slot, gap = self._slot, self.policy.wake_gap_s
+        if slot is not None and slot - gap <= now < slot and now - self.last_poll >= gap and self.quiet(now):
+            self._woken_slot = slot
+            self._slot = None
             return True
         return False
 

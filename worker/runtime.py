@@ -70,6 +70,7 @@ from worker.observability import (
     start_health_server,
 )
 from worker.polling import QuietWaker
+from worker.reading.budget import ReadBudget
 from worker.reading.streams import StreamsClient, parse_stream_arn
 from worker.redis_setup import open_redis
 from worker.scheduler import ASYNC_HANDLER_THREADS, DEFAULT_THREADS, Scheduler
@@ -247,6 +248,10 @@ class Worker:
         self.waker = QuietWaker(
             self.settings.poll_policy.wake_gap_s,
             lambda now: scheduler.pull_forward(now, lambda c: c.wake(now)), time.monotonic)
+        self.budget = (ReadBudget(config.max_getrecords_per_second, quiet_yield_s=config.idle_poll_interval_s,
+                                  ceiling_s=config.idle_poll_interval_s)
+                       if config.max_getrecords_per_second > 0 else None)
+        """This worker's share of --max-getrecords-per-second (None: no budget), set at each heartbeat."""
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._signals = 0
@@ -392,6 +397,8 @@ class Worker:
                                "again (up to 24 h of them)")
             log.error("REDIS LOST THE GROUP'S STATE (restarted without persistence?): every lease and checkpoint "
                       "is gone; %s. Run Redis with append-only persistence to avoid this.", consequence)
+        if self.budget is not None:  # before the gained shards' consumers start reading
+            self.budget.set_share(len(self.manager.held()), result.heartbeat.ready)
         for shard, reason in result.lost.items():
             if self.scheduler.stop(shard, StopReason.LOST, detail=reason):
                 log.warning("lease lost (%s); stopping the shard", reason, extra={"shard_id": shard})
@@ -528,6 +535,7 @@ class Worker:
                 acquired, settings=self.settings, streams=self.streams, manager=self.manager,
                 handler=self.handler, metrics=self.metrics, on_shard_ended=self._on_shard_ended,
                 deliveries=self.deliveries, on_quiet_activity=self.waker.activity, gate=self.gate,
+                budget=self.budget,
             )
             self.scheduler.add(consumer)
 

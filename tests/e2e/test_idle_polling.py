@@ -58,7 +58,7 @@ class PollLog:
 
 def key_for(server: LocalStreamsServer, table: Any, shard: str) -> str:
     i = 0
-    while server.model.shard_for_key(table, f"k{i}") != shard:
+    while server.model.shard_for_key(table, {"S": f"k{i}"}) != shard:
         i += 1
     return f"k{i}"
 
@@ -104,7 +104,9 @@ def test_quiet_shards_poll_at_the_ceiling_wake_together_and_still_deliver_within
             seq = table.put_item({"pk": key_for(server, table, shards[0]), "n": 1})
             assert seq is not None
             assert wait_handled(fleet, seq, 60) - written_at <= CEILING_S + SLACK_S
-            time.sleep(WAKE_GAP_S + 0.5)  # past the waker's own gap
+            # Past the waker's own gap, and every shard that record woke back on its own grid (the slot after a
+            # woken poll is up to ceiling + wake gap away: worker.polling).
+            time.sleep(CEILING_S + WAKE_GAP_S + 0.5)
 
             # 3. A burst: records on one quiet shard wake this worker's other quiet shards, those not polled
             # within the wake gap, at once.  Write when a trigger shard is about to poll while others are
@@ -136,7 +138,7 @@ def test_quiet_shards_poll_at_the_ceiling_wake_together_and_still_deliver_within
                     wait_handled(fleet, sq, 60)
                 if woken_checked:
                     break
-                time.sleep(1 + CEILING_S)  # every shard quiet again
+                time.sleep(1 + CEILING_S + WAKE_GAP_S)  # every shard quiet again, on its own grid
             assert woken_checked, "no shard was eligible for a wake at the trigger's poll"
         finally:
             codes = fleet.stop_all()

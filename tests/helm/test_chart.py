@@ -144,7 +144,7 @@ def test_config_keys_map_one_to_one_onto_settings(helm: str, tmp_path: Path) -> 
         "filterPatterns": '[{"eventName": ["INSERT"]}]', "parallelizationFactor": 4, "handlerTimeout": 60,
         "onHandlerTimeout": "warn", "perShardMetrics": "true", "activePollInterval": 0.5, "quietAfter": "2m",
         "checkpointInterval": 5, "snapshot": "true", "snapshotSegments": 8, "snapshotReadUnits": 250,
-        "snapshotMaxStreamLag": "2m",
+        "snapshotMaxStreamLag": "2m", "maxGetrecordsPerSecond": 20,
     }
     assert set(sample) == keys
     env = env_values(worker_container(render_values(helm, {"config": sample}, tmp_path)))

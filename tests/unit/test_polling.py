@@ -72,45 +72,63 @@ def test_the_old_fixed_interval_is_reachable() -> None:
     assert max(PollPolicy(ceiling_s=0.5).delay(n, q) for n in range(1, 20) for q in (False, True)) == 0.5
 
 
-def test_a_wake_polls_only_quiet_shards_not_polled_within_the_gap_and_spreads_them_again() -> None:
-    draws = iter([0.5, 0.0])
+def test_a_wake_pulls_the_next_poll_forward_and_the_one_after_stays_on_the_grid() -> None:
+    draws = iter([0.5])
     pacer = PollPacer(DEFAULT, 0.0, rng=lambda: next(draws))
     assert not pacer.wake(30.0)  # active
     pacer.polled(61.0, False)
-    assert pacer.empty_delay(61.0) == 2.5  # the first quiet wait, spread
-    assert pacer.empty_delay(63.5) == 4.0
-    assert not pacer.wake(62.0)  # quiet, but polled 1 s ago (gap 2 s)
-    assert pacer.wake(63.0)
-    assert pacer.empty_delay(63.0) == 2.0  # after a wake: spread again, from the wake gap (2 s) up
-    assert pacer.polled(63.5, True)  # records after quiet: a wake trigger
+    assert pacer.empty_delay(61.0) == 2.5  # the first quiet wait, spread: slot 63.5
+    pacer.polled(63.5, False)
+    assert pacer.empty_delay(63.5) == 4.0  # slot 67.5
+    assert not pacer.wake(65.0)  # quiet, but its slot is more than the wake gap (2 s) away
+    assert pacer.wake(65.5)  # 2 s before its slot: polled now, taking that slot
+    assert not pacer.wake(66.0)  # a woken shard is not woken again for the same slot
+    pacer.polled(65.6, False)
+    assert pacer.empty_delay(65.6) == pytest.approx(71.5 - 65.6)  # the next slot stays on the grid: 67.5 + 4
+    assert not pacer.wake(68.0)  # polled 2.4 s ago, but its slot (71.5) is 3.5 s away
+    assert not pacer.wake(69.0)  # 2.5 s away
+    pacer.polled(71.5, False)
+    assert pacer.empty_delay(71.5) == 4.0  # not woken: the ceiling, as without wakes
+    assert pacer.wake(73.5)
+    assert pacer.polled(73.6, True)  # records after quiet: a wake trigger
     assert not pacer.wake(100.0)  # active again
     assert not pacer.polled(101.0, True)  # records on an active shard wake nobody
 
 
 @pytest.mark.parametrize("spread", [0.0, 0.3, 1.0])
-def test_wakes_that_keep_coming_poll_a_quiet_shard_at_most_twice_per_ceiling(spread: float) -> None:
-    """Wakes timed as badly as the rules allow (the worker's gap is up and the shard's last poll is a gap
-    old): the shard is still polled at most twice per ceiling (30 a minute at the 4 s default).  A wait
-    spread down to the active interval after a wake let a wake come 1 s after that poll: 40 a minute."""
+@pytest.mark.parametrize("phase", [0.0, 0.13, 0.37])
+def test_wakes_that_keep_coming_never_raise_a_quiet_shard_above_one_poll_per_ceiling(
+        spread: float, phase: float) -> None:
+    """A wake every 0.5 s (more often than a worker's waker allows: one per wake gap) for 10 minutes of a
+    quiet shard: it is polled at most 15 times in any 58 s window and 16 in any 60 s one (module docstring),
+    150 (+1) in the 10 minutes, as without wakes.  Before the grid was kept, each woken poll restarted the
+    ceiling from itself: 30 a minute."""
     policy = DEFAULT
     pacer = PollPacer(policy, -100.0, rng=lambda: spread)
     pacer.polled(-100.0, True)  # records long ago: quiet from t=0
     tick = 0.01
     pacer.polled(0.0, False)
     due = pacer.empty_delay(0.0)
-    last_wake, polls = float("-inf"), [0.0]
-    for i in range(1, int(180 / tick)):
+    polls, woken = [0.0], 0
+    for i in range(1, int(600 / tick)):
         now = round(i * tick, 2)
-        if now - last_wake >= policy.wake_gap_s and now - pacer.last_poll >= policy.wake_gap_s:
-            last_wake = now
-            if pacer.wake(now):
-                due = min(due, now)
+        if round((now - phase) / 0.5, 6).is_integer() and pacer.wake(now):
+            woken += 1
+            due = min(due, now)
         if now >= due:
             polls.append(now)
             pacer.polled(now, False)
             due = now + pacer.empty_delay(now)
-    for start in range(60, 120, 3):
-        assert per_minute(polls, float(start)) <= 2 * 60 / policy.ceiling_s, (start, spread)
+    assert woken > 100  # the wakes did pull polls forward (nearly every poll is woken)
+    per_ceiling = 60 / policy.ceiling_s
+    # From the end of its first quiet wait (drawn shorter than the ceiling after the active polls before it).
+    for start in (polls[1] + x * 0.01 for x in range(0, 53000, 7)):
+        assert sum(1 for t in polls if start <= t < start + 60 - policy.wake_gap_s) <= per_ceiling, start
+        assert sum(1 for t in polls if start <= t < start + 60) <= per_ceiling + 1, start
+    assert len([t for t in polls if t >= polls[1]]) <= 600 / policy.ceiling_s + 1
+    gaps = [b - a for a, b in itertools.pairwise(polls)]
+    assert min(gaps[1:]) >= policy.wake_gap_s - 1e-9
+    assert max(gaps) <= policy.ceiling_s + policy.wake_gap_s + 1e-9
 
 
 def test_the_waker_wakes_at_most_once_per_gap() -> None:
