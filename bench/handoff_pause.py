@@ -66,7 +66,7 @@ class Writer(threading.Thread):
         i = 0
         while min((len(per_shard[s]) for s in server.model.shard_ids(table)), default=0) < 5:
             key = f"k{i}"
-            per_shard[server.model.shard_for_key(table, key)].append(key)
+            per_shard[server.model.shard_for_key(table, {"S": key})].append(key)
             i += 1
         self.keys = [keys[:5] for keys in per_shard.values()]
         self.stop_event = threading.Event()

@@ -61,7 +61,7 @@ class Writer(threading.Thread):
         shard_ids = server.model.shard_ids(table)
         while len(keys) < len(shard_ids):
             key = f"k{i}"
-            keys.setdefault(server.model.shard_for_key(table, key), key)
+            keys.setdefault(server.model.shard_for_key(table, {"S": key}), key)
             i += 1
         self.keys = list(keys.values())
         self.written: dict[str, float] = {}
@@ -86,7 +86,7 @@ def keys_per_shard(server: LocalStreamsServer, table: Any) -> list[str]:
     i = 0
     shard_ids = server.model.shard_ids(table)
     while len(keys) < len(shard_ids):
-        keys.setdefault(server.model.shard_for_key(table, f"k{i}"), f"k{i}")
+        keys.setdefault(server.model.shard_for_key(table, {"S": f"k{i}"}), f"k{i}")
         i += 1
     return [keys[s] for s in shard_ids]
 

@@ -168,6 +168,9 @@ def test_one_key_stays_ordered_across_split_and_rollover(server: LocalStreamsSer
     write(5)
     third = server.model.shard_for_key(table, {"S": "hot"})
     assert len({first, second, third}) == 3
+    # A plain value hashes differently from the item's typed key: refused rather than answered wrongly.
+    with pytest.raises(TypeError, match="typed partition-key value"):
+        server.model.shard_for_key(table, "hot")
 
     # A lineage-following consumer: a shard is read only once its parent has been read to its end.
     shards = list_all_shards(streams, table.stream_arn)

@@ -605,7 +605,13 @@ class StreamsModel:
             return [i for i in s.shard_ids if not s.shards[i].gone and (not open_only or s.shards[i].is_open)]
 
     def shard_for_key(self, stream: str | LocalTable, partition_key_value: Any) -> str:
-        """Id of the open shard that a partition-key value (typed, e.g. ``{"S": "a"}``) routes to."""
+        """Id of the open shard that a partition-key value (typed, e.g. ``{"S": "a"}``) routes to.
+
+        A plain value (``"a"``) is refused: it hashes differently from the typed value an item's key has, so
+        the answer would name some other shard."""
+        if not (isinstance(partition_key_value, dict) and len(partition_key_value) == 1):
+            raise TypeError(f"shard_for_key takes a typed partition-key value such as {{'S': 'a'}}, "
+                            f"not {partition_key_value!r}")
         with self.lock:
             s = self._resolve(stream)
             shard = s.route(key_hash(partition_key_value))
