@@ -358,6 +358,10 @@ def decode_get_records(body: bytes, shard_id: str) -> tuple[list[Record], str | 
                 wire.copy(),  # the record's bytes only: a view would keep the whole page alive
             ))
         return records, page.NextShardIterator
+    except (RecursionError, ArithmeticError, ValueError, OSError) as exc:
+        # Nested deeper than the decoders go, a creation time no datetime holds (OverflowError, ValueError,
+        # OSError), a number beyond DynamoDB's 38 digits (decimal's traps): not a page either.
+        raise TypeError(f"GetRecords response body is not a page: {type(exc).__name__}: {exc}") from None
     finally:
         if paused:
             gc.enable()
