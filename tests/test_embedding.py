@@ -237,6 +237,7 @@ def test_start_consume_stop_leaves_no_thread_and_no_signal_handler(
     written = [str(table.put_item({"pk": f"k{n}", "n": n})) for n in range(20)]
     signals_before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     before = _thread_names()
+    frozen = gc.get_freeze_count()
     recorder = Recorder()
     embedded = EmbeddedWorker(_config(server, table, redis_url, group), handler=recorder)
     embedded.start()
@@ -246,6 +247,7 @@ def test_start_consume_stop_leaves_no_thread_and_no_signal_handler(
     assert {s: signal.getsignal(s) for s in signals_before} == signals_before
     assert "shardlease-worker" in _thread_names()
     assert _wait_until(lambda: set(written) <= set(recorder.seen)), "records not consumed"
+    assert gc.get_freeze_count() == frozen  # only `shardlease run`, which owns its process, freezes its heap
     with pytest.raises(TimeoutError):
         embedded.wait(timeout_s=0.1)
     embedded.stop()

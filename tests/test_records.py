@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import gc
+import sys
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -150,6 +151,20 @@ def test_raw_is_parsed_at_first_read_and_kept() -> None:
     first = record.raw
     assert first == wire and record.raw is first and record.wire is first
     assert record.new_image == {"a": Decimal("1.50")} and record.old_image == {"b": b"\x01\x02"}
+
+
+def test_a_kept_record_does_not_keep_its_page() -> None:
+    """A record holds its own bytes, not a view of the page body: a handler that keeps one record of
+    each batch (the latest per key, a buffer flushed later) must not keep each whole page (up to 1 MB)."""
+    pages = [_page({"v": {"S": "x" * 1000}, "n": {"N": str(i)}}, {}) for i in range(50)]
+    body = b"".join([b'{"Records":[', b",".join(orjson.dumps(w) for _, w in pages), b'],"NextShardIterator":"it"}'])
+    before = sys.getrefcount(body)
+    records, _ = decode_get_records(body, SHARD)
+    kept = records[7]
+    del records
+    assert sys.getrefcount(body) == before  # nothing decoded from the page refers to the body any more
+    assert bytes(memoryview(kept.wire)) == orjson.dumps(pages[7][1])  # its own bytes, exactly
+    assert kept.raw == pages[7][1] and kept.new_image is not None and kept.new_image["n"] == 7
 
 
 @pytest.mark.parametrize(

@@ -292,6 +292,27 @@ def test_garbled_200_body_is_retryable(stub: Stub, client: StreamsClient) -> Non
         client.get_records("it-1", shard_id=SHARD)
 
 
+def _one_record(user_identity: bytes = b"null", created: bytes = b"1714566896") -> bytes:
+    return (b'{"Records":[{"eventID":"e","eventName":"INSERT","userIdentity":' + user_identity
+            + b',"dynamodb":{"ApproximateCreationDateTime":' + created + b',"SequenceNumber":"1"}}]}')
+
+
+@pytest.mark.parametrize("body", [
+    _one_record(user_identity=b'{"a":' + b"[" * 1100 + b"]" * 1100 + b"}"),  # deeper than the decoder goes
+    _one_record(created=b"1e300"),  # a creation time no datetime holds
+    _one_record(created=b"-1e12"),
+    # 39 significant digits (DynamoDB keeps 38):
+    _one_record().replace(b'"SequenceNumber"', b'"Keys":{"n":{"N":"' + b"1" * 39 + b'"}},"SequenceNumber"'),
+], ids=["too-deep", "time-overflow", "time-before-year-1", "number-too-precise"])
+def test_200_body_of_a_malformed_page_is_retryable(stub: Stub, client: StreamsClient, body: bytes) -> None:
+    """Every body that is not a page is a retryable StreamServerError (the consumer backs off and reads the same
+    iterator again), not an arbitrary exception out of the decoder (RecursionError, OverflowError, ValueError,
+    decimal.Inexact)."""
+    stub.routes["GetRecords"] = lambda p: (200, body)
+    with pytest.raises(StreamServerError, match="not a page"):
+        client.get_records("it-1", shard_id=SHARD)
+
+
 # --- the fast path's guard: a page it cannot read is an error, never a shard end ---------------------
 
 FAST_PATH_EVENT = "before-parse.dynamodb-streams.GetRecords"
