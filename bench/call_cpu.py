@@ -11,7 +11,7 @@ never receive a record, and a private redis-server.  In the same run, one after 
     ``TypeDeserializer`` ready (nothing to deserialize on an empty page);
 (b) **worker, botocore path** (the path of the seed and of the first wave): one
     ``python -m worker run`` process with ``SHARDLEASE_BENCH_GETRECORDS_PATH=botocore``, which
-    sends every GetRecords through botocore's full request pipeline (the orjson page decoder
+    sends every GetRecords through botocore's full request pipeline (the page decoder
     behind a before-parse hook, as before);
 (c) **worker, lean path** (the default): the same worker, GetRecords sent by
     :mod:`worker.reading.lean`.
