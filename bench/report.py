@@ -947,12 +947,13 @@ def add_cost_goals(add: Any, cc: dict[str, Any] | None, tp: dict[str, Any] | Non
             f"`Popen` -> first GetRecords (server-side) {first_get:.2f} s, "
             f"`Popen` -> first handler call {med([r['worker']['startup_s'] for r in reps]):.2f} s.")
         add("")
-        add("One worker process is CPU-bound on one core (the GIL) while it drains: decoding a 1.4 KB "
-            "NEW_AND_OLD_IMAGES record (orjson + the unmarshaller), the handler's touch of every value (the same "
-            "work on both sides) and the cyclic GC's passes over the decoded records make up most of its CPU; "
-            "GetRecords' own cost per 1,000-record page is small. Start-up is interpreter and imports (redis with "
-            "its OpenTelemetry hooks, boto3), the boto3 client, the lease take. `--processes N` (goal 4) is what "
-            "moves the drain past one core.")
+        add("One worker process is CPU-bound on one core (the GIL) while it drains. Per 1.4 KB NEW_AND_OLD_IMAGES "
+            "record: the page decoder (msgspec into untracked structs of the wire shape, then the unmarshaller; "
+            "`bench/decode_throughput.py`) and the handler's touch of every value (the same work on both sides) are "
+            "most of it; `shardlease run` freezes its start-up heap once started (`gc.freeze`), so the cyclic GC's "
+            "full collections during the drain do not walk botocore's models and the modules again and again. "
+            "GetRecords' own cost per 1,000-record page is small. `--processes N` (goal 4) is what moves the drain "
+            "past one core.")
         add("")
 
 
