@@ -81,7 +81,10 @@ log = logging.getLogger("shardlease.worker")
 CLEANUP_INTERVAL_S = 300.0
 """Seconds between the leader's cleanups of ended leases."""
 WAKE_MIN_GAP_S = 0.1
-"""Least time, in seconds, between two heartbeats triggered by wake-ups."""
+"""Seconds a wake-up waits before the heartbeat it triggers, so wake-ups that come together (a burst of
+releases or shard ends) share one heartbeat: at least this long between two heartbeats triggered by
+wake-ups.  The worker's first wake-up goes at once: nothing came before it to batch with, and on a new
+group it is the leader's first shard listing, which the worker's first leases wait for."""
 GRANT_POLL_S = 0.2
 """Seconds between polls for handed-over leases while this worker waits for a handoff."""
 LANE_THREADS = 32
@@ -249,6 +252,8 @@ class Worker:
             lambda now: scheduler.pull_forward(now, lambda c: c.wake(now)), time.monotonic)
         self._stopping = threading.Event()
         self._wake = threading.Event()
+        self._woken = False
+        """True once a wake-up has triggered a heartbeat (later ones wait WAKE_MIN_GAP_S first)."""
         self._signals = 0
         self._leader = False
         self._leader_thread: threading.Thread | None = None
@@ -596,7 +601,9 @@ class Worker:
                 self._wake.wait(left)
             if self._wake.is_set():
                 self._wake.clear()
-                time.sleep(WAKE_MIN_GAP_S)
+                if self._woken:
+                    time.sleep(WAKE_MIN_GAP_S)
+                self._woken = True
                 return
 
     def _shutdown(self) -> int:
