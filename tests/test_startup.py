@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -10,6 +13,8 @@ import pytest
 
 from worker import runtime
 from worker.runtime import WAKE_MIN_GAP_S, Worker
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _coordinator() -> Any:
@@ -36,3 +41,30 @@ def test_the_first_wake_up_triggers_its_heartbeat_at_once_later_ones_wait_the_ga
         worker._wait_until_next_tick()  # returns at once: the wake-up is set (renew_interval_s is 60 s)
         assert sleeps == expected
         assert not worker._wake.is_set()
+
+
+RUN_PATH_NOT_IMPORTED = (
+    "worker.checkpoints.commands",  # the checkpoint commands: their parser is worker.checkpoints.parser
+    "worker.snapshot.command",  # --snapshot and `shardlease snapshot` only
+    "worker.snapshot.runner",
+    "worker.snapshot.scan",
+    "worker.supervisor",  # --processes above 1 only
+    "worker.demo",
+)
+"""Modules that ``shardlease run`` (one process, no --snapshot) must not import: each costs start-up time."""
+
+_RUN_PATH_PROBE = """
+import sys
+from worker import cli
+from worker.config import load_run_config
+args = cli.build_parser().parse_args(["run", "--table", "Orders", "--handler", "tests.handlers_for_tests:handle"])
+load_run_config(args)
+import worker.runtime  # what _run imports next (Worker() would connect to AWS and Redis)
+print(" ".join(sorted(set(sys.argv[1:]) & set(sys.modules))) or "-")
+"""
+
+
+def test_the_run_path_does_not_import_what_only_other_commands_need() -> None:
+    done = subprocess.run([sys.executable, "-c", _RUN_PATH_PROBE, *RUN_PATH_NOT_IMPORTED], capture_output=True,
+                          text=True, check=True, cwd=ROOT)
+    assert done.stdout.split() == ["-"], f"imported on the run path: {done.stdout.strip()}"

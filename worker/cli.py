@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--all", action="store_true", help="replay every entry")
     dlq_replay.add_argument("--dry-run", action="store_true", help="show what would be replayed; change nothing")
 
-    from worker.checkpoints.commands import add_parser as add_checkpoint_parser
+    from worker.checkpoints.parser import add_parser as add_checkpoint_parser
 
     add_checkpoint_parser(sub)
 

@@ -73,7 +73,6 @@ from worker.polling import QuietWaker
 from worker.reading.streams import StreamsClient, parse_stream_arn
 from worker.redis_setup import open_redis
 from worker.scheduler import ASYNC_HANDLER_THREADS, DEFAULT_THREADS, Scheduler
-from worker.snapshot.command import prepare as prepare_snapshot
 from worker.snapshot.gate import StreamGate, notice_s
 
 log = logging.getLogger("shardlease.worker")
@@ -226,8 +225,12 @@ class Worker:
         # Every consumer asks the snapshot gate, --snapshot or not: a snapshot started by any worker or by
         # `shardlease snapshot` must hold back the records it has to precede (docs/snapshot.md).
         self.gate = StreamGate(SnapshotStore(self.client, config.group, notice_s=notice_s()))
-        self.snapshot = (prepare_snapshot(config, self.client, self.stream_arn, region, registry=self.metrics.registry)
-                         if config.snapshot else None)
+        self.snapshot = None
+        if config.snapshot:
+            from worker.snapshot.command import prepare as prepare_snapshot  # only with --snapshot
+
+            self.snapshot = prepare_snapshot(config, self.client, self.stream_arn, region,
+                                             registry=self.metrics.registry)
         if self.snapshot is not None:
             undo.callback(self.snapshot.reader.close)
         self.deliveries = build_deliveries(config, self.handler, self.stream_arn, region, self.client, self.metrics)
