@@ -50,6 +50,7 @@ RUN_PATH_NOT_IMPORTED = (
     "worker.snapshot.scan",
     "worker.supervisor",  # --processes above 1 only
     "worker.demo",
+    "opentelemetry.sdk",  # redis-py imports it eagerly, unused (leaser/_redis_import.py); the test extra installs it
 )
 """Modules that ``shardlease run`` (one process, no --snapshot) must not import: each costs start-up time."""
 
@@ -68,3 +69,37 @@ def test_the_run_path_does_not_import_what_only_other_commands_need() -> None:
     done = subprocess.run([sys.executable, "-c", _RUN_PATH_PROBE, *RUN_PATH_NOT_IMPORTED], capture_output=True,
                           text=True, check=True, cwd=ROOT)
     assert done.stdout.split() == ["-"], f"imported on the run path: {done.stdout.strip()}"
+
+
+_REDIS_OTEL_PROBE = """
+import sys
+if sys.argv[2] == "redis-first":
+    import redis  # redis-py's own import, SDK and all
+import worker  # noqa: F401  (imports redis through leaser/_redis_import.py unless it is imported already)
+import redis
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from redis.observability import OTelConfig, get_observability_instance
+reader = InMemoryMetricReader()
+metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+get_observability_instance().init(OTelConfig())
+client = redis.Redis.from_url(sys.argv[1])
+client.ping()
+client.close()
+data = reader.get_metrics_data()
+print(" ".join(sorted({m.name for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics})))
+"""
+
+
+def test_redis_metrics_work_as_before_when_redis_is_imported_without_its_eager_sdk_import(redis_url: str) -> None:
+    # An application that turns on redis-py's OpenTelemetry metrics gets the same metrics whether redis was
+    # imported by shardlease (the SDK import refused) or by itself first.
+    def metric_names(first: str) -> list[str]:
+        done = subprocess.run([sys.executable, "-c", _REDIS_OTEL_PROBE, redis_url, first], capture_output=True,
+                              text=True, check=True, cwd=ROOT)
+        return done.stdout.split()
+
+    ours = metric_names("shardlease-first")
+    assert "db.client.connection.create_time" in ours
+    assert ours == metric_names("redis-first")
