@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import orjson
 import pytest
 
-from worker import runtime
+from worker import cli, runtime
+from worker.local import LocalStreamsServer
 from worker.runtime import WAKE_MIN_GAP_S, Worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,3 +107,61 @@ def test_redis_metrics_work_as_before_when_redis_is_imported_without_its_eager_s
     ours = metric_names("shardlease-first")
     assert "db.client.connection.create_time" in ours
     assert ours == metric_names("redis-first")
+
+
+# -- the garbage collector during start-up (worker/cli.py: _run, _started) --------------------------
+
+
+def test_a_started_worker_collects_garbage(tmp_path: Path, redis_url: str, group: str) -> None:
+    # `run` starts with the collector off; by the first handler call it is on again, start-up's objects frozen.
+    with LocalStreamsServer(port=0) as server:
+        table = server.create_table("orders", shards=1)
+        for i in range(3):
+            table.put_item({"pk": f"k{i}"})
+        out = tmp_path / "calls.jsonl"
+        env = dict(os.environ, SHARDLEASE_TEST_OUT=str(out), PYTHONPATH=str(ROOT), AWS_ACCESS_KEY_ID="t",
+                   AWS_SECRET_ACCESS_KEY="t", AWS_REGION="us-east-1")
+        proc = subprocess.Popen([sys.executable, "-m", "worker", "run", "--stream-arn", table.stream_arn,
+                                 "--endpoint-url", server.endpoint_url, "--redis-url", redis_url, "--group", group,
+                                 "--handler", "tests.gc_state_handler:handle", "--metrics-port", "0"],
+                                env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not (out.exists() and out.read_text().strip()):
+                time.sleep(0.1)
+        finally:
+            proc.terminate()
+            _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    first = orjson.loads(out.read_text().splitlines()[0])
+    assert first["enabled"] is True
+    assert first["frozen"] > 0
+
+
+_UNFREEZE_PROBE = """
+import gc, threading
+from worker import cli
+cli.GC_UNFREEZE_S = 0.05
+gc.disable()
+cli._started()
+print(gc.isenabled(), gc.get_freeze_count() > 0)
+next(t for t in threading.enumerate() if t.name == "gc-unfreeze").join(30)
+print(gc.get_freeze_count())
+"""
+
+
+def test_start_ups_objects_go_back_to_the_collector_later() -> None:
+    # Nothing start-up left is kept for good: the frozen objects are handed back after GC_UNFREEZE_S.
+    done = subprocess.run([sys.executable, "-c", _UNFREEZE_PROBE], capture_output=True, text=True, check=True,
+                          cwd=ROOT)
+    assert done.stdout.split() == ["True", "True", "0"]
+
+
+def test_a_start_up_that_fails_leaves_the_collector_on(capsys: pytest.CaptureFixture[str], redis_url: str) -> None:
+    import gc
+
+    assert gc.isenabled()
+    code = cli.main(["run", "--stream-arn", "arn:aws:dynamodb:us-east-1:123456789012:table/orders/stream/x",
+                     "--redis-url", redis_url, "--handler", "no_such_module_xyz:handle", "--metrics-port", "0"])
+    assert code == 2 and "no_such_module_xyz" in capsys.readouterr().err
+    assert gc.isenabled()
