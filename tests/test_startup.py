@@ -16,6 +16,7 @@ import pytest
 
 from worker import cli, runtime
 from worker.local import LocalStreamsServer
+from worker.reading.streams import StreamsClient
 from worker.runtime import WAKE_MIN_GAP_S, Worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,6 +55,8 @@ RUN_PATH_NOT_IMPORTED = (
     "worker.snapshot.scan",
     "worker.supervisor",  # --processes above 1 only
     "worker.demo",
+    "boto3",  # botocore makes the clients (worker/reading/streams.py: _boto3_like_session)
+    "s3transfer",
     "opentelemetry.sdk",  # redis-py imports it eagerly, unused (leaser/_redis_import.py); the test extra installs it
 )
 """Modules that ``shardlease run`` (one process, no --snapshot) must not import: each costs start-up time."""
@@ -165,3 +168,36 @@ def test_a_start_up_that_fails_leaves_the_collector_on(capsys: pytest.CaptureFix
                      "--redis-url", redis_url, "--handler", "no_such_module_xyz:handle", "--metrics-port", "0"])
     assert code == 2 and "no_such_module_xyz" in capsys.readouterr().err
     assert gc.isenabled()
+
+
+class _Sent(Exception):
+    """Stops a request once its headers are known (nothing is sent)."""
+
+
+def _getrecords_headers(streams: StreamsClient) -> dict[str, str]:
+    seen: dict[str, str] = {}
+
+    def capture(request: Any, **kwargs: Any) -> None:
+        seen.update({k: v.decode() if isinstance(v, bytes) else str(v) for k, v in request.headers.items()})
+        raise _Sent
+
+    streams.boto_client.meta.events.register("before-sign.dynamodb-streams.GetRecords", capture)
+    with pytest.raises(_Sent):
+        streams.boto_client.get_records(ShardIterator="x" * 40, Limit=10)
+    return seen
+
+
+def test_the_default_client_sends_what_a_boto3_session_s_client_sends(monkeypatch: pytest.MonkeyPatch) -> None:
+    # StreamsClient() builds its clients on a botocore session set up as boto3.Session() does (without
+    # importing boto3 at start-up): the requests, User-Agent included, are the same.
+    import boto3
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t"}.items():
+        monkeypatch.setenv(name, value)
+    kwargs: dict[str, Any] = {"region_name": "us-east-1", "endpoint_url": "http://127.0.0.1:9"}
+    with StreamsClient(**kwargs) as ours, StreamsClient(boto3.Session(), **kwargs) as theirs:
+        mine, boto3s = _getrecords_headers(ours), _getrecords_headers(theirs)
+        assert ours.boto_client.meta.config.user_agent == theirs.boto_client.meta.config.user_agent
+    assert mine["User-Agent"].startswith(f"Boto3/{boto3.__version__} md/Botocore#")
+    assert mine == boto3s
+
