@@ -201,3 +201,25 @@ def test_the_default_client_sends_what_a_boto3_session_s_client_sends(monkeypatc
     assert mine["User-Agent"].startswith(f"Boto3/{boto3.__version__} md/Botocore#")
     assert mine == boto3s
 
+
+_TRACING_PROBE = """
+import sys
+from worker import tracing
+found = tracing.from_environment()
+print(type(found).__name__, "opentelemetry.trace" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(("provider_env", "expected"), [(None, ["NoneType", "False"]),
+                                                        ("sdk_tracer_provider", ["Tracing", "True"])])
+def test_tracing_imports_opentelemetry_only_when_a_provider_can_be_configured(
+    provider_env: str | None, expected: list[str]
+) -> None:
+    # Nothing imported opentelemetry.trace and OTEL_PYTHON_TRACER_PROVIDER is unset: no provider, and no import.
+    # The variable names a provider (the SDK's entry point): it is loaded, and traces.
+    env = {k: v for k, v in os.environ.items() if k != "OTEL_PYTHON_TRACER_PROVIDER"}
+    if provider_env is not None:
+        env["OTEL_PYTHON_TRACER_PROVIDER"] = provider_env
+    done = subprocess.run([sys.executable, "-c", _TRACING_PROBE], capture_output=True, text=True, check=True,
+                          cwd=ROOT, env=env)
+    assert done.stdout.split() == expected
