@@ -146,9 +146,9 @@ import gc, threading
 from worker import cli
 cli.GC_UNFREEZE_S = 0.05
 gc.disable()
-cli._started()
+timer = cli._started()
 print(gc.isenabled(), gc.get_freeze_count() > 0)
-next(t for t in threading.enumerate() if t.name == "gc-unfreeze").join(30)
+timer.join(30)
 print(gc.get_freeze_count())
 """
 
@@ -158,6 +158,37 @@ def test_start_ups_objects_go_back_to_the_collector_later() -> None:
     done = subprocess.run([sys.executable, "-c", _UNFREEZE_PROBE], capture_output=True, text=True, check=True,
                           cwd=ROOT)
     assert done.stdout.split() == ["True", "True", "0"]
+
+
+def test_a_worker_that_stops_within_the_freeze_leaves_no_timer_and_nothing_frozen(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str, group: str
+) -> None:
+    # `run` called in-process (as tests and embedders of the command do) and stopped before GC_UNFREEZE_S:
+    # the timer is cancelled and the objects unfrozen at the stop, the collector on.
+    import gc
+
+    def stop_after_the_first_heartbeat(self: Worker) -> object:
+        result = heartbeat(self)
+        self.stop()
+        return result
+
+    heartbeat = Worker._heartbeat
+    monkeypatch.setattr(Worker, "_heartbeat", stop_after_the_first_heartbeat)
+    monkeypatch.setattr(Worker, "install_signal_handlers", lambda self: None)
+    for name, value in {"AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t", "AWS_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    frozen_during: list[int] = []
+    monkeypatch.setattr(cli, "_started", lambda real=cli._started: (frozen_during.append(1), real())[1])
+    with LocalStreamsServer(port=0) as server:
+        table = server.create_table("orders", shards=1)
+        code = cli.main(["run", "--stream-arn", table.stream_arn, "--endpoint-url", server.endpoint_url,
+                         "--redis-url", redis_url, "--group", group, "--metrics-port", "0",
+                         "--handler", "tests.handlers_for_tests:handle"])
+    assert code == 0
+    assert frozen_during == [1]  # the worker started: the collector was off until then, and froze start-up
+    assert gc.isenabled()
+    assert gc.get_freeze_count() == 0
+    assert not [t for t in threading.enumerate() if t.name == "gc-unfreeze"]
 
 
 def test_a_start_up_that_fails_leaves_the_collector_on(capsys: pytest.CaptureFixture[str], redis_url: str) -> None:

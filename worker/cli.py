@@ -266,6 +266,7 @@ def _run(args: argparse.Namespace) -> int:
         return supervise(config)
     collecting = gc.isenabled()
     gc.disable()  # until the worker has started: see _started
+    unfreezing: list[threading.Timer] = []
     try:
         from worker.runtime import Worker
 
@@ -275,13 +276,16 @@ def _run(args: argparse.Namespace) -> int:
         worker = Worker(config)
         worker.install_signal_handlers()
         try:
-            code = worker.run(on_started=_started if collecting else None)
+            code = worker.run(on_started=(lambda: unfreezing.append(_started())) if collecting else None)
         except BaseException:
             if worker.scheduler.in_flight():  # never leave a handler thread running in a process that stopped
                 code = EXIT_ABANDONED
             else:
                 raise
     finally:
+        for timer in unfreezing:  # the worker has stopped: nothing stays frozen, no timer is left behind
+            timer.cancel()
+            gc.unfreeze()
         if collecting:
             gc.enable()  # start-up failed before the worker started (or the worker has stopped)
     if code == EXIT_ABANDONED or worker.abandoned or worker.handler.event_loop.left_running:
@@ -304,7 +308,7 @@ GC_UNFREEZE_S = 60.0
 """Seconds after the worker started that the objects start-up made are handed back to the garbage collector."""
 
 
-def _started() -> None:
+def _started() -> threading.Timer:
     """The garbage collector's part of start-up: ``run`` starts with the collector off and turns it on here,
     once the worker has started (before its first heartbeat), after freezing what start-up made.
 
@@ -314,6 +318,7 @@ def _started() -> None:
     freed as always), and :data:`GC_UNFREEZE_S` later :func:`gc.unfreeze` hands them to the oldest generation,
     so a full collection (as the worker makes anyway) reclaims the cyclic garbage start-up left (the
     argument parser's, about 220 KiB; whatever the handler's module left): nothing is kept for good.
+    Returns that timer (``run`` cancels it, and unfreezes, when the worker stops sooner).
     """
     gc.freeze()
     gc.enable()
@@ -321,6 +326,7 @@ def _started() -> None:
     unfreeze.name = "gc-unfreeze"
     unfreeze.daemon = True
     unfreeze.start()
+    return unfreeze
 
 
 def _plural(n: int, word: str) -> str:
