@@ -17,6 +17,7 @@ Public API::
 See docs/lease-protocol.md for the states, invariants and race timelines.
 """
 
+from leaser import _redis_import  # noqa: F401 (first: imports redis, see there)
 from leaser._version import VERSION_NOT_INSTALLED, __version__
 from leaser.balancer import Plan, Share, fair_share, plan
 from leaser.config import LeaseConfig

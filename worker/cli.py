@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -187,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--all", action="store_true", help="replay every entry")
     dlq_replay.add_argument("--dry-run", action="store_true", help="show what would be replayed; change nothing")
 
-    from worker.checkpoints.commands import add_parser as add_checkpoint_parser
+    from worker.checkpoints.parser import add_parser as add_checkpoint_parser
 
     add_checkpoint_parser(sub)
 
@@ -263,26 +264,30 @@ def _run(args: argparse.Namespace) -> int:
         from worker.supervisor import supervise
 
         return supervise(config)
-    from worker.runtime import Worker
-
-    # The worker owns this process: once started, its heap (modules, botocore's models, the handler's
-    # imports) is moved out of the cyclic GC's reach with gc.freeze().  It lives as long as the process
-    # anyway, and the full collections that a drain's allocations trigger no longer walk it again and
-    # again (12 % of a drain's CPU in bench/worker_throughput.py).  Refcounting still frees those
-    # objects; only a reference cycle among them that becomes garbage later is kept.  An embedded
-    # worker (worker.embedding) leaves its host's GC alone.
-    if config.redis_url is None:
-        logging.getLogger("shardlease").warning(
-            "no --redis-url: using an embedded Redis under %s (fit for one host only)", config.data_dir)
-    worker = Worker(config)
-    worker.install_signal_handlers()
+    collecting = gc.isenabled()
+    gc.disable()  # until the worker has started: see _started
+    unfreezing: list[threading.Timer] = []
     try:
-        code = worker.run(on_started=gc.freeze)
-    except BaseException:
-        if worker.scheduler.in_flight():  # never leave a handler thread running in a process that stopped
-            code = EXIT_ABANDONED
-        else:
-            raise
+        from worker.runtime import Worker
+
+        if config.redis_url is None:
+            logging.getLogger("shardlease").warning(
+                "no --redis-url: using an embedded Redis under %s (fit for one host only)", config.data_dir)
+        worker = Worker(config)
+        worker.install_signal_handlers()
+        try:
+            code = worker.run(on_started=(lambda: unfreezing.append(_started())) if collecting else None)
+        except BaseException:
+            if worker.scheduler.in_flight():  # never leave a handler thread running in a process that stopped
+                code = EXIT_ABANDONED
+            else:
+                raise
+    finally:
+        for timer in unfreezing:  # the worker has stopped: nothing stays frozen, no timer is left behind
+            timer.cancel()
+            gc.unfreeze()
+        if collecting:
+            gc.enable()  # start-up failed before the worker started (or the worker has stopped)
     if code == EXIT_ABANDONED or worker.abandoned or worker.handler.event_loop.left_running:
         # A handler call is still running and cannot be cancelled: exit now, without waiting for
         # its thread (interpreter shutdown would), so its lease expires with this process gone.
@@ -297,6 +302,42 @@ def _run(args: argparse.Namespace) -> int:
         # but a supervisor must see that the worker did not stop because it was asked to.
         return EXIT_FATAL
     return code
+
+
+GC_RECLAIM_S = 60.0
+"""Seconds after the worker started that the cyclic garbage start-up left is collected (then the heap is frozen
+again)."""
+
+
+def _started() -> threading.Timer:
+    """The garbage collector's part of start-up: ``run`` starts with the collector off and turns it on here,
+    once the worker has started (before its first heartbeat), after freezing what start-up made.
+
+    Start-up (imports, the AWS client's models, the handler's module) makes some 120,000 objects, nearly all
+    long-lived; with the collector on, about 170 collections walked them again and again: some 45 ms of CPU
+    before the first GetRecords.  :func:`gc.freeze` sets them aside (objects freed by reference counting are
+    freed as always), and the full collections a drain's allocations trigger no longer walk them either (12 %
+    of a drain's CPU in bench/worker_throughput.py).  :data:`GC_RECLAIM_S` later, :func:`_reclaim` collects
+    the cyclic garbage start-up left (the argument parser's, about 220 KiB; whatever the handler's module
+    left) and freezes the heap again.  What stays out of the collector's reach for good is a reference cycle
+    among objects alive at that moment that becomes garbage later.  An embedded worker (worker.embedding)
+    leaves its host's collector alone.  Returns the timer (``run`` cancels it, and unfreezes, when the worker
+    stops sooner).
+    """
+    gc.freeze()
+    gc.enable()
+    reclaim = threading.Timer(GC_RECLAIM_S, _reclaim)
+    reclaim.name = "gc-reclaim"
+    reclaim.daemon = True
+    reclaim.start()
+    return reclaim
+
+
+def _reclaim() -> None:
+    """Collect the start-up heap's cyclic garbage once, then freeze what is alive again (see :func:`_started`)."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def _plural(n: int, word: str) -> str:

@@ -74,7 +74,6 @@ from worker.reading.budget import ReadBudget
 from worker.reading.streams import StreamsClient, parse_stream_arn
 from worker.redis_setup import open_redis
 from worker.scheduler import ASYNC_HANDLER_THREADS, DEFAULT_THREADS, Scheduler
-from worker.snapshot.command import prepare as prepare_snapshot
 from worker.snapshot.gate import StreamGate, notice_s
 
 log = logging.getLogger("shardlease.worker")
@@ -82,7 +81,10 @@ log = logging.getLogger("shardlease.worker")
 CLEANUP_INTERVAL_S = 300.0
 """Seconds between the leader's cleanups of ended leases."""
 WAKE_MIN_GAP_S = 0.1
-"""Least time, in seconds, between two heartbeats triggered by wake-ups."""
+"""Seconds a wake-up waits before the heartbeat it triggers, so wake-ups that come together (a burst of
+releases or shard ends) share one heartbeat: at least this long between two heartbeats triggered by
+wake-ups.  The worker's first wake-up goes at once: nothing came before it to batch with, and on a new
+group it is the leader's first shard listing, which the worker's first leases wait for."""
 GRANT_POLL_S = 0.2
 """Seconds between polls for handed-over leases while this worker waits for a handoff."""
 LANE_THREADS = 32
@@ -224,8 +226,12 @@ class Worker:
         # Every consumer asks the snapshot gate, --snapshot or not: a snapshot started by any worker or by
         # `shardlease snapshot` must hold back the records it has to precede (docs/snapshot.md).
         self.gate = StreamGate(SnapshotStore(self.client, config.group, notice_s=notice_s()))
-        self.snapshot = (prepare_snapshot(config, self.client, self.stream_arn, region, registry=self.metrics.registry)
-                         if config.snapshot else None)
+        self.snapshot = None
+        if config.snapshot:
+            from worker.snapshot.command import prepare as prepare_snapshot  # only with --snapshot
+
+            self.snapshot = prepare_snapshot(config, self.client, self.stream_arn, region,
+                                             registry=self.metrics.registry)
         if self.snapshot is not None:
             undo.callback(self.snapshot.reader.close)
         self.deliveries = build_deliveries(config, self.handler, self.stream_arn, region, self.client, self.metrics)
@@ -254,6 +260,8 @@ class Worker:
         """This worker's share of --max-getrecords-per-second (None: no budget), set at each heartbeat."""
         self._stopping = threading.Event()
         self._wake = threading.Event()
+        self._woken = False
+        """True once a wake-up has triggered a heartbeat (later ones wait WAKE_MIN_GAP_S first)."""
         self._signals = 0
         self._leader = False
         self._leader_thread: threading.Thread | None = None
@@ -604,7 +612,9 @@ class Worker:
                 self._wake.wait(left)
             if self._wake.is_set():
                 self._wake.clear()
-                time.sleep(WAKE_MIN_GAP_S)
+                if self._woken:
+                    time.sleep(WAKE_MIN_GAP_S)
+                self._woken = True
                 return
 
     def _shutdown(self) -> int:

@@ -24,6 +24,8 @@ Spans (instrumentation scope ``shardlease``):
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -39,6 +41,8 @@ SCOPE = "shardlease"
 """The instrumentation scope (tracer name) of every span."""
 OUTCOMES = ("ok", "partial", "failed", "timeout")
 """Values of a handler span's ``shardlease.outcome``."""
+_PROVIDER_ENV = "OTEL_PYTHON_TRACER_PROVIDER"
+"""opentelemetry.environment_variables.OTEL_PYTHON_TRACER_PROVIDER: a provider to load by name."""
 MAX_LINKS = 32
 """At most this many GetRecords spans are linked from one handler span (a batch spans up to 10 pages)."""
 
@@ -114,7 +118,15 @@ def _outcome(response: Any, batch: Sequence[Record]) -> str:
 
 def from_environment() -> Tracing | None:
     """Tracing with the global tracer provider, or None when opentelemetry-api is not installed or no provider
-    is configured (then nothing is traced, at no cost).  Called once per worker, as it starts."""
+    is configured (then nothing is traced, at no cost).  Called once per worker, as it starts.
+
+    A provider is configured by code that imported ``opentelemetry.trace`` (the application, its handler's
+    module, ``opentelemetry-instrument``) or named by ``OTEL_PYTHON_TRACER_PROVIDER`` (which
+    ``get_tracer_provider`` loads): with neither, there is none, and the module (~12 ms) is not imported."""
+    if "opentelemetry.trace" not in sys.modules and _PROVIDER_ENV not in os.environ:
+        log.debug("no tracer provider is configured (opentelemetry.trace not imported, %s not set): no spans",
+                  _PROVIDER_ENV)
+        return None
     try:
         from opentelemetry import trace
     except ImportError:

@@ -57,10 +57,11 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Final
+from importlib import metadata
+from typing import TYPE_CHECKING, Any, Final
 
-import boto3
 import botocore
+import botocore.session
 import orjson
 from botocore.config import Config
 from botocore.exceptions import (
@@ -87,6 +88,9 @@ from worker.errors import (
 )
 from worker.reading.lean import LeanGetRecords
 from worker.reading.records import Record, _from_wire, decode_get_records
+
+if TYPE_CHECKING:
+    import boto3
 
 __all__ = [
     "ITERATOR_TYPES",
@@ -361,10 +365,31 @@ def _stash_raw_body(response_dict: dict[str, Any], customized_response_dict: dic
 # The client
 
 
+def _boto3_like_session() -> Any:
+    """A botocore session as ``boto3.Session()`` sets one up for the ``dynamodbstreams`` and ``dynamodb``
+    clients, without importing boto3 (its import, s3transfer and the resource layer included, cost ~20 ms
+    of every worker's start-up).  boto3's Session changes only the User-Agent for these clients (its other
+    handlers are for resources, S3 and EC2): the same three settings are made here, so requests carry
+    ``Boto3/<version> md/Botocore#<version> ...`` as before (tests compare the header with boto3's)."""
+    session = botocore.session.get_session()
+    if session.user_agent_name == "Botocore":  # as boto3.session.Session.__init__ does
+        info = f"Botocore/{session.user_agent_version}"
+        session.user_agent_extra = f"{session.user_agent_extra} {info}" if session.user_agent_extra else info
+        session.user_agent_name = "Boto3"
+        try:
+            session.user_agent_version = metadata.version("boto3")
+        except metadata.PackageNotFoundError:  # not installed as a distribution: boto3 knows its version
+            import boto3 as installed
+
+            session.user_agent_version = installed.__version__
+    return session
+
+
 class StreamsClient:
     """DynamoDB Streams operations with the fast GetRecords path and translated errors.
 
-    Thread-safe (boto3 clients are).  ``session`` defaults to a new ``boto3.Session()``;
+    Thread-safe (boto3 clients are).  ``session`` defaults to a new ``boto3.Session()`` (its equivalent:
+    :func:`_boto3_like_session`);
     ``region_name``/``endpoint_url`` default to boto3's standard sources (``AWS_REGION``,
     ``AWS_ENDPOINT_URL_DYNAMODB_STREAMS``, profiles, IRSA).  The DynamoDB client used for
     DescribeTable takes ``dynamodb_endpoint_url``, defaulting to ``endpoint_url`` when that is
@@ -389,7 +414,9 @@ class StreamsClient:
         max_attempts: int = 3,
         lean_http: bool | None = False,
     ) -> None:
-        self._session = session if session is not None else boto3.session.Session()
+        # A boto3 Session given makes the clients (Session.client); by default a botocore session set up as
+        # boto3's would be (_boto3_like_session), whose create_client takes the same arguments.
+        self._new_client: Any = session.client if session is not None else _boto3_like_session().create_client
         self._region_name = region_name
         self._dynamodb_endpoint_url = dynamodb_endpoint_url or endpoint_url
         self._config = Config(
@@ -400,7 +427,7 @@ class StreamsClient:
             tcp_keepalive=True,
         )
         with _boundary("CreateClient"):
-            self._client: Any = self._session.client(
+            self._client: Any = self._new_client(
                 "dynamodbstreams", region_name=region_name, endpoint_url=endpoint_url, config=self._config
             )
         self._dynamodb: Any = None
@@ -680,7 +707,7 @@ class StreamsClient:
     def _dynamodb_client(self) -> Any:
         if self._dynamodb is None:
             with _boundary("CreateClient"):
-                self._dynamodb = self._session.client(
+                self._dynamodb = self._new_client(
                     "dynamodb",
                     region_name=self._region_name,
                     endpoint_url=self._dynamodb_endpoint_url,
