@@ -372,6 +372,8 @@ class ShardConsumer:
                 left = self._gather_started + settings.batching_window_s - time.monotonic()
                 if left > 0:
                     return min(wait, left)
+            if self._budget is not None:  # it delivers instead of waiting: no place in line while its handler runs
+                self._budget.forget(self)
             return None
         if want > 0 and not self._at_end:
             limit = min(want, 1000)
