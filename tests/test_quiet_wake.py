@@ -109,3 +109,27 @@ def test_a_shard_that_delivers_instead_of_waiting_for_a_token_does_not_hold_up_t
     # worker's other shard asking then gets it.
     clock.now = 1.5
     assert budget.request("other shard", busy=True) == 0.0
+
+
+def test_a_getrecords_token_is_not_spent_on_an_iterator_that_expired_while_the_shard_waited(
+        h: Harness, monkeypatch: Any) -> None:  # noqa: F811
+    """Under a budget a shard's polls can be further apart than a shard iterator lives (AWS: 900 s): e.g. 1
+    call/s for 1,000 shards.  The kept iterator is then renewed (GetShardIterator, not budgeted) before the
+    GetRecords the token is for; used as it was, every such poll spent its token on an ExpiredIteratorException
+    and waited a second turn in line for the read (half the budget lost, every interval doubled).
+    Failed before the fix: the token's call failed, the record stayed unread."""
+    monkeypatch.setattr("worker.consumer.ITERATOR_REFRESH_S", 0.2, raising=False)  # stands for 10 of AWS's 15 min
+    c = quiet_consumer(h)
+    clock = FakeClock()
+    budget = ReadBudget(1.0, quiet_yield_s=1.0, ceiling_s=1.0, clock=clock)
+    budget.set_share(1, 1)  # one token, then one per second of the fake clock
+    c._budget = budget
+    assert c.step() is not None  # the token: an empty page, its next iterator kept
+    h.server.model.set_faults(iterator_ttl_s=0.5)
+    time.sleep(0.6)  # the kept iterator is now expired
+    written = h.write(1)
+    clock.now = 1.0  # one more token
+    for _ in range(3):
+        c.step()
+    assert budget.granted == 2
+    assert h.recorder.seen == written
