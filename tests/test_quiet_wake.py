@@ -3,6 +3,7 @@ real Redis and the local stream endpoint."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from leaser import ShardSpec
@@ -68,3 +69,67 @@ def test_a_shard_waiting_for_a_getrecords_token_reads_nothing_and_still_stops_at
     lease = h.store.lease(c.shard_id)
     assert lease is not None and lease.owner == "" and lease.checkpoint == written[-1]
     assert not budget._waiting  # its place in line is given up
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_shard_that_delivers_instead_of_waiting_for_a_token_does_not_hold_up_the_others(h: Harness) -> None:  # noqa: F811
+    """Refused a token once its batching window is up, a consumer hands over what it gathered instead of waiting:
+    it is no longer waiting in line, so it must not keep its place there while its handler runs (seconds, or
+    minutes of retries).  Kept, the place counted ahead of every later request: with a bucket of one token
+    (a share of at most 1 call/s) no other shard of the worker got a token until the place went stale
+    (STALE_S after its wait), and the tokens refilled meanwhile were lost.  Failed before the fix."""
+    shard_id = h.shard()
+    h.store.register_shards([ShardSpec(shard_id)])
+    acquired = h.manager._acquire([shard_id])
+    assert acquired
+    settings = ConsumerSettings(stream_arn=h.table.stream_arn, group=h.store.group, worker_id="w1", batch_size=10,
+                                initial_position="TRIM_HORIZON", idle_poll_interval_s=1.0, lease_ttl_s=30.0,
+                                batching_window_s=0.001)
+    clock = FakeClock()
+    budget = ReadBudget(1.0, quiet_yield_s=1.0, ceiling_s=1.0, clock=clock)
+    budget.set_share(2, 2)  # 1 call/s for this worker's two shards: a bucket of one token
+    c = ShardConsumer(acquired[0], settings=settings, streams=h.streams, manager=h.manager,
+                      handler=as_handler(h.recorder), metrics=h.metrics,
+                      on_shard_ended=lambda s, e: h.ended.append((s, e)), budget=budget)
+    written = h.write(3)
+    assert c.step() is not None  # the token: 3 records gathered, the batch (10) not full, its window open
+    assert not h.recorder.seen and budget.granted == 1
+    time.sleep(0.01)  # the batching window (1 ms) is up
+    clock.now = 0.5  # half a token back: refused
+    c.step()  # no token: the 3 records are handed over instead
+    assert h.recorder.seen == written
+    # The consumer now runs its handler (or not: it does not ask).  A token is back a second later: the
+    # worker's other shard asking then gets it.
+    clock.now = 1.5
+    assert budget.request("other shard", busy=True) == 0.0
+
+
+def test_a_getrecords_token_is_not_spent_on_an_iterator_that_expired_while_the_shard_waited(
+        h: Harness, monkeypatch: Any) -> None:  # noqa: F811
+    """Under a budget a shard's polls can be further apart than a shard iterator lives (AWS: 900 s): e.g. 1
+    call/s for 1,000 shards.  The kept iterator is then renewed (GetShardIterator, not budgeted) before the
+    GetRecords the token is for; used as it was, every such poll spent its token on an ExpiredIteratorException
+    and waited a second turn in line for the read (half the budget lost, every interval doubled).
+    Failed before the fix: the token's call failed, the record stayed unread."""
+    monkeypatch.setattr("worker.consumer.ITERATOR_REFRESH_S", 0.2, raising=False)  # stands for 10 of AWS's 15 min
+    c = quiet_consumer(h)
+    clock = FakeClock()
+    budget = ReadBudget(1.0, quiet_yield_s=1.0, ceiling_s=1.0, clock=clock)
+    budget.set_share(1, 1)  # one token, then one per second of the fake clock
+    c._budget = budget
+    assert c.step() is not None  # the token: an empty page, its next iterator kept
+    h.server.model.set_faults(iterator_ttl_s=0.5)
+    time.sleep(0.6)  # the kept iterator is now expired
+    written = h.write(1)
+    clock.now = 1.0  # one more token
+    for _ in range(3):
+        c.step()
+    assert budget.granted == 2
+    assert h.recorder.seen == written

@@ -64,6 +64,10 @@ LATEST_MARGIN_S = 2.0
 (ApproximateCreationDateTime has second precision; a few extra records beat a skipped one)."""
 RENEWAL_WAIT_S = 0.2
 """Seconds between checks while the worker's renewals are late (nothing is handed to the handler)."""
+ITERATOR_REFRESH_S = 600.0
+"""Seconds after which a kept shard iterator (AWS expires them at 900 s) is replaced by a fresh one from the
+position before a GetRecords, if no records are gathered: under a GetRecords budget a shard's polls can be
+further apart, and a call on an expired iterator would spend a token for nothing."""
 
 class StopReason:
     LOST = "lost"
@@ -138,6 +142,8 @@ class ShardConsumer:
         """The worker's GetRecords budget (``--max-getrecords-per-second``); None: no budget."""
         """Called (no arguments) when this shard gets records after being quiet: wakes the worker's others."""
         self._iterator: str | None = None
+        self._iterator_at = 0.0
+        """Monotonic time the kept iterator was asked for (for ITERATOR_REFRESH_S)."""
         self._gathered: list[Record] = []
         self._read_spans: list[Any] = []
         """Contexts of the traced GetRecords calls that read records into the next batch (see worker.tracing)."""
@@ -372,6 +378,8 @@ class ShardConsumer:
                 left = self._gather_started + settings.batching_window_s - time.monotonic()
                 if left > 0:
                     return min(wait, left)
+            if self._budget is not None:  # it delivers instead of waiting: no place in line while its handler runs
+                self._budget.forget(self)
             return None
         if want > 0 and not self._at_end:
             limit = min(want, 1000)
@@ -435,8 +443,12 @@ class ShardConsumer:
         return True
 
     def _read(self, limit: int) -> list[Record]:
+        if (self._iterator is not None and not self._gathered
+                and time.monotonic() - self._iterator_at > ITERATOR_REFRESH_S):
+            self._iterator = None  # about to expire (a long wait for a budget token): resume from the position
         if self._iterator is None:
             self._iterator = self._new_iterator()
+            self._iterator_at = time.monotonic()
         started = time.monotonic()
         iterator, tracing = self._iterator, self._deliveries.tracing
         if tracing is None:
@@ -454,7 +466,7 @@ class ShardConsumer:
             self._hold = tag if tag else 0  # clear now also clears what was gathered before
         if self._pacer.polled(ended, bool(page.records)) and self._on_quiet_activity is not None:
             self._on_quiet_activity()
-        self._iterator = page.next_iterator
+        self._iterator, self._iterator_at = page.next_iterator, started
         self._at_end = page.next_iterator is None
         self._failures = 0
         if self._skip_before_s and not self.position:

@@ -37,7 +37,8 @@ stay spread).  Hence, for a quiet shard, however many wakes come (one per ``wake
   wakes).  At the 4 s default: at most 15 in any 58 s window, and 16 only in a 60 s window that starts
   at a poll on its slot and ends just after a poll woken ``wake_gap_s`` early (never two more, never a
   sustained rate above 15 a minute);
-* two polls are at least ``wake_gap_s`` apart;
+* a woken poll is at least ``wake_gap_s`` after the poll before it (two polls that are not woken can be
+  closer: the first quiet wait is drawn from ``active_s`` up);
 * the wait after a woken poll ends at the shard's next slot: at most ``ceiling_s + wake_gap_s`` (6 s at
   the default; another wake usually comes first).  Every other wait is at most ``ceiling_s``.
 """

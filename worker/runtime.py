@@ -257,7 +257,10 @@ class Worker:
         self.budget = (ReadBudget(config.max_getrecords_per_second, quiet_yield_s=config.idle_poll_interval_s,
                                   ceiling_s=config.idle_poll_interval_s)
                        if config.max_getrecords_per_second > 0 else None)
-        """This worker's share of --max-getrecords-per-second (None: no budget), set at each heartbeat."""
+        """This worker's share of --max-getrecords-per-second (None: no budget), set at each heartbeat and
+        whenever consumers start (a handoff grant polled between heartbeats)."""
+        self._ready = 0
+        """The group's readable shards at the last heartbeat (the budget share's denominator)."""
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._woken = False
@@ -405,8 +408,9 @@ class Worker:
                                "again (up to 24 h of them)")
             log.error("REDIS LOST THE GROUP'S STATE (restarted without persistence?): every lease and checkpoint "
                       "is gone; %s. Run Redis with append-only persistence to avoid this.", consequence)
+        self._ready = result.heartbeat.ready
         if self.budget is not None:  # before the gained shards' consumers start reading
-            self.budget.set_share(len(self.manager.held()), result.heartbeat.ready)
+            self.budget.set_share(len(self.manager.held()), self._ready)
         for shard, reason in result.lost.items():
             if self.scheduler.stop(shard, StopReason.LOST, detail=reason):
                 log.warning("lease lost (%s); stopping the shard", reason, extra={"shard_id": shard})
@@ -532,6 +536,10 @@ class Worker:
                 log.debug("could not publish the shard report: %s", exc)
 
     def _start(self, gained: list[Any]) -> None:
+        if gained and self.budget is not None:
+            # Gained between heartbeats too (grants polled while waiting for a handoff): the share counts them
+            # before they read, else a worker that held nothing has 0 calls/s until its next heartbeat.
+            self.budget.set_share(len(self.manager.held()), self._ready)
         for acquired in gained:
             self.metrics.lease_gained(
                 {"free": "acquired_free", "expired": "took_expired", "handoff": "handoff", "takeover": "stolen",

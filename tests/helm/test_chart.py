@@ -304,6 +304,7 @@ def test_tls_files_are_mounted_from_secrets(helm: str) -> None:
         (["autoscaling.keda.maxReplicaCount=null"], "maxReplicaCount"),
         (["processes=0"], "processes"),
         (["processes=many"], "processes"),
+        (["config.maxGetrecordsPerSecond=10000000"], "maxGetrecordsPerSecond"),  # the worker's limit: 1,000,000
     ],
 )
 def test_schema_rejects_typos_and_wrong_types(helm: str, sets: list[str], message: str) -> None:

@@ -5,8 +5,9 @@ unless the setting is above 0: then no consumer asks for a token and pacing is w
 
 Share: a worker holding ``held`` of the group's ``group_shards`` readable shards (the heartbeat's
 ``ready``, no extra Redis call) takes ``fleet_rate * held / group_shards`` calls per second, so the whole
-fleet makes at most ``fleet_rate`` calls per second on average (less while shards are unowned or a
-worker has not heard of its new share yet: shares are recomputed at each heartbeat).
+fleet makes at most ``fleet_rate`` calls per second on average: less while shards are unowned, and up to
+the handed-over shards' share more for at most one heartbeat after a handoff (the taker counts a shard as
+soon as it gains it, between heartbeats too; the giver's share shrinks at its next heartbeat).
 
 Bucket: tokens refill at the worker's rate up to ``capacity = max(1, rate * BURST_S)``; one GetRecords
 takes one token, so over any ``T`` seconds a worker makes at most ``rate * T + capacity`` calls.
