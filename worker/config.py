@@ -501,7 +501,7 @@ RUN_SETTINGS: tuple[Setting, ...] = (
     _s("max_getrecords_per_second", "--max-getrecords-per-second", parse_calls_per_second, 0.0,
        "Fleet-wide GetRecords budget: all workers of the group together make at most about this many calls a "
        "second, each its share by shards held, busy shards first; below one call per shard per "
-       "--idle-poll-interval every shard's poll interval stretches.  0: no budget.", metavar="CALLS",
+       "--idle-poll-interval every shard's poll interval stretches, never past 300 s.  0: no budget.", metavar="CALLS",
        default_doc="0 (no budget)", group="stream"),
     _s("checkpoint_interval_s", "--checkpoint-interval", _ranged(parse_duration, 0, 300), 0.0,
        "At most one checkpoint per shard per this many seconds (always at handoff, shutdown and shard end); "

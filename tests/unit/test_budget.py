@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from worker.reading.budget import MIN_WAIT_S, STALE_S, ReadBudget
+from worker.reading.budget import MAX_STRETCH_S, MIN_WAIT_S, STALE_S, ReadBudget
 
 CEILING_S = 4.0
 
@@ -114,6 +114,20 @@ def test_a_budget_below_one_call_per_shard_per_ceiling_stretches_every_interval_
         gaps = [b - a for a, b in itertools.pairwise(times)]
         assert gaps and max(gaps) <= 20 / b.rate + CEILING_S + 1.0  # stretched to about held / rate, bounded
         assert min(gaps) >= CEILING_S
+
+
+def test_no_budget_stretches_a_shards_interval_past_the_floor(caplog: pytest.LogCaptureFixture) -> None:
+    """0.01 call/s over 900 shards would poll each shard once a day: records would be trimmed (24 h) before
+    they are read, and every iterator would expire (15 min).  The budget yields: at most MAX_STRETCH_S apart."""
+    with caplog.at_level(logging.WARNING, logger="shardlease.budget"):
+        b, clock = budget(0.01, held=900, group_shards=900)
+    assert b.rate == pytest.approx(900 / MAX_STRETCH_S)
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "no shard waits more than 300 s" in warning and "at least 3" in warning
+    grants = simulate(b, clock, {f"q{i}": (False, CEILING_S) for i in range(900)}, 3 * MAX_STRETCH_S)
+    for times in grants.values():
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert gaps and max(gaps) <= MAX_STRETCH_S + CEILING_S + 1.0
 
 
 def test_no_warning_when_the_budget_covers_the_ceiling(caplog: pytest.LogCaptureFixture) -> None:

@@ -25,6 +25,12 @@ A budget below one call per shard per ``--idle-poll-interval`` (``fleet_rate * c
 group_shards``) cannot keep the quiet interval: every shard's interval stretches to about
 ``held / rate`` seconds (the first record on a quiet shard waits up to that long), busy shards still
 first.  A WARNING naming the setting is logged when this worker's share changes to such a rate.
+
+Floor: a worker's rate is never below ``held / MAX_STRETCH_S``: no shard's interval is stretched past
+:data:`MAX_STRETCH_S` (300 s, the longest ``--idle-poll-interval``), whatever the budget, so a shard is
+always read long before the stream trims its records (24 h) and before its iterator expires (15 min).
+Records are not lost to a budget: where the floor applies, the fleet makes more calls than the budget
+says, and the WARNING says so.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ from dataclasses import dataclass
 
 log = logging.getLogger("shardlease.budget")
 
+MAX_STRETCH_S = 300.0
+"""Longest interval the budget may stretch a shard's polls to (seconds; see the module docstring's Floor)."""
 BURST_S = 1.0
 """Seconds of calls the bucket holds at most (and at least one call)."""
 MIN_WAIT_S = 0.02
@@ -83,11 +91,20 @@ class ReadBudget:
         with self._lock:
             self._refill(self._clock())
             first = self.rate == 0
-            self.rate = self.fleet_rate * held / total
+            self.rate = max(self.fleet_rate * held / total, held / MAX_STRETCH_S)
+            floored = self.rate > self.fleet_rate * held / total
             self._tokens = min(self._tokens if not first else self.capacity, self.capacity)
             changed = (held, total) != self._share
             self._share = (held, total)
-        if changed and held and self.rate * self.ceiling_s < held:
+        if changed and floored:
+            log.warning(
+                "--max-getrecords-per-second %g would give this worker %.3g GetRecords calls/s for its %d of the "
+                "group's %d shards: one call per shard every %.0f s; it makes %.3g calls/s instead so that no shard "
+                "waits more than %g s between polls (a stream trims records after 24 h, an iterator expires after "
+                "15 min): raise --max-getrecords-per-second to at least %g to keep within it",
+                self.fleet_rate, self.fleet_rate * held / total, held, total, total / self.fleet_rate, self.rate,
+                MAX_STRETCH_S, total / MAX_STRETCH_S)
+        elif changed and held and self.rate * self.ceiling_s < held:
             log.warning(
                 "--max-getrecords-per-second %g gives this worker %.3g GetRecords calls/s for its %d of the group's "
                 "%d shards: less than one call per shard per --idle-poll-interval (%g s); each shard is polled about "
