@@ -69,6 +69,7 @@ ITERATOR_REFRESH_S = 600.0
 position before a GetRecords, if no records are gathered: under a GetRecords budget a shard's polls can be
 further apart, and a call on an expired iterator would spend a token for nothing."""
 
+
 class StopReason:
     LOST = "lost"
     HANDOFF = "handoff"
@@ -138,9 +139,9 @@ class ShardConsumer:
         """Monotonic time of the last checkpoint written (for checkpoint_interval_s)."""
         self._pacer = PollPacer(settings.poll_policy, time.monotonic())
         self._on_quiet_activity = on_quiet_activity
+        """Called (no arguments) when this shard gets records after being quiet: wakes the worker's others."""
         self._budget = budget
         """The worker's GetRecords budget (``--max-getrecords-per-second``); None: no budget."""
-        """Called (no arguments) when this shard gets records after being quiet: wakes the worker's others."""
         self._iterator: str | None = None
         self._iterator_at = 0.0
         """Monotonic time the kept iterator was asked for (for ITERATOR_REFRESH_S)."""
