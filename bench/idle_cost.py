@@ -16,6 +16,9 @@ on its own table of ``--shards`` shards that never receive a record (one in-proc
   record every ``WAKE_EVERY_S`` seconds in turn through the window, each one on a shard quiet for longer
   than ``--quiet-after`` (a wake of the worker's other quiet shards each time); calls are reported for the
   other half, which never get a record.  Target: still at most 15 per quiet shard per minute.
+- ``budget``: ``--max-getrecords-per-second 5`` (the worker holds every shard of its group, so the whole
+  budget is its own): 5 calls/s over 50 shards stretches every shard's interval to about 10 s, 6 calls per
+  shard per minute (``calls_per_s`` in the JSON: the worker's total).
 
 After every lease is held and ``--warmup`` seconds (longer than ``--quiet-after`` plus the ceiling, so the
 shards are quiet), GetRecords and GetShardIterator calls are counted server-side per shard for ``--window``
@@ -47,7 +50,9 @@ LAMBDA_PER_SHARD_PER_MIN = 4 * 60
 
 
 TARGET_PER_SHARD_PER_MIN = 15.0
-CONFIGS = {"default": {}, "baseline": {"idle-poll-interval": "1"}, "wakes": {}}
+BUDGET_CALLS_PER_S = 5
+CONFIGS = {"default": {}, "baseline": {"idle-poll-interval": "1"}, "wakes": {},
+           "budget": {"max-getrecords-per-second": str(BUDGET_CALLS_PER_S)}}
 WAKE_EVERY_S = 2.5
 """Seconds between trigger records in the ``wakes`` configuration (the waker's own gap is 2 s)."""
 
@@ -72,7 +77,7 @@ def config_flags(name: str) -> dict[str, str]:
         return dict(CONFIGS[name])
     if name.startswith("idle"):
         return {"idle-poll-interval": name[4:]}
-    raise SystemExit(f"unknown configuration {name!r}: default, baseline or idle<seconds>")
+    raise SystemExit(f"unknown configuration {name!r}: {', '.join(CONFIGS)} or idle<seconds>")
 
 
 def run(server: LocalStreamsServer, redis_url: str, tmp: Path, names: list[str], shards: int, window_s: float,
@@ -124,7 +129,7 @@ def run(server: LocalStreamsServer, redis_url: str, tmp: Path, names: list[str],
             "config": name, "flags": {k: v for k, v in flags.items() if k != "metrics-port"},
             "shards": len(ids), "idle_poll_interval_s": float(flags.get("idle-poll-interval", 4.0)),
             "window_s": t1 - t0, "warmup_s": warmup_s,
-            "get_records_calls": len(gr), "get_shard_iterator_calls": len(gsi),
+            "get_records_calls": len(gr), "get_shard_iterator_calls": len(gsi), "calls_per_s": len(gr) / (t1 - t0),
             "per_shard_per_min_median": statistics.median(per_min), "per_shard_per_min_min": min(per_min),
             "per_shard_per_min_max": max(per_min), "lambda_per_shard_per_min": LAMBDA_PER_SHARD_PER_MIN,
             "target_per_shard_per_min": TARGET_PER_SHARD_PER_MIN,
@@ -138,7 +143,8 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=50)
     ap.add_argument("--window", type=float, default=60.0)
     ap.add_argument("--warmup", type=float, default=70.0)
-    ap.add_argument("--configs", default="default,baseline", help="comma-separated: default, baseline, idle<S>")
+    ap.add_argument("--configs", default="default,baseline",
+                    help=f"comma-separated: {', '.join(CONFIGS)}, idle<S>")
     ap.add_argument("--quiet-after", help="--quiet-after for every worker (a quick run's shorter warm-up)")
     ap.add_argument("--json", metavar="PATH")
     args = ap.parse_args()
@@ -153,7 +159,8 @@ def main() -> None:
         print(f"{r['config']} ({' '.join(f'--{k} {v}' for k, v in r['flags'].items()) or 'default settings'}): "
               f"{r['get_records_calls']} GetRecords on {r['shards']} shards in {r['window_s']:.0f} s = "
               f"{r['per_shard_per_min_median']:.1f} per shard per minute (min {r['per_shard_per_min_min']:.1f}, "
-              f"max {r['per_shard_per_min_max']:.1f}); GetShardIterator {r['get_shard_iterator_calls']}; worker CPU "
+              f"max {r['per_shard_per_min_max']:.1f}; {r['calls_per_s']:.2f} calls/s in all); GetShardIterator "
+              f"{r['get_shard_iterator_calls']}; worker CPU "
               f"{r['worker_cpu_pct_mean']:.1f}% of one core; target <= {TARGET_PER_SHARD_PER_MIN:g}; Lambda: "
               f"{LAMBDA_PER_SHARD_PER_MIN}", flush=True)
     write_json(args.json, {"benchmark": "idle_cost", "points": results,

@@ -42,8 +42,9 @@ BENCHES: dict[str, tuple[list[str], list[str], int]] = {
     "handoff_pause": (["--reps", "2"], ["--reps", "1", "--steady", "4"], 1200),
     "discovery_cost": (["--also-unthrottled", "50"],
                        ["--shards", "500", "--workers", "1,5", "--window", "20", "--shard-sync-interval", "10"], 2400),
-    "idle_cost": (["--configs", "default,baseline,wakes"],
-                  ["--configs", "default,baseline,wakes", "--window", "15", "--warmup", "10", "--quiet-after", "3"],
+    "idle_cost": (["--configs", "default,baseline,wakes,budget"],
+                  ["--configs", "default,baseline,wakes,budget", "--window", "15", "--warmup", "10", "--quiet-after",
+                   "3"],
                   600),
     "latency": ([], ["--seconds", "10", "--shards", "8", "--quiet-samples", "16", "--quiet-after", "5"], 1200),
     "redis_cost": ([], ["--window", "8", "--intervals", "0,5"], 600),
@@ -303,18 +304,23 @@ def add_idle_and_redis_cost(add: Any, data: dict[str, Any], made: dict[str, str]
             f"{ic.get('quiet_after_s', 60):g} s). **default** = default settings (a quiet shard is polled every "
             "`--idle-poll-interval` 4 s); **baseline** = `--idle-poll-interval 1`, the fixed 1 s poll of earlier "
             "versions; **wakes** = default settings while wakes keep coming (half the shards get a record in turn, one "
-            "every 2.5 s, each waking the worker's other quiet shards; counted on the other half). "
+            "every 2.5 s, each waking the worker's other quiet shards; counted on the other half); **budget** = a "
+            "fleet-wide GetRecords budget (`--max-getrecords-per-second`) below one call per shard per idle interval: "
+            "every shard's interval stretches so that the worker, here the whole fleet, keeps to it. "
             f"Target (issue 16): at most {IDLE_TARGET_PER_MIN:g} calls per quiet shard per minute.")
         add("")
-        add("| configuration | GetRecords per shard per minute (median, min-max) | target | GetShardIterator | worker "
-            "CPU (% of one core) | Lambda |")
-        add("|---|---|---|---|---|---|")
+        add("| configuration | GetRecords per shard per minute (median, min-max) | target | GetRecords/s in all | "
+            "GetShardIterator | worker CPU (% of one core) | Lambda |")
+        add("|---|---|---|---|---|---|---|")
         for p in ic["points"]:
             flags = " ".join(f"`--{k} {v}`" for k, v in p.get("flags", {}).items()) or "defaults"
             add(f"| {p.get('config', '')} ({flags}) | {p['per_shard_per_min_median']:.1f} "
                 f"({p['per_shard_per_min_min']:.1f}-{p['per_shard_per_min_max']:.1f}) | "
                 + (f"<= {IDLE_TARGET_PER_MIN:g} {verdict(p['per_shard_per_min_median'] <= IDLE_TARGET_PER_MIN)}"
                    if p.get("config", "default") in ("default", "wakes") else "-")
+                + (f" | {p['calls_per_s']:.2f}" + (f" (budget {p['flags']['max-getrecords-per-second']})"
+                                                    if "max-getrecords-per-second" in p.get("flags", {}) else "")
+                   if "calls_per_s" in p else " | -")
                 + f" | {p['get_shard_iterator_calls']} | "
                 f"{f(p['worker_cpu_pct_mean'], 1)} | {LAMBDA_POLLS_PER_MIN} |")
         add("")
