@@ -68,3 +68,22 @@ def test_a_lease_gained_between_heartbeats_is_read_without_waiting_for_the_next_
     # Liveness, not timing: before the fix the consumer was refused every token until a heartbeat, and none
     # comes here (60 s away, never run).
     assert wait_until(lambda: str(seq) in seen.seqs, 30), f"not read: {w.budget.granted} tokens granted"
+    # The share is exported: the whole budget (one worker holding all it holds of a group it alone reads).
+    assert w.metrics.value("shardlease_getrecords_budget_calls_per_second") == pytest.approx(w.budget.rate)
+    assert w.budget.rate > 0
+
+
+def test_calls_put_off_for_want_of_a_token_are_counted(
+        budget_worker: tuple[Worker, LocalStreamsServer, Any, Seen]) -> None:
+    from worker.consumer import ShardConsumer
+
+    w, server, table, _ = budget_worker
+    assert w.budget is not None and w._heartbeat() is not None
+    gained = w.manager._acquire(server.model.shard_ids(table))
+    consumer = ShardConsumer(gained[0], settings=w.settings, streams=w.streams, manager=w.manager, handler=w.handler,
+                             metrics=w.metrics, on_shard_ended=w._on_shard_ended, deliveries=w.deliveries,
+                             budget=w.budget)
+    w.budget.set_share(2, 2)
+    w.budget._tokens = 0.0  # the bucket is empty: the next ask is refused
+    assert consumer._budget_wait() > 0
+    assert w.metrics.value("shardlease_getrecords_budget_waits_total") == 1

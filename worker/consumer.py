@@ -414,7 +414,10 @@ class ShardConsumer:
         """Seconds until this shard may call GetRecords under the worker's budget (0.0: a token was taken)."""
         if self._budget is None:
             return 0.0
-        return self._budget.request(self, busy=not self._pacer.quiet(time.monotonic()))
+        wait = self._budget.request(self, busy=not self._pacer.quiet(time.monotonic()))
+        if wait > 0:
+            self._metrics.budget_wait()
+        return wait
 
     def _checkpoint_progress(self, delivery: BatchDelivery) -> None:
         """Note the end of the batch's done prefix as handled, if it moved, and checkpoint it when due."""

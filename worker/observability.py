@@ -229,6 +229,14 @@ class Metrics:
             registry=r,
         )
         self._throttles = counter("shardlease_throttles", "AWS calls throttled, by API.", ("api",))
+        self._budget_rate = gauge(
+            "shardlease_getrecords_budget_calls_per_second",
+            "This worker's share of --max-getrecords-per-second in GetRecords calls per second (0 without a budget).",
+        )
+        self._budget_waits = counter(
+            "shardlease_getrecords_budget_waits",
+            "GetRecords calls put off because this worker's share of --max-getrecords-per-second had no token left.",
+        )
         self._loop_lag = gauge(
             "shardlease_event_loop_lag_seconds",
             "How late the async handlers' event loop woke from its last 0.1 s heartbeat, in seconds; while it "
@@ -360,6 +368,14 @@ class Metrics:
         """Count one GetRecords call and observe its latency in seconds."""
         self._getrecords.inc()
         self._getrecords_latency.observe(latency_s)
+
+    def budget_share(self, calls_per_s: float) -> None:
+        """This worker's share of the GetRecords budget, in calls per second."""
+        self._budget_rate.set(calls_per_s)
+
+    def budget_wait(self) -> None:
+        """A GetRecords call was put off for want of a budget token."""
+        self._budget_waits.inc()
 
     def throttle(self, api: str) -> None:
         self._throttles.labels(api=_check("api", api, THROTTLED_APIS)).inc()

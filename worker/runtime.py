@@ -411,6 +411,7 @@ class Worker:
         self._ready = result.heartbeat.ready
         if self.budget is not None:  # before the gained shards' consumers start reading
             self.budget.set_share(len(self.manager.held()), self._ready)
+            self.metrics.budget_share(self.budget.rate)
         for shard, reason in result.lost.items():
             if self.scheduler.stop(shard, StopReason.LOST, detail=reason):
                 log.warning("lease lost (%s); stopping the shard", reason, extra={"shard_id": shard})
@@ -540,6 +541,7 @@ class Worker:
             # Gained between heartbeats too (grants polled while waiting for a handoff): the share counts them
             # before they read, else a worker that held nothing has 0 calls/s until its next heartbeat.
             self.budget.set_share(len(self.manager.held()), self._ready)
+            self.metrics.budget_share(self.budget.rate)
         for acquired in gained:
             self.metrics.lease_gained(
                 {"free": "acquired_free", "expired": "took_expired", "handoff": "handoff", "takeover": "stolen",
