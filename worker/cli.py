@@ -266,7 +266,7 @@ def _run(args: argparse.Namespace) -> int:
         return supervise(config)
     collecting = gc.isenabled()
     gc.disable()  # until the worker has started: see _started
-    unfreezing: list[threading.Timer] = []
+    reclaims: list[threading.Timer] = []  # the timer _started sets (one, once the worker has started)
     try:
         from worker.runtime import Worker
 
@@ -276,14 +276,14 @@ def _run(args: argparse.Namespace) -> int:
         worker = Worker(config)
         worker.install_signal_handlers()
         try:
-            code = worker.run(on_started=(lambda: unfreezing.append(_started())) if collecting else None)
+            code = worker.run(on_started=(lambda: reclaims.append(_started())) if collecting else None)
         except BaseException:
             if worker.scheduler.in_flight():  # never leave a handler thread running in a process that stopped
                 code = EXIT_ABANDONED
             else:
                 raise
     finally:
-        for timer in unfreezing:  # the worker has stopped: nothing stays frozen, no timer is left behind
+        for timer in reclaims:  # the worker has stopped: nothing stays frozen, no timer is left behind
             timer.cancel()
             gc.unfreeze()
         if collecting:
