@@ -13,17 +13,18 @@ from worker.handling.handler import as_handler
 from worker.reading.budget import ReadBudget
 
 
-def quiet_consumer(h: Harness) -> ShardConsumer:  # noqa: F811
+def quiet_consumer(h: Harness, *, budget: ReadBudget | None = None, **settings: Any) -> ShardConsumer:  # noqa: F811
+    """A consumer of a new shard, quiet from the start (``quiet_after_s`` 0) unless ``settings`` say otherwise."""
     shard_id = h.shard()
     h.store.register_shards([ShardSpec(shard_id)])
     acquired = h.manager._acquire([shard_id])
     assert acquired
-    settings = ConsumerSettings(stream_arn=h.table.stream_arn, group=h.store.group, worker_id="w1", batch_size=10,
-                                initial_position="TRIM_HORIZON", idle_poll_interval_s=1.0, lease_ttl_s=30.0,
-                                quiet_after_s=0.0)
-    return ShardConsumer(acquired[0], settings=settings, streams=h.streams, manager=h.manager,
+    config = ConsumerSettings(**{"stream_arn": h.table.stream_arn, "group": h.store.group, "worker_id": "w1",
+                                 "batch_size": 10, "initial_position": "TRIM_HORIZON", "idle_poll_interval_s": 1.0,
+                                 "lease_ttl_s": 30.0, "quiet_after_s": 0.0, **settings})
+    return ShardConsumer(acquired[0], settings=config, streams=h.streams, manager=h.manager,
                          handler=as_handler(h.recorder), metrics=h.metrics,
-                         on_shard_ended=lambda s, c: h.ended.append((s, c)))
+                         on_shard_ended=lambda s, c: h.ended.append((s, c)), budget=budget)
 
 
 def test_a_wake_does_not_cut_short_the_backoff_of_a_shard_whose_read_failed(h: Harness) -> None:  # noqa: F811
@@ -45,10 +46,9 @@ def test_a_wake_does_not_cut_short_the_backoff_of_a_shard_whose_read_failed(h: H
 def test_a_shard_waiting_for_a_getrecords_token_reads_nothing_and_still_stops_at_once(h: Harness) -> None:  # noqa: F811
     """--max-getrecords-per-second: a consumer refused a token waits (the step returns the wait, no GetRecords);
     a shutdown asked meanwhile releases the lease at its next step, which the scheduler runs at once."""
-    c = quiet_consumer(h)
     budget = ReadBudget(0.01, quiet_yield_s=1.0, ceiling_s=1.0)
     budget.set_share(1, 1)  # one token, then one per 100 s
-    c._budget = budget
+    c = quiet_consumer(h, budget=budget)
     calls: list[str] = []
     get_records = h.streams.get_records
 
@@ -85,19 +85,10 @@ def test_a_shard_that_delivers_instead_of_waiting_for_a_token_does_not_hold_up_t
     minutes of retries).  Kept, the place counted ahead of every later request: with a bucket of one token
     (a share of at most 1 call/s) no other shard of the worker got a token until the place went stale
     (STALE_S after its wait), and the tokens refilled meanwhile were lost.  Failed before the fix."""
-    shard_id = h.shard()
-    h.store.register_shards([ShardSpec(shard_id)])
-    acquired = h.manager._acquire([shard_id])
-    assert acquired
-    settings = ConsumerSettings(stream_arn=h.table.stream_arn, group=h.store.group, worker_id="w1", batch_size=10,
-                                initial_position="TRIM_HORIZON", idle_poll_interval_s=1.0, lease_ttl_s=30.0,
-                                batching_window_s=0.001)
     clock = FakeClock()
     budget = ReadBudget(1.0, quiet_yield_s=1.0, ceiling_s=1.0, clock=clock)
     budget.set_share(2, 2)  # 1 call/s for this worker's two shards: a bucket of one token
-    c = ShardConsumer(acquired[0], settings=settings, streams=h.streams, manager=h.manager,
-                      handler=as_handler(h.recorder), metrics=h.metrics,
-                      on_shard_ended=lambda s, e: h.ended.append((s, e)), budget=budget)
+    c = quiet_consumer(h, budget=budget, batching_window_s=0.001, quiet_after_s=60.0)  # busy: records just came
     written = h.write(3)
     assert c.step() is not None  # the token: 3 records gathered, the batch (10) not full, its window open
     assert not h.recorder.seen and budget.granted == 1
@@ -119,11 +110,10 @@ def test_a_getrecords_token_is_not_spent_on_an_iterator_that_expired_while_the_s
     and waited a second turn in line for the read (half the budget lost, every interval doubled).
     Failed before the fix: the token's call failed, the record stayed unread."""
     monkeypatch.setattr("worker.consumer.ITERATOR_REFRESH_S", 0.2, raising=False)  # stands for 10 of AWS's 15 min
-    c = quiet_consumer(h)
     clock = FakeClock()
     budget = ReadBudget(1.0, quiet_yield_s=1.0, ceiling_s=1.0, clock=clock)
     budget.set_share(1, 1)  # one token, then one per second of the fake clock
-    c._budget = budget
+    c = quiet_consumer(h, budget=budget)
     assert c.step() is not None  # the token: an empty page, its next iterator kept
     h.server.model.set_faults(iterator_ttl_s=0.5)
     time.sleep(0.6)  # the kept iterator is now expired
