@@ -285,6 +285,7 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         for timer in reclaims:  # the worker has stopped: nothing stays frozen, no timer is left behind
             timer.cancel()
+            timer.join()  # a reclaim under way (it freezes again at its end) finishes before the unfreeze
             gc.unfreeze()
         if collecting:
             gc.enable()  # start-up failed before the worker started (or the worker has stopped)
