@@ -83,6 +83,8 @@ class LeaseManager:
         self._giving: dict[str, str] = {}
         self._asked: dict[str, float] = {}
         self._leaving = False
+        self._left_to_expire = False
+        """Set by :meth:`leave_leases_to_expire` (the process exits at once): :meth:`release` writes nothing."""
         self._created_ms = 0
         self._joined = False
         self._renewed_at = clock()
@@ -212,8 +214,9 @@ class LeaseManager:
             self._forget(shard_id, token)
             raise
 
-    def release(self, shard_id: str, *, to: str = "", token: int | None = None) -> None:
-        """Release after the final checkpoint; with ``to``, hand it to that worker.
+    def release(self, shard_id: str, *, to: str = "", token: int | None = None) -> bool:
+        """Release after the final checkpoint; with ``to``, hand it to that worker.  False when nothing
+        was written because the leases are left to expire (:meth:`leave_leases_to_expire`), else True.
 
         A lease no longer held is nothing to release.  On CoordinationUnavailable the lease stays
         held (and renewed): call again, or let it expire.
@@ -221,10 +224,23 @@ class LeaseManager:
         try:
             token = self._token_for(shard_id, token)
         except LeaseLostError:
-            return
+            return True
+        if self._left_to_expire:  # checked right before the write: the process may be exiting meanwhile
+            return False
         with contextlib.suppress(LeaseLostError):  # someone else holds it: nothing left to release
             self.store.release(self.worker_id, shard_id, token, to=to)
         self._forget(shard_id, token)
+        return True
+
+    def leave_leases_to_expire(self) -> None:
+        """The process is about to exit at once: from now on :meth:`release` writes nothing, so every lease
+        still held expires ``lease_ttl_s`` after its last renewal.  Whatever the process started and cannot
+        stop (a thread a handler started) may run until the exit; no next owner starts before then.
+
+        Safe to call from a signal handler (it takes no lock); cannot be undone.  A release already under way
+        in another thread still completes: it began before this call.
+        """
+        self._left_to_expire = True
 
     # -- the heartbeat ----------------------------------------------------------------------------
 

@@ -541,14 +541,16 @@ class ShardConsumer:
             self._delivery = None
             self._gathered = []
             if reason == StopReason.HANDOFF:
-                self._manager.release(self.shard_id, to=self._handoff_to, token=self.token)
+                released = self._manager.release(self.shard_id, to=self._handoff_to, token=self.token)
                 self._metrics.lease_lost("handoff")
-                log.info("handed over to %s after checkpoint %s", self._handoff_to, self.checkpoint or "(none)",
+                log.info("%s after checkpoint %s", f"handed over to {self._handoff_to}" if released else
+                         "left to expire (the process is exiting)", self.checkpoint or "(none)",
                          extra={"shard_id": self.shard_id})
             elif reason == StopReason.SHUTDOWN:
-                self._manager.release(self.shard_id, token=self.token)
+                released = self._manager.release(self.shard_id, token=self.token)
                 self._metrics.lease_lost("shutdown")
-                log.info("released for shutdown after checkpoint %s", self.checkpoint or "(none)",
+                log.info("%s after checkpoint %s", "released for shutdown" if released else
+                         "left to expire (the process is exiting)", self.checkpoint or "(none)",
                          extra={"shard_id": self.shard_id})
             else:
                 self._metrics.lease_lost("expired" if "expired" in self._stop_detail else "stolen")

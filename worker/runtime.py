@@ -19,7 +19,7 @@ still running is never released: :meth:`Worker.run` returns
 :data:`EXIT_ABANDONED` and the command exits at once without ``close()``, so the
 lease expires with the process gone and the call cannot overlap the next owner's.
 A second signal exits at once (async handler calls in flight are cancelled first and get
-a second to unwind).
+a second to unwind); from that signal on no lease is released, so all of them expire.
 """
 
 from __future__ import annotations
@@ -294,7 +294,9 @@ class Worker:
         if self._signals > 1:
             os.write(2, b"shardlease: second signal, exiting at once\n")
             # Async handler calls in flight are cancelled and get a moment to unwind (their finally blocks);
-            # leases are not released: they expire, and the next owners re-read the unfinished batches.
+            # leases are not released: they expire, and the next owners re-read the unfinished batches.  Not
+            # even those of calls that unwound within that moment: a thread such a call started may still run.
+            self.manager.leave_leases_to_expire()
             self.handler.cancel_running()
             os._exit(1)
         log.info("%s received: finishing in-flight batches, then releasing leases (up to %.0f s)",

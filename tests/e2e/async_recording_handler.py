@@ -12,6 +12,7 @@ $SHARDLEASE_TEST_OUT.  Knobs (environment):
   (``asyncio.to_thread``) that never returns, gives up waiting for it after 0.2 s, and goes on.
 * ``ASYNC_SLOW_N``: a call whose batch holds this counter value writes ``started`` to
   $SHARDLEASE_TEST_OUT.marks, awaits 30 s, and writes ``unwound`` there when it ends or is cancelled.
+* ``ASYNC_SLOW_UNWIND_N``: as ``ASYNC_SLOW_N``, but the call takes 0.8 s to unwind (before ``unwound``).
 
 ``lambda_handler`` is an async Lambda-style handler (no Powertools): it reports the record with
 counter ``ASYNC_FAIL_N`` in ``batchItemFailures`` on its first attempt, and appends one line per
@@ -62,12 +63,15 @@ async def handle(records: Sequence[Any], ctx: Any) -> None:
         # A blocking call handed to a thread that never returns; the coroutine gives up on it after 0.2 s.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.to_thread(time.sleep, 3600), 0.2)
-    if slow is not None and slow in ns:
+    slow_unwind = _knob("ASYNC_SLOW_UNWIND_N")
+    if (slow is not None and slow in ns) or (slow_unwind is not None and slow_unwind in ns):
         marks = os.environ["SHARDLEASE_TEST_OUT"] + ".marks"
         _append(marks, [b"started"])
         try:
             await asyncio.sleep(30)
         finally:
+            if slow_unwind in ns:
+                await asyncio.sleep(0.8)  # cancelled once: this await runs to its end
             _append(marks, [b"unwound"])
     await asyncio.sleep(float(os.environ.get("ASYNC_SLEEP_S") or 0.005))
     now = time.time()

@@ -100,6 +100,42 @@ def test_a_hung_coroutine_is_cancelled_by_the_timeout_and_a_second_signal_cancel
         assert lease is not None and lease.owner == "w1"  # not released: it expires
 
 
+def test_a_second_signal_leaves_every_lease_to_expire_even_where_the_call_unwound_at_once(
+    tmp_path: Path, redis_url: str, group: str
+) -> None:
+    """Two shards, each with an async call in flight when SIGTERM comes twice: one call unwinds at once, the
+    other takes 0.8 s, and the exit waits for it.  The first shard's consumer is free meanwhile, yet its lease
+    is not released: a thread its call started could still run, so no next owner may start before the process
+    is gone.  Both leases expire; nothing was checkpointed past the cancelled batches."""
+    with LocalStreamsServer(port=0, empty_page_probability=0.0) as server:
+        table = server.create_table("orders", shards=2)
+        model = server.model
+        fast, slow = model.shard_ids(table)
+        key_on = {shard: next(f"k{i}" for i in range(1000) if model.shard_for_key(table, {"S": f"k{i}"}) == shard)
+                  for shard in (fast, slow)}
+        fleet = Fleet(tmp_path, redis_url, server.endpoint_url, table.stream_arn, group)
+        proc = fleet.start("w1", handler=HANDLER, ASYNC_SLOW_N="100", ASYNC_SLOW_UNWIND_N="101")
+        first = [str(table.put_item({"pk": key_on[shard], "n": n})) for n, shard in enumerate((fast, slow))]
+        fleet.wait_for(set(first), timeout_s=20)
+        store = LeaseStore(connect(redis_url), group)
+        checkpoints = dict(zip((fast, slow), first, strict=True))
+        assert wait_until(lambda: all(getattr(store.lease(shard), "checkpoint", "") == seq
+                                      for shard, seq in checkpoints.items()), 10)
+        table.put_item({"pk": key_on[fast], "n": 100})
+        table.put_item({"pk": key_on[slow], "n": 101})
+        marks = Path(str(fleet.out) + ".marks")
+        assert wait_until(lambda: marks.exists() and marks.read_bytes().split().count(b"started") == 2, 20)
+        fleet.signal("w1", signal.SIGTERM)
+        assert wait_until(lambda: "SIGTERM received" in fleet.log_text("w1"), 10)
+        fleet.signal("w1", signal.SIGTERM)
+        assert proc.wait(10) == 1
+        assert marks.read_bytes().split() == [b"started", b"started", b"unwound", b"unwound"]
+        for shard in (fast, slow):
+            lease = store.lease(shard)
+            assert lease is not None and lease.owner == "w1", fleet.log_text("w1")[-3000:]  # left to expire
+            assert lease.checkpoint == checkpoints[shard]
+
+
 def test_a_coroutine_that_swallows_its_cancellation_is_a_hung_call(tmp_path: Path, redis_url: str, group: str) -> None:
     """A coroutine that ignores its cancellation falls back to the hung-call path: --on-handler-timeout exit stops
     the worker with code 3, and the hung shard's lease is not released (it expires)."""

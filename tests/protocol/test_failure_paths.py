@@ -240,3 +240,33 @@ def test_redis_refusing_commands_is_retryable_not_fatal(store: LeaseStore) -> No
         store.client.config_set("maxmemory", "0")
     [a], _ = store.acquire("w1", ["a"])
     assert a.how == "free"
+
+
+# -- a process exiting at once (a second signal) --------------------------------------------------
+
+def test_leases_left_to_expire_are_not_released_and_another_worker_takes_them_after_the_ttl(
+    store: LeaseStore,
+) -> None:
+    """After ``leave_leases_to_expire`` a release (plain or a handoff) writes nothing: the lease stays with
+    the exiting worker until ``lease_ttl_s`` passes on Redis time, then another worker acquires it."""
+    store.register_shards(specs(2))
+    exiting = LeaseManager(store, "w1")
+    exiting.tick()
+    gained = {a.shard_id for a in exiting.tick().gained}
+    assert gained == {"s00000", "s00001"}
+    exiting.leave_leases_to_expire()
+    assert exiting.release("s00000") is False
+    assert exiting.release("s00001", to="w2") is False
+    for shard in sorted(gained):
+        lease = store.lease(shard)
+        assert lease is not None and lease.owner == "w1" and lease.offered_to == ""
+    other = LeaseManager(store, "w2")
+    other.tick()
+    assert other.tick().gained == []  # held until it expires
+    time.sleep(store.config.lease_ttl_s + 0.2)
+    deadline = time.monotonic() + 5
+    taken: set[str] = set()
+    while taken != gained and time.monotonic() < deadline:
+        taken |= {a.shard_id for a in other.tick().gained}
+        time.sleep(0.1)
+    assert taken == gained
