@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -332,6 +333,8 @@ def test_a_second_signal_cancels_the_coroutines_in_flight_before_exiting(monkeyp
     assert running.wait(10)
     worker = Worker.__new__(Worker)
     worker.handler, worker._signals = handler, 1  # the first signal was already handled
+    worker.manager = SimpleNamespace(  # type: ignore[assignment]
+        leave_leases_to_expire=lambda: events.append("leases left to expire"))
 
     def fake_exit(code: int) -> None:
         events.append(f"exit {code}")
@@ -341,7 +344,7 @@ def test_a_second_signal_cancels_the_coroutines_in_flight_before_exiting(monkeyp
     with pytest.raises(_Exited):
         worker._on_signal(signal.SIGTERM, None)
     thread.join(10)
-    assert events == ["unwound", "exit 1"]
+    assert events == ["leases left to expire", "unwound", "exit 1"]  # no release from the moment calls unwind
     assert len(outcome) == 1 and isinstance(outcome[0], HandlerCancelled)
     handler.close()
 
