@@ -84,7 +84,8 @@ class LeaseManager:
         self._asked: dict[str, float] = {}
         self._leaving = False
         self._left_to_expire = False
-        """Set by :meth:`leave_leases_to_expire` (the process exits at once): :meth:`release` writes nothing."""
+        """Set by :meth:`leave_leases_to_expire` (the process exits at once): :meth:`release` and
+        :meth:`end_shard` write nothing."""
         self._created_ms = 0
         self._joined = False
         self._renewed_at = clock()
@@ -190,13 +191,18 @@ class LeaseManager:
             self._forget(shard_id, token)
             raise
 
-    def end_shard(self, shard_id: str, *, token: int | None = None) -> list[str]:
-        """Checkpoint SHARD_END and let go of the lease; returns the children now acquirable.
+    def end_shard(self, shard_id: str, *, token: int | None = None) -> list[str] | None:
+        """Checkpoint SHARD_END and let go of the lease; returns the children now acquirable, or None when
+        nothing was written because the leases are left to expire (:meth:`leave_leases_to_expire`): ending
+        the shard lets the children start elsewhere at once, which must wait until the process is gone
+        too.  The lease then expires; its next owner reads to the end again and ends the shard.
 
         On CoordinationUnavailable the lease stays held (and renewed): call again.  A call that ran
         in Redis but whose reply was lost answers ``[]`` when repeated.
         """
         token = self._token_for(shard_id, token)
+        if self._left_to_expire:  # checked right before the write, as in release()
+            return None
         try:
             children = self.store.end_shard(self.worker_id, shard_id, token)
         except LeaseLostError:
@@ -233,12 +239,13 @@ class LeaseManager:
         return True
 
     def leave_leases_to_expire(self) -> None:
-        """The process is about to exit at once: from now on :meth:`release` writes nothing, so every lease
-        still held expires ``lease_ttl_s`` after its last renewal.  Whatever the process started and cannot
-        stop (a thread a handler started) may run until the exit; no next owner starts before then.
+        """The process is about to exit at once: from now on :meth:`release` and :meth:`end_shard` write
+        nothing, so every lease still held expires ``lease_ttl_s`` after its last renewal (and no shard's
+        children become acquirable).  Whatever the process started and cannot stop (a thread a handler or a
+        hook started) may run until the exit; no next owner starts before then.
 
-        Safe to call from a signal handler (it takes no lock); cannot be undone.  A release already under way
-        in another thread still completes: it began before this call.
+        Safe to call from a signal handler (it takes no lock); cannot be undone.  A release or shard end already
+        under way in another thread still completes: it began before this call.
         """
         self._left_to_expire = True
 

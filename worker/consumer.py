@@ -511,6 +511,12 @@ class ShardConsumer:
             self._call_hook(self._handler.on_shard_end)
         # A CoordinationUnavailable here leaves the lease held and renewed: the step retries.
         children = self._manager.end_shard(self.shard_id, token=self.token)
+        if children is None:
+            # The process exits at once (a second signal), perhaps with a thread the hook started still running:
+            # the lease expires and its next owner ends the shard (the children wait until then).
+            log.info("shard end left to the next owner (the process is exiting)", extra={"shard_id": self.shard_id})
+            self.finished = True
+            return
         log.info("shard ended (SHARD_END checkpointed)%s",
                  f"; children ready: {', '.join(children)}" if children else "", extra={"shard_id": self.shard_id})
         self._metrics.lease_lost("shard_end")

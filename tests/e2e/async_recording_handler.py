@@ -14,6 +14,10 @@ $SHARDLEASE_TEST_OUT.  Knobs (environment):
   $SHARDLEASE_TEST_OUT.marks, awaits 30 s, and writes ``unwound`` there when it ends or is cancelled.
 * ``ASYNC_SLOW_UNWIND_N``: as ``ASYNC_SLOW_N``, but the call takes 0.8 s to unwind (before ``unwound``).
 
+``SlowShardEnd`` (``--handler tests.e2e.async_recording_handler:SlowShardEnd``) handles records as ``handle``
+does, and its async ``on_shard_end`` hook writes ``hook-started`` to $SHARDLEASE_TEST_OUT.marks, awaits 30 s,
+and writes ``hook-unwound`` there when it ends or is cancelled.
+
 ``lambda_handler`` is an async Lambda-style handler (no Powertools): it reports the record with
 counter ``ASYNC_FAIL_N`` in ``batchItemFailures`` on its first attempt, and appends one line per
 invocation (the batch's sequence numbers, the failed ones) to $SHARDLEASE_TEST_OUT.calls.
@@ -78,6 +82,19 @@ async def handle(records: Sequence[Any], ctx: Any) -> None:
     _append(os.environ["SHARDLEASE_TEST_OUT"], [orjson.dumps({
         "w": ctx.worker_id, "shard": r.shard_id, "seq": r.sequence_number, "pk": r.keys.get("pk"), "n": n,
         "token": ctx.lease_token, "t": now}) for r, n in zip(records, ns, strict=True)])
+
+
+class SlowShardEnd:
+    async def handle(self, records: Sequence[Any], ctx: Any) -> None:
+        await handle(records, ctx)
+
+    async def on_shard_end(self, ctx: Any) -> None:
+        marks = os.environ["SHARDLEASE_TEST_OUT"] + ".marks"
+        _append(marks, [b"hook-started"])
+        try:
+            await asyncio.sleep(30)
+        finally:
+            _append(marks, [b"hook-unwound"])
 
 
 async def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:

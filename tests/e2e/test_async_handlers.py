@@ -136,6 +136,38 @@ def test_a_second_signal_leaves_every_lease_to_expire_even_where_the_call_unwoun
             assert lease.checkpoint == checkpoints[shard]
 
 
+def test_a_second_signal_during_an_on_shard_end_hook_leaves_the_shard_unended_and_its_lease_to_expire(
+    tmp_path: Path, redis_url: str, group: str
+) -> None:
+    """A shard's end is reached and its async on_shard_end hook is in flight when SIGTERM comes twice: the hook is
+    cancelled and unwinds at once, but SHARD_END is not written in the second before the exit (it would let another
+    worker start the children while a thread the hook started may still run).  The lease is left to expire; its next
+    owner reads to the end again, calls the hook and ends the shard."""
+    with LocalStreamsServer(port=0, empty_page_probability=0.0) as server:
+        table = server.create_table("orders", shards=1)
+        model = server.model
+        parent = model.shard_ids(table)[0]
+        fleet = Fleet(tmp_path, redis_url, server.endpoint_url, table.stream_arn, group)
+        proc = fleet.start("w1", handler="tests.e2e.async_recording_handler:SlowShardEnd")
+        first = str(table.put_item({"pk": "k0", "n": 0}))
+        fleet.wait_for({first}, timeout_s=20)
+        store = LeaseStore(connect(redis_url), group)
+        assert wait_until(lambda: getattr(store.lease(parent), "checkpoint", "") == first, 10)
+        model.rollover_shard(table, parent)
+        marks = Path(str(fleet.out) + ".marks")
+        assert wait_until(lambda: marks.exists() and b"hook-started" in marks.read_bytes(), 20)
+        fleet.signal("w1", signal.SIGTERM)
+        assert wait_until(lambda: "SIGTERM received" in fleet.log_text("w1"), 10)
+        fleet.signal("w1", signal.SIGTERM)
+        assert proc.wait(10) == 1
+        assert marks.read_bytes().split() == [b"hook-started", b"hook-unwound"]
+        lease = store.lease(parent)
+        assert lease is not None, fleet.log_text("w1")[-3000:]
+        assert lease.state != "ended" and lease.owner == "w1", fleet.log_text("w1")[-3000:]  # left to expire
+        assert lease.checkpoint == first
+        assert "shard end left to the next owner" in fleet.log_text("w1")
+
+
 def test_a_coroutine_that_swallows_its_cancellation_is_a_hung_call(tmp_path: Path, redis_url: str, group: str) -> None:
     """A coroutine that ignores its cancellation falls back to the hung-call path: --on-handler-timeout exit stops
     the worker with code 3, and the hung shard's lease is not released (it expires)."""

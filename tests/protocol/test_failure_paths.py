@@ -270,3 +270,29 @@ def test_leases_left_to_expire_are_not_released_and_another_worker_takes_them_af
         taken |= {a.shard_id for a in other.tick().gained}
         time.sleep(0.1)
     assert taken == gained
+
+
+def test_a_shard_left_to_expire_is_not_ended_and_its_child_stays_blocked(store: LeaseStore) -> None:
+    """After ``leave_leases_to_expire`` an end_shard writes nothing (None): the parent stays held by the exiting
+    worker, not ended, so its child cannot be acquired before the parent's lease expires and is ended by its next
+    owner."""
+    store.register_shards([ShardSpec("p"), ShardSpec("c", parent_ids=("p",))])
+    exiting = LeaseManager(store, "w1")
+    exiting.tick()
+    exiting.tick()
+    assert set(exiting.held()) == {"p"}
+    exiting.leave_leases_to_expire()
+    assert exiting.end_shard("p") is None
+    lease = store.lease("p")
+    assert lease is not None and lease.owner == "w1" and lease.state != "ended" and lease.checkpoint == ""
+    other = LeaseManager(store, "w2")
+    other.tick()
+    assert other.tick().gained == []  # neither the parent (held) nor the child (blocked)
+    time.sleep(store.config.lease_ttl_s + 0.2)
+    deadline = time.monotonic() + 5
+    taken: set[str] = set()
+    while "p" not in taken and time.monotonic() < deadline:
+        taken |= {a.shard_id for a in other.tick().gained}
+        time.sleep(0.1)
+    assert taken == {"p"}
+    assert other.end_shard("p") == ["c"]
