@@ -335,6 +335,8 @@ def test_a_second_signal_cancels_the_coroutines_in_flight_before_exiting(monkeyp
     worker.handler, worker._signals = handler, 1  # the first signal was already handled
     worker.manager = SimpleNamespace(  # type: ignore[assignment]
         leave_leases_to_expire=lambda: events.append("leases left to expire"))
+    worker.snapshot = SimpleNamespace(  # type: ignore[assignment]
+        leave_segments_to_expire=lambda: events.append("segments left to expire"))
 
     def fake_exit(code: int) -> None:
         events.append(f"exit {code}")
@@ -344,7 +346,8 @@ def test_a_second_signal_cancels_the_coroutines_in_flight_before_exiting(monkeyp
     with pytest.raises(_Exited):
         worker._on_signal(signal.SIGTERM, None)
     thread.join(10)
-    assert events == ["leases left to expire", "unwound", "exit 1"]  # no release from the moment calls unwind
+    # No release from the moment calls unwind:
+    assert events == ["leases left to expire", "segments left to expire", "unwound", "exit 1"]
     assert len(outcome) == 1 and isinstance(outcome[0], HandlerCancelled)
     handler.close()
 

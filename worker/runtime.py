@@ -297,6 +297,8 @@ class Worker:
             # leases are not released: they expire, and the next owners re-read the unfinished batches.  Not
             # even those of calls that unwound within that moment: a thread such a call started may still run.
             self.manager.leave_leases_to_expire()
+            if self.snapshot is not None:  # nor are snapshot segments given back, nor pages taken out of flight
+                self.snapshot.leave_segments_to_expire()
             self.handler.cancel_running()
             os._exit(1)
         log.info("%s received: finishing in-flight batches, then releasing leases (up to %.0f s)",

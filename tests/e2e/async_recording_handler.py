@@ -14,6 +14,12 @@ $SHARDLEASE_TEST_OUT.  Knobs (environment):
   $SHARDLEASE_TEST_OUT.marks, awaits 30 s, and writes ``unwound`` there when it ends or is cancelled.
 * ``ASYNC_SLOW_UNWIND_N``: as ``ASYNC_SLOW_N``, but the call takes 0.8 s to unwind (before ``unwound``).
 
+``snapshot_lanes`` is for snapshot pages under ``--parallelization-factor 2``: a call holding item ``n`` =
+``SNAPSHOT_SLOW_N`` writes ``started`` to $SHARDLEASE_TEST_OUT.marks and awaits 30 s (``unwound`` when it ends or is
+cancelled); a call holding ``SNAPSHOT_FAIL_N`` raises (every attempt).  A call on stream records holding
+``STREAM_SLOW_UNWIND_N`` writes ``stream-started``, awaits 30 s and, when cancelled, takes 0.8 s to unwind (then
+``stream-unwound``).  Other calls do nothing.
+
 ``SlowShardEnd`` (``--handler tests.e2e.async_recording_handler:SlowShardEnd``) handles records as ``handle``
 does, and its async ``on_shard_end`` hook writes ``hook-started`` to $SHARDLEASE_TEST_OUT.marks, awaits 30 s,
 and writes ``hook-unwound`` there when it ends or is cancelled.
@@ -82,6 +88,28 @@ async def handle(records: Sequence[Any], ctx: Any) -> None:
     _append(os.environ["SHARDLEASE_TEST_OUT"], [orjson.dumps({
         "w": ctx.worker_id, "shard": r.shard_id, "seq": r.sequence_number, "pk": r.keys.get("pk"), "n": n,
         "token": ctx.lease_token, "t": now}) for r, n in zip(records, ns, strict=True)])
+
+
+async def snapshot_lanes(records: Sequence[Any], ctx: Any) -> None:
+    ns = [_n(r.new_image or r.old_image or {}) for r in records]
+    marks = os.environ["SHARDLEASE_TEST_OUT"] + ".marks"
+    if not ctx.shard_id.startswith("snapshot:"):
+        if _knob("STREAM_SLOW_UNWIND_N") in ns:
+            _append(marks, [b"stream-started"])
+            try:
+                await asyncio.sleep(30)
+            finally:
+                await asyncio.sleep(0.8)  # cancelled once: this await runs to its end
+                _append(marks, [b"stream-unwound"])
+        return
+    if _knob("SNAPSHOT_FAIL_N") in ns:
+        raise RuntimeError("failing on purpose")
+    if _knob("SNAPSHOT_SLOW_N") in ns:
+        _append(marks, [b"started"])
+        try:
+            await asyncio.sleep(30)
+        finally:
+            _append(marks, [b"unwound"])
 
 
 class SlowShardEnd:

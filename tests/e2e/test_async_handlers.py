@@ -8,12 +8,14 @@ from __future__ import annotations
 import collections
 import signal
 import time
+import zlib
 from pathlib import Path
 
 import orjson
 import pytest
 
 from leaser import LeaseStore, connect
+from leaser.snapshot import SnapshotStore
 from tests.e2e.fleet import Fleet, Writer, check_order_per_key, check_parents_before_children, wait_until
 from worker.local import LocalStreamsServer
 
@@ -166,6 +168,51 @@ def test_a_second_signal_during_an_on_shard_end_hook_leaves_the_shard_unended_an
         assert lease.state != "ended" and lease.owner == "w1", fleet.log_text("w1")[-3000:]  # left to expire
         assert lease.checkpoint == first
         assert "shard end left to the next owner" in fleet.log_text("w1")
+
+
+def test_a_second_signal_leaves_a_snapshot_segment_to_expire_while_another_lane_waits_for_a_retry(
+    tmp_path: Path, redis_url: str, group: str
+) -> None:
+    """A snapshot page's two lanes (--parallelization-factor 2): one call is in flight, the other lane's call failed
+    and waits for its retry, when SIGTERM comes twice; a stream shard's call is in flight too.  The page's call is
+    cancelled and unwinds at once, the stream call takes 0.8 s, and the exit waits for it.  Meanwhile the page's
+    retry falls due and the scanner, stopping, is refused it: the segment must not be given back then (another
+    worker would claim it and call the handler on the page while a thread the cancelled call started may still run,
+    and the page would leave flight, letting go the stream's records it holds back).  It stays with w1 and expires."""
+    with LocalStreamsServer(port=0, empty_page_probability=0.0) as server:
+        table = server.create_table("items", shards=1, stream_enabled=False)
+        lanes: dict[int, str] = {}
+        for i in range(1000):
+            key = orjson.dumps({"pk": {"S": f"k{i}"}}, option=orjson.OPT_SORT_KEYS)
+            lanes.setdefault(zlib.crc32(key) % 2, f"k{i}")
+            if len(lanes) == 2:
+                break
+        table.put_item({"pk": lanes[0], "n": 200})
+        table.put_item({"pk": lanes[1], "n": 201})
+        arn = server.model.enable_stream(table, "NEW_IMAGE")
+        table.put_item({"pk": "stream", "n": 300})
+        fleet = Fleet(tmp_path, redis_url, server.endpoint_url, arn, group, snapshot="true",
+                      **{"snapshot-segments": "1", "parallelization-factor": "2"})
+        # The snapshot's first page waits for its notice (4 s): the stream call starts before, while no page holds
+        # the stream's records back.
+        proc = fleet.start("w1", handler="tests.e2e.async_recording_handler:snapshot_lanes", SNAPSHOT_SLOW_N="200",
+                           SNAPSHOT_FAIL_N="201", STREAM_SLOW_UNWIND_N="300", SHARDLEASE_TEST_SNAPSHOT_NOTICE_S="4")
+        marks = Path(str(fleet.out) + ".marks")
+        assert wait_until(lambda: marks.exists() and b"stream-started" in marks.read_bytes(), 20)
+        assert wait_until(lambda: b"started" in marks.read_bytes().split(), 30), fleet.log_text("w1")[-3000:]
+        assert wait_until(lambda: "failing on purpose" in fleet.log_text("w1"), 10)
+        fleet.signal("w1", signal.SIGTERM)
+        assert wait_until(lambda: "SIGTERM received" in fleet.log_text("w1"), 10)
+        time.sleep(0.5)  # the runner is stopping: a refused call now gives the segment back
+        fleet.signal("w1", signal.SIGTERM)
+        assert proc.wait(10) == 1
+        assert sorted(marks.read_bytes().split()) == [b"started", b"stream-started", b"stream-unwound", b"unwound"]
+        store = SnapshotStore(connect(redis_url), group)
+        owners = store.client.hgetall(store.keys[5])
+        assert {k: v.split("|")[0] for k, v in owners.items()} == {"0": "w1"}, \
+            fleet.log_text("w1")[-3000:]
+        assert "given back" not in fleet.log_text("w1")
+        assert "segment 0/1 left to expire" in fleet.log_text("w1")
 
 
 def test_a_coroutine_that_swallows_its_cancellation_is_a_hung_call(tmp_path: Path, redis_url: str, group: str) -> None:

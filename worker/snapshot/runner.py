@@ -102,6 +102,8 @@ class SnapshotRunner:
         self.margin_s = min(1.0, 0.2 * settings.lease_ttl_s)
         self.calls = HandlerCalls()
         """Handler calls on snapshot pages in flight, for the worker's hang watchdog (:meth:`hung_for`)."""
+        self._left_to_expire = False
+        """Set by :meth:`leave_segments_to_expire`: no segment is given back, no page taken out of flight."""
         self._hung_reported = False
 
     def hung_for(self, timeout_s: float) -> float | None:
@@ -134,6 +136,23 @@ class SnapshotRunner:
     def stop(self) -> None:
         """Stop claiming; scanners abandon their page (at the next batch boundary) and give their segments back."""
         self._stopping.set()
+
+    def leave_segments_to_expire(self) -> None:
+        """The process is about to exit at once (a second signal): from now on the scanners give no segment back
+        and take no page out of flight, so every segment held expires ``lease_ttl_s`` after its last renewal, with
+        its page still in flight.  Whatever a cancelled handler call started and the process cannot stop (a thread
+        of ``asyncio.to_thread``) may run until the exit: no other worker may call the handler on that page, nor
+        may the stream's records the page holds back go, before then.  Safe to call from a signal handler (it takes
+        no lock); cannot be undone.  A release already under way in another thread still completes."""
+        self._left_to_expire = True
+
+    def _release(self, segment: int, token: int, *, keep_lease: bool = False) -> bool:
+        """Take the segment's page out of flight and (unless ``keep_lease``) give the segment back; False (nothing
+        written) once the segments are left to expire."""
+        if self._left_to_expire:  # checked right before the write: the process may be exiting meanwhile
+            return False
+        self.store.release(segment, self.settings.worker_id, token, keep_lease=keep_lease)
+        return True
 
     def join(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -271,7 +290,7 @@ class SnapshotRunner:
                 page = self.reader.page(segment, total, start)
             except (ScanThrottled, ScanFailed) as exc:
                 # Out of flight while backing off: the stream must not wait for a page that is not being read.
-                self.store.release(segment, s.worker_id, token, keep_lease=True)
+                self._release(segment, token, keep_lease=True)
                 throttles += 1
                 if self.metrics is not None:
                     self.metrics.throttles.inc()
@@ -289,7 +308,11 @@ class SnapshotRunner:
                 if why.startswith("lease"):
                     log.warning("snapshot: segment %s: %s; the page will be read again by its next owner", label, why)
                     return
-                self.store.release(segment, s.worker_id, token, keep_lease=why != "stopping")
+                released = self._release(segment, token, keep_lease=why != "stopping")
+                if not released:
+                    log.info("snapshot: segment %s left to expire with its page in flight (the process is exiting)",
+                             label)
+                    return
                 if why == "stopping":
                     log.info("snapshot: segment %s given back (shutdown)", label)
                     return
@@ -317,8 +340,10 @@ class SnapshotRunner:
     def _give_back(self, segment: int, token: int, label: str) -> None:
         if self._stopping.is_set():
             try:
-                self.store.release(segment, self.settings.worker_id, token)
-                log.info("snapshot: segment %s given back (shutdown)", label)
+                if self._release(segment, token):
+                    log.info("snapshot: segment %s given back (shutdown)", label)
+                else:
+                    log.info("snapshot: segment %s left to expire (the process is exiting)", label)
             except CoordinationUnavailable as exc:
                 log.warning("snapshot: could not give back segment %s (%s); it expires", label, exc)
 
