@@ -19,7 +19,8 @@ still running is never released: :meth:`Worker.run` returns
 :data:`EXIT_ABANDONED` and the command exits at once without ``close()``, so the
 lease expires with the process gone and the call cannot overlap the next owner's.
 A second signal exits at once (async handler calls in flight are cancelled first and get
-a second to unwind); from that signal on no lease is released, so all of them expire.
+a second to unwind); from that signal on no lease is released and no shard ended (nor a snapshot
+segment given back), so all of them expire.
 """
 
 from __future__ import annotations
