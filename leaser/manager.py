@@ -227,12 +227,12 @@ class LeaseManager:
         A lease no longer held is nothing to release.  On CoordinationUnavailable the lease stays
         held (and renewed): call again, or let it expire.
         """
+        if self._left_to_expire:  # checked right before the write: the process may be exiting meanwhile
+            return False
         try:
             token = self._token_for(shard_id, token)
         except LeaseLostError:
             return True
-        if self._left_to_expire:  # checked right before the write: the process may be exiting meanwhile
-            return False
         with contextlib.suppress(LeaseLostError):  # someone else holds it: nothing left to release
             self.store.release(self.worker_id, shard_id, token, to=to)
         self._forget(shard_id, token)
