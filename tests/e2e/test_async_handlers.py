@@ -143,31 +143,36 @@ def test_a_second_signal_during_an_on_shard_end_hook_leaves_the_shard_unended_an
 ) -> None:
     """A shard's end is reached and its async on_shard_end hook is in flight when SIGTERM comes twice: the hook is
     cancelled and unwinds at once, but SHARD_END is not written in the second before the exit (it would let another
-    worker start the children while a thread the hook started may still run).  The lease is left to expire; its next
-    owner reads to the end again, calls the hook and ends the shard."""
+    worker start the children while a thread the hook started may still run).  A call on another shard takes 0.8 s
+    to unwind, so the exit waits and the first shard's consumer does reach its end meanwhile.  The lease is left
+    to expire; its next owner reads to the end again, calls the hook and ends the shard."""
     with LocalStreamsServer(port=0, empty_page_probability=0.0) as server:
-        table = server.create_table("orders", shards=1)
+        table = server.create_table("orders", shards=2)
         model = server.model
-        parent = model.shard_ids(table)[0]
+        parent, other = model.shard_ids(table)
+        key_on = {shard: next(f"k{i}" for i in range(1000) if model.shard_for_key(table, {"S": f"k{i}"}) == shard)
+                  for shard in (parent, other)}
         fleet = Fleet(tmp_path, redis_url, server.endpoint_url, table.stream_arn, group)
-        proc = fleet.start("w1", handler="tests.e2e.async_recording_handler:SlowShardEnd")
-        first = str(table.put_item({"pk": "k0", "n": 0}))
+        proc = fleet.start("w1", handler="tests.e2e.async_recording_handler:SlowShardEnd", ASYNC_SLOW_UNWIND_N="101")
+        first = str(table.put_item({"pk": key_on[parent], "n": 0}))
         fleet.wait_for({first}, timeout_s=20)
         store = LeaseStore(connect(redis_url), group)
         assert wait_until(lambda: getattr(store.lease(parent), "checkpoint", "") == first, 10)
-        model.rollover_shard(table, parent)
+        table.put_item({"pk": key_on[other], "n": 101})
         marks = Path(str(fleet.out) + ".marks")
-        assert wait_until(lambda: marks.exists() and b"hook-started" in marks.read_bytes(), 20)
+        assert wait_until(lambda: marks.exists() and b"started" in marks.read_bytes(), 20)
+        model.rollover_shard(table, parent)
+        assert wait_until(lambda: b"hook-started" in marks.read_bytes(), 20)
         fleet.signal("w1", signal.SIGTERM)
         assert wait_until(lambda: "SIGTERM received" in fleet.log_text("w1"), 10)
         fleet.signal("w1", signal.SIGTERM)
         assert proc.wait(10) == 1
-        assert marks.read_bytes().split() == [b"hook-started", b"hook-unwound"]
+        assert marks.read_bytes().split() == [b"started", b"hook-started", b"hook-unwound", b"unwound"]
+        log = fleet.log_text("w1")
+        assert "shard end left to the next owner" in log, log[-3000:]  # the consumer reached the end meanwhile
         lease = store.lease(parent)
-        assert lease is not None, fleet.log_text("w1")[-3000:]
-        assert lease.state != "ended" and lease.owner == "w1", fleet.log_text("w1")[-3000:]  # left to expire
+        assert lease is not None and lease.state != "ended" and lease.owner == "w1", log[-3000:]  # left to expire
         assert lease.checkpoint == first
-        assert "shard end left to the next owner" in fleet.log_text("w1")
 
 
 def test_a_second_signal_leaves_a_snapshot_segment_to_expire_while_another_lane_waits_for_a_retry(
