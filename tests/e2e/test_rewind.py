@@ -1,9 +1,12 @@
 """Rewind, fast-forward, export and import with a real fleet: worker processes, a real Redis, the local
 stream endpoint, writes going on and a split in between.
 
-Rows are told apart by lease token: a row whose token is above the group's token counter right after a
-change was handled by a consumer that acquired its lease after it (a consumer from before may still
-finish the batch it had in flight, and handle it a second time; it cannot checkpoint it).
+Rows are told apart by lease token: a row whose token is above the group's token counter as a change
+left it was handled by a consumer that acquired its lease after it (a consumer from before may still
+finish the batch it had in flight, and handle it a second time; it cannot checkpoint it).  The counter
+is read in the same transaction as the change's script (see _rewind): workers woken by the change take
+the leases within milliseconds, and a read after the command returned could already count their tokens
+as before the change.
 """
 
 from __future__ import annotations
@@ -12,13 +15,17 @@ import math
 import re
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import pytest
 import redis
 
 from leaser import LeaseStore
 from leaser.positions import SKIP_BEFORE_NOW_MARGIN_MS
+from leaser.store import translate_redis_errors
 from tests.e2e.fleet import Fleet, Handled, Writer, check_order_per_key, check_parents_before_children
 from worker.checkpoints.plan import iso
 from worker.cli import main
@@ -46,8 +53,57 @@ def _created(server: LocalStreamsServer, stream_arn: str) -> dict[str, float]:
     return out
 
 
-def _token_counter(client: redis.Redis, group: str) -> int:
-    return int(client.get(LeaseStore(client, group).keys.token) or 0)
+def _rewind(fleet: Fleet, group: str, *args: str) -> int:
+    """Run ``checkpoint rewind ARGS --yes`` (it must succeed); returns the group's token counter as the change
+    left it: every lease acquired after the change has a larger token, every one acquired before it a smaller
+    one.  The counter is read in the same MULTI/EXEC as the reposition script: a worker whose heartbeat falls
+    just after the change, or a test thread slow to resume, lets a worker acquire leases before a separate
+    read; their rows then count as handled before the change (a CI failure: records written after
+    --to-latest "not handled" after it)."""
+    counters: list[int] = []
+    run = LeaseStore._run
+
+    def run_and_read_counter(store: LeaseStore, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        if name != "reposition":
+            return run(store, name, keys, args)
+        with translate_redis_errors():
+            pipe = store.client.pipeline(transaction=True)
+            store._scripts[name](keys=list(keys), args=list(args), client=pipe)
+            pipe.get(store.keys.token)
+            answer, counter = pipe.execute()
+        if answer[0] in ("ok", b"ok"):
+            counters.append(int(counter))
+        return answer
+
+    with mock.patch.object(LeaseStore, "_run", run_and_read_counter):
+        assert _cli(fleet, group, "rewind", *args, "--yes") == 0
+    assert len(counters) == 1, counters
+    return counters[0]
+
+
+def _explain(fleet: Fleet, client: redis.Redis, group: str, fence: int, wanted: set[str], rows: list[Handled],
+             log_lines: int = 40) -> str:
+    """What to look at when records were not handled after a change: the leases, who handled what with which
+    token (above the fence or not), and the end of each worker's log."""
+    missing = wanted - {r.seq for r in _after(rows, fence)}
+    lines = [f"{len(missing)} of {len(wanted)} records not handled with a token above {fence}; "
+             f"{len(missing - {r.seq for r in rows})} of them not handled at all", "leases:"]
+    for lease in LeaseStore(client, group).leases():
+        above = "above" if lease.token > fence else "not above"
+        lines.append(f"  {lease.shard_id} {lease.state} owner={lease.owner or '-'} token={lease.token} ({above} the "
+                     f"fence) checkpoint={lease.checkpoint or '-'} skip_before_ms={lease.skip_before_ms} "
+                     f"expires_ms={lease.expires_ms}")
+    lines.append("rows by worker, shard and token (count, first and last sequence number, first and last time):")
+    groups: dict[tuple[str, str, int], list[Handled]] = {}
+    for r in rows:
+        groups.setdefault((r.worker, r.shard, r.token), []).append(r)
+    for (worker, shard, token), handled in sorted(groups.items(), key=lambda kv: kv[0][2]):
+        lines.append(f"  {worker} {shard} token={token}{' (above the fence)' if token > fence else ''}: "
+                     f"{len(handled)}, {handled[0].seq}..{handled[-1].seq}, {handled[0].t:.3f}..{handled[-1].t:.3f}")
+    for name in sorted(fleet.procs):
+        tail = fleet.log_text(name).splitlines()[-log_lines:]
+        lines += [f"last {len(tail)} lines of {name}'s log:", *(f"  {line}" for line in tail)]
+    return "\n".join(lines)
 
 
 def _after(rows: list[Handled], token: int) -> list[Handled]:
@@ -92,8 +148,7 @@ def test_rewind_to_a_time_under_writes_through_a_split_with_a_paused_worker_then
             paused_with = _wait_owning(redis_client, group, "w2")
             fleet.signal("w2", signal.SIGSTOP)
             time.sleep(0.5)
-            assert _cli(fleet, group, "rewind", "--to-time", iso(int(to_time * 1000)), "--yes") == 0
-            fence = _token_counter(redis_client, group)
+            fence = _rewind(fleet, group, "--to-time", iso(int(to_time * 1000)))
             time.sleep(1.0)
             fleet.signal("w2", signal.SIGCONT)
             time.sleep(2.0)
@@ -103,7 +158,8 @@ def test_rewind_to_a_time_under_writes_through_a_split_with_a_paused_worker_then
         after = _after(rows, fence)
 
         missing = again - {r.seq for r in after}
-        assert not missing, f"{len(missing)} of {len(again)} records at or after the time not handled again"
+        assert not missing, (f"{len(missing)} of {len(again)} records at or after the time not handled again\n"
+                             + _explain(fleet, redis_client, group, fence, again, rows))
         cutoff_s = math.floor(to_time)  # ApproximateCreationDateTime is whole seconds: the same-second margin
         early = [r.seq for r in after if math.floor(created[r.seq]) < cutoff_s]
         assert not early, f"{len(early)} records created before the time's second handled again"
@@ -120,25 +176,25 @@ def test_rewind_to_a_time_under_writes_through_a_split_with_a_paused_worker_then
         # --to-latest with the fleet running: nothing written before it is handled from then on.
         with Writer(table, keys=20) as writer2:
             time.sleep(1.0)
-            assert _cli(fleet, group, "rewind", "--to-latest", "--yes") == 0
-            fence2 = _token_counter(redis_client, group)
+            fence2 = _rewind(fleet, group, "--to-latest")
             latest_s = LeaseStore(redis_client, group).history(1)[0]["at_ms"] / 1000
             time.sleep(2.0)
         created = _created(server, table.stream_arn)
         later = {seq for seq in writer2.written if created[seq] >= latest_s}
         rows = _wait_handled_after(fleet, later, fence2)
         after = _after(rows, fence2)
-        assert later <= {r.seq for r in after}
+        assert later <= {r.seq for r in after}, ("records written after --to-latest not handled after it\n"
+                                                 + _explain(fleet, redis_client, group, fence2, later, rows))
         # The margin for DynamoDB's clock behind Redis's: a few records written just before may be handled.
         cutoff_s = math.floor(latest_s - SKIP_BEFORE_NOW_MARGIN_MS / 1000)
         stale = [r.seq for r in after if math.floor(created[r.seq]) < cutoff_s]
-        assert not stale, f"{len(stale)} records written before --to-latest (and its margin) handled after it"
+        assert not stale, (f"{len(stale)} records written before --to-latest (and its margin) handled after it: "
+                           f"{stale[:10]}\n" + _explain(fleet, redis_client, group, fence2, later, rows))
 
         # --to-sequence in the split's parent, ended long ago: its children, read since, are read again after
         # it, so each key's last handled record is its last written one again (not the parent's older one).
         first, *again_seqs = (str(seq) for seq in server.model.stream(table.stream_arn).shards[split_parent].seqs)
-        assert _cli(fleet, group, "rewind", "--shard", split_parent, "--to-sequence", first, "--yes") == 0
-        fence3 = _token_counter(redis_client, group)
+        fence3 = _rewind(fleet, group, "--shard", split_parent, "--to-sequence", first)
         _wait_handled_after(fleet, set(again_seqs), fence3)
         last_written = {f"k{i % 20:02d}": seq for i, seq in enumerate(writer2.written)}
         deadline = time.monotonic() + 30
