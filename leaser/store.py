@@ -369,7 +369,8 @@ class LeaseStore:
         stops at its next heartbeat or fenced write, and none of its writes lands.  States are rebuilt
         from the new checkpoints (parents before children); children of re-opened shards that are not
         set are blocked again until their parents end.  ``record`` (a non-empty JSON object: who, what,
-        the plan) is added to the group's history with the Redis time and the new epoch.
+        the plan) is added to the group's history with the Redis time, the new epoch and ``fence_token``: the
+        token counter as the change left it (every lease acquired after the change has a larger token).
 
         ``expected_epoch`` is the epoch the positions were planned from (:meth:`epoch`): if another
         reposition ran since, nothing changes and ConcurrentUpdate is raised.  ``request_id`` (unique

@@ -141,8 +141,12 @@ for _, e in ipairs(entries) do
 end
 
 local seq = redis.call('HINCRBY', KEYS[7], 'history_seq', 1)
+-- fence_token: the token counter as this change leaves it.  Every lease acquired after the change has a larger
+-- token, every consumer from before it a smaller or equal one (a sink keeping ctx.lease_token can tell them apart).
+local fence = redis.call('GET', KEYS[6]) or '0'
 redis.call('HSET', KEYS[8], seq,
-           '{"at_ms":' .. string.format('%.0f', now) .. ',"epoch":' .. epoch .. ',' .. string.sub(ARGV[3], 2))
+           '{"at_ms":' .. string.format('%.0f', now) .. ',"epoch":' .. epoch .. ',"fence_token":' .. fence .. ','
+           .. string.sub(ARGV[3], 2))
 redis.call('HDEL', KEYS[8], seq - tonumber(ARGV[4]))
 if #ready > 0 then redis.call('PUBLISH', ARGV[5], table.concat(ready, ',')) end
 return {'ok', epoch, table.concat(fenced, ',')}

@@ -62,6 +62,19 @@ def test_a_rewind_fences_the_running_owner_and_the_next_owner_starts_from_the_ne
     assert again.token > got.token
 
 
+def test_the_history_entry_names_the_fence_every_later_acquisition_is_above(store: LeaseStore) -> None:
+    """``fence_token`` is the token counter as the change left it: the moved lease's fresh token, and every
+    token drawn before the change, are at or below it; every acquisition after it is above."""
+    store.register_shards([ShardSpec("a", (), 1), ShardSpec("b", (), 2)])
+    [before], _ = store.acquire("w1", ["b"])  # not moved: its owner keeps it, below the fence
+    _reposition(store, [Position("a", checkpoint="50")])
+    fence = store.history(1)[0]["fence_token"]
+    lease = store.lease("a")
+    assert lease is not None and before.token < lease.token <= fence
+    [after], _ = store.acquire("w2", ["a"])
+    assert after.token > fence
+
+
 def test_a_lost_reply_retried_with_the_same_request_changes_nothing_more(store: LeaseStore) -> None:
     store.register_shards([ShardSpec("a", (), 1)])
     [got], _ = store.acquire("w1", ["a"])

@@ -297,8 +297,9 @@ def history_lines(store: LeaseStore, limit: int = 3) -> list[str]:
     for entry in store.history(limit):
         moved = sum(1 for step in entry.get("plan", []) if step.get("from") != step.get("to"))
         plan = f", {moved} of {entry.get('plan_steps', 0)} shards moved" if "plan" in entry else ""
+        fence = f"; leases taken since have tokens above {entry['fence_token']}" if "fence_token" in entry else ""
         lines.append(f"{iso(int(entry.get('at_ms', 0)))} {entry.get('what', '?')} by {entry.get('user', '?')}@"
-                     f"{entry.get('host', '?')} (epoch {entry.get('epoch', '?')}{plan})")
+                     f"{entry.get('host', '?')} (epoch {entry.get('epoch', '?')}{plan}{fence})")
     return lines
 
 
