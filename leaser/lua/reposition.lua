@@ -143,7 +143,9 @@ end
 local seq = redis.call('HINCRBY', KEYS[7], 'history_seq', 1)
 -- fence_token: the token counter as this change leaves it.  Every lease acquired after the change has a larger
 -- token, every consumer from before it a smaller or equal one (a sink keeping ctx.lease_token can tell them apart).
-local fence = redis.call('GET', KEYS[6]) or '0'
+-- (INCRBY by 0 reads the counter: GET is not in the worker's ACL.  %.0f: concatenating the number would
+-- write it as 1.7961105408218e+15, 14 digits.)
+local fence = string.format('%.0f', redis.call('INCRBY', KEYS[6], 0))
 redis.call('HSET', KEYS[8], seq,
            '{"at_ms":' .. string.format('%.0f', now) .. ',"epoch":' .. epoch .. ',"fence_token":' .. fence .. ','
            .. string.sub(ARGV[3], 2))
