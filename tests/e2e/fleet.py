@@ -158,6 +158,15 @@ class Writer:
         self._thread.join()
 
 
+def key_for(server: Any, table: Any, shard: str) -> str:
+    """A string partition key ``k<i>`` that the local endpoint (a ``LocalStreamsServer``) routes to ``shard``,
+    an open shard of ``table``."""
+    i = 0
+    while server.model.shard_for_key(table, {"S": f"k{i}"}) != shard:
+        i += 1
+    return f"k{i}"
+
+
 def check_order_per_key(rows: list[Handled]) -> None:
     """In first-handling order, each key's counter only grows (records of one item stay in order)."""
     seen: set[str] = set()

@@ -16,7 +16,7 @@ import pytest
 
 from leaser import LeaseStore, connect
 from leaser.snapshot import SnapshotStore
-from tests.e2e.fleet import Fleet, Writer, check_order_per_key, check_parents_before_children, wait_until
+from tests.e2e.fleet import Fleet, Writer, check_order_per_key, check_parents_before_children, key_for, wait_until
 from worker.local import LocalStreamsServer
 
 pytestmark = pytest.mark.e2e
@@ -113,8 +113,7 @@ def test_a_second_signal_leaves_every_lease_to_expire_even_where_the_call_unwoun
         table = server.create_table("orders", shards=2)
         model = server.model
         fast, slow = model.shard_ids(table)
-        key_on = {shard: next(f"k{i}" for i in range(1000) if model.shard_for_key(table, {"S": f"k{i}"}) == shard)
-                  for shard in (fast, slow)}
+        key_on = {shard: key_for(server, table, shard) for shard in (fast, slow)}
         fleet = Fleet(tmp_path, redis_url, server.endpoint_url, table.stream_arn, group)
         proc = fleet.start("w1", handler=HANDLER, ASYNC_SLOW_N="100", ASYNC_SLOW_UNWIND_N="101")
         first = [str(table.put_item({"pk": key_on[shard], "n": n})) for n, shard in enumerate((fast, slow))]
@@ -150,8 +149,7 @@ def test_a_second_signal_during_an_on_shard_end_hook_leaves_the_shard_unended_an
         table = server.create_table("orders", shards=2)
         model = server.model
         parent, other = model.shard_ids(table)
-        key_on = {shard: next(f"k{i}" for i in range(1000) if model.shard_for_key(table, {"S": f"k{i}"}) == shard)
-                  for shard in (parent, other)}
+        key_on = {shard: key_for(server, table, shard) for shard in (parent, other)}
         fleet = Fleet(tmp_path, redis_url, server.endpoint_url, table.stream_arn, group)
         proc = fleet.start("w1", handler="tests.e2e.async_recording_handler:SlowShardEnd", ASYNC_SLOW_UNWIND_N="101")
         first = str(table.put_item({"pk": key_on[parent], "n": 0}))

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.fleet import Fleet, Writer, check_order_per_key
+from tests.e2e.fleet import Fleet, Writer, check_order_per_key, key_for
 from worker.local import LocalStreamsServer
 
 pytestmark = pytest.mark.e2e
@@ -54,13 +54,6 @@ class PollLog:
     def last_before(self, shard: str, t: float) -> float:
         with self._lock:
             return max((c for c in self.calls[shard] if c < t), default=float("-inf"))
-
-
-def key_for(server: LocalStreamsServer, table: Any, shard: str) -> str:
-    i = 0
-    while server.model.shard_for_key(table, {"S": f"k{i}"}) != shard:
-        i += 1
-    return f"k{i}"
 
 
 def wait_handled(fleet: Fleet, seq: str, timeout_s: float) -> float:
