@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from leaser import LeaseStore, connect
-from tests.e2e.fleet import ROOT, Fleet, Writer, check_order_per_key, wait_until
+from tests.e2e.fleet import ROOT, Fleet, Writer, check_order_per_key, key_for, wait_until
 from worker.local import LocalStreamsServer
 from worker.supervisor import free_loopback_port
 
@@ -191,3 +191,33 @@ def test_worker_processes_take_the_handler_from_the_current_directory_without_it
             sup.send_signal(signal.SIGTERM)
             _, err = sup.communicate(timeout=30)
         assert sup.returncode == 0, err.decode()[-2000:]
+
+
+def test_a_second_signal_reaches_every_worker_process_and_no_lease_is_released(
+    tmp_path: Path, redis_url: str, group: str
+) -> None:
+    """Each of two worker processes has an async call in flight (one unwinds at once, the other in 0.8 s) when
+    the supervisor gets SIGTERM twice: it sends the second signal on, every process cancels its call and exits at
+    once without releasing its lease (a thread the call started may still run), and the supervisor exits 1.
+    Without the second signal the calls would run their 30 s."""
+    with LocalStreamsServer(port=0, empty_page_probability=0.0) as server:
+        table = server.create_table("orders", shards=2)
+        shards = server.model.shard_ids(table)
+        fleet = Fleet(tmp_path, redis_url, server.endpoint_url, table.stream_arn, group, processes="2")
+        sup = fleet.start("pod", handler="tests.e2e.async_recording_handler:handle", ASYNC_SLOW_N="100",
+                          ASYNC_SLOW_UNWIND_N="101")
+        store = LeaseStore(connect(redis_url), group)
+        assert wait_until(lambda: {lease.owner for lease in store.leases()} == {"pod-p0", "pod-p1"}, 30)
+        owners = {lease.shard_id: lease.owner for lease in store.leases()}
+        for n, shard in zip((100, 101), shards, strict=True):
+            table.put_item({"pk": key_for(server, table, shard), "n": n})
+        marks = Path(str(fleet.out) + ".marks")
+        assert wait_until(lambda: marks.exists() and marks.read_bytes().split().count(b"started") == 2, 20)
+        sup.send_signal(signal.SIGTERM)
+        assert wait_until(lambda: "received: sending it on" in fleet.log_text("pod"), 10)
+        sup.send_signal(signal.SIGTERM)
+        assert sup.wait(20) == 1, fleet.log_text("pod")[-3000:]
+        assert marks.read_bytes().split() == [b"started", b"started", b"unwound", b"unwound"]
+        log = fleet.log_text("pod")
+        assert "released for shutdown" not in log, log[-3000:]
+        assert {lease.shard_id: lease.owner for lease in store.leases()} == owners  # left to expire
