@@ -414,9 +414,7 @@ class Worker:
             log.error("REDIS LOST THE GROUP'S STATE (restarted without persistence?): every lease and checkpoint "
                       "is gone; %s. Run Redis with append-only persistence to avoid this.", consequence)
         self._ready = result.heartbeat.ready
-        if self.budget is not None:  # before the gained shards' consumers start reading
-            self.budget.set_share(len(self.manager.held()), self._ready)
-            self.metrics.budget_share(self.budget.rate)
+        self._share_budget()  # before the gained shards' consumers start reading
         for shard, reason in result.lost.items():
             if self.scheduler.stop(shard, StopReason.LOST, detail=reason):
                 log.warning("lease lost (%s); stopping the shard", reason, extra={"shard_id": shard})
@@ -541,12 +539,17 @@ class Worker:
             except CoordinationUnavailable as exc:
                 log.debug("could not publish the shard report: %s", exc)
 
-    def _start(self, gained: list[Any]) -> None:
-        if gained and self.budget is not None:
-            # Gained between heartbeats too (grants polled while waiting for a handoff): the share counts them
-            # before they read, else a worker that held nothing has 0 calls/s until its next heartbeat.
+    def _share_budget(self) -> None:
+        """Set this worker's share of the GetRecords budget from the leases it holds now (no budget: nothing)."""
+        if self.budget is not None:
             self.budget.set_share(len(self.manager.held()), self._ready)
             self.metrics.budget_share(self.budget.rate)
+
+    def _start(self, gained: list[Any]) -> None:
+        if gained:
+            # Gained between heartbeats too (grants polled while waiting for a handoff): the share counts them
+            # before they read, else a worker that held nothing has 0 calls/s until its next heartbeat.
+            self._share_budget()
         for acquired in gained:
             self.metrics.lease_gained(
                 {"free": "acquired_free", "expired": "took_expired", "handoff": "handoff", "takeover": "stolen",
