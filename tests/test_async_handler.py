@@ -352,6 +352,31 @@ def test_a_second_signal_cancels_the_coroutines_in_flight_before_exiting(monkeyp
     handler.close()
 
 
+def test_a_second_signal_exits_even_when_cancelling_the_calls_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker.runtime import Worker
+
+    events: list[str] = []
+
+    def cancel_running() -> int:
+        events.append("cancel")
+        raise RuntimeError("the event loop is gone")
+
+    worker = Worker.__new__(Worker)
+    worker._signals, worker.snapshot = 1, None
+    worker.handler = SimpleNamespace(cancel_running=cancel_running)  # type: ignore[assignment]
+    worker.manager = SimpleNamespace(  # type: ignore[assignment]
+        leave_leases_to_expire=lambda: events.append("leases left to expire"))
+
+    def fake_exit(code: int) -> None:
+        events.append(f"exit {code}")
+        raise _Exited
+
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    with pytest.raises(_Exited):
+        worker._on_signal(signal.SIGTERM, None)
+    assert events == ["leases left to expire", "cancel", "exit 1"]
+
+
 # -- stalls --------------------------------------------------------------------------------------------
 
 

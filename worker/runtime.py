@@ -297,11 +297,13 @@ class Worker:
             # Async handler calls in flight are cancelled and get a moment to unwind (their finally blocks);
             # leases are not released: they expire, and the next owners re-read the unfinished batches.  Not
             # even those of calls that unwound within that moment: a thread such a call started may still run.
-            self.manager.leave_leases_to_expire()
-            if self.snapshot is not None:  # nor are snapshot segments given back, nor pages taken out of flight
-                self.snapshot.leave_segments_to_expire()
-            self.handler.cancel_running()
-            os._exit(1)
+            try:
+                self.manager.leave_leases_to_expire()
+                if self.snapshot is not None:  # nor are snapshot segments given back, nor pages taken out of flight
+                    self.snapshot.leave_segments_to_expire()
+                self.handler.cancel_running()
+            finally:  # exit at once whatever the cancellation raised: the leases are left to expire either way
+                os._exit(1)
         log.info("%s received: finishing in-flight batches, then releasing leases (up to %.0f s)",
                  signal.Signals(signum).name, self.config.shutdown_grace_s)
         self.stop()
