@@ -694,6 +694,10 @@ def build_markdown(data: dict[str, Any], status: dict[str, Any], made: dict[str,
         add(f"| (a) plain boto3 loop | {plain:.2f} | {n / plain:,.0f} | - |")
         add(f"| (b) worker, from Popen (start-up incl.) | {wall:.2f} | {n / wall:,.0f} | {plain / wall:.1f}x |")
         add(f"| (b) worker, first batch -> last batch | {steady:.2f} | {n / steady:,.0f} | {plain / steady:.1f}x |")
+        ceiling = drain_ceiling(tp)
+        if ceiling is not None:
+            add(f"| (c) ceiling: the worker's imports + its decoder + the handler, no I/O (`bench/drain_ceiling.py`) "
+                f"| {ceiling:.2f} | {n / ceiling:,.0f} | {plain / ceiling:.1f}x |")
         cpu_a = med([r["plain"]["cpu_s"] for r in reps])
         cpu_b = med([r["worker"]["worker_cpu_s"] + r["worker"]["bench_cpu_s"] for r in reps])
         add(f"| CPU seconds: (a) bench process incl. server vs (b) worker + server | {cpu_a:.2f} vs {cpu_b:.2f} | | "
@@ -877,13 +881,21 @@ def add_cost_headline(add: Any, data: dict[str, Any]) -> None:
         plain = med([r["plain"]["wall_s"] for r in reps])
         wall = med([r["worker"]["wall_s"] for r in reps])
         first_get = med([r["worker"]["first_getrecords_s"] for r in reps])
+        ceiling = drain_ceiling(tp)
+        at_most = "" if ceiling is None else f"; the no-I/O ceiling: {plain / ceiling:.1f}x"
         add(f"| Drain of {tp['records']:,} records, one worker from process start vs the seed's plain boto3 loop "
-            f"(start-up to the first GetRecords: {first_get:.2f} s) | {plain / wall:.1f}x | "
+            f"(start-up to the first GetRecords: {first_get:.2f} s{at_most}) | {plain / wall:.1f}x | "
             f"target ≥ {DRAIN_TARGET_X:g}x | {verdict(plain / wall >= DRAIN_TARGET_X)} |")
     if pr and pr.get("summary"):
         curve = ", ".join(f"{n}: {s['speedup_steady']:.2f}x" for n, s in pr["summary"].items())
         add(f"| Drain rate vs `--processes` (steady, vs 1 process; {pr['cores']} cores, shared) | {curve} | "
             "about N x up to the pod's cores | - |")
+
+
+def drain_ceiling(tp: dict[str, Any]) -> float | None:
+    """Median wall s of ``bench/worker_throughput.py``'s (c), the no-I/O ceiling (None in results from before it)."""
+    walls = [r["ceiling"]["wall_s"] for r in tp["reps"] if "ceiling" in r]
+    return med(walls) if walls else None
 
 
 def add_cost_goals(add: Any, cc: dict[str, Any] | None, tp: dict[str, Any] | None,
@@ -953,6 +965,19 @@ def add_cost_goals(add: Any, cc: dict[str, Any] | None, tp: dict[str, Any] | Non
             f"`Popen` -> first GetRecords (server-side) {first_get:.2f} s, "
             f"`Popen` -> first handler call {med([r['worker']['startup_s'] for r in reps]):.2f} s.")
         add("")
+        ceiling = drain_ceiling(tp)
+        if ceiling is not None:
+            imports = med([r["ceiling"]["imports_s"] for r in reps])
+            work = med([r["ceiling"]["work_s"] for r in reps])
+            add(f"(c) The ceiling (`bench/drain_ceiling.py`): one fresh process doing only what no worker can skip: "
+                f"the worker's imports ({imports:.2f} s from `Popen`), then its page decoder and the same handler on "
+                f"the same GetRecords bodies, captured beforehand ({work:.2f} s); no Redis, HTTP, AWS client or "
+                f"threads. {ceiling:.2f} s: **{plain / ceiling:.1f}x** the plain loop. The worker spends "
+                f"{wall - ceiling:.2f} s more than that (the AWS client, Redis and the leases, 1,000-record HTTP "
+                "pages, checkpoints, four shards' threads). Per repetition, (a) / (b) / (c): " + "; ".join(
+                    f"{r['plain']['wall_s']:.2f} / {r['worker']['wall_s']:.2f} / {r['ceiling']['wall_s']:.2f}"
+                    for r in reps if "ceiling" in r) + ".")
+            add("")
         add("One worker process is CPU-bound on one core (the GIL) while it drains. Per 1.4 KB NEW_AND_OLD_IMAGES "
             "record: the page decoder (msgspec into untracked structs of the wire shape, then the unmarshaller; "
             "`bench/decode_throughput.py`) and the handler's touch of every value (the same work on both sides) are "

@@ -16,6 +16,11 @@ numbers, strings, a string set, a bool, a null, a binary; the images of
     decoded values and appends one line per batch; the bench polls that file until every
     record was handled.
 
+(c) the ceiling (``bench/drain_ceiling.py``): one fresh process that does only what (b) cannot skip: the
+    worker's imports, then the worker's decoder and the same handler on the same GetRecords bodies (captured
+    once beforehand); no Redis, HTTP, AWS client or threads.  Its time is ``Popen`` -> imports done, plus the
+    decode-and-handle loop.  It shows how far (b) is from what one CPython process can do with this handler.
+
 Times: (b) from ``Popen`` (process start-up, imports, Redis, lease acquisition included), and
 "steady" from the first batch's handler call to the last batch's end.  Start-up is reported as
 ``Popen`` -> the first GetRecords the server receives from the worker (counted server-side), and
@@ -37,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +59,7 @@ from bench.bench_handlers import touch_record_images  # noqa: E402
 from bench.decode_throughput import _image  # noqa: E402
 from leaser.embedded import RedisServer  # noqa: E402
 from worker.local import LocalStreamsServer  # noqa: E402
+from worker.reading.records import decode_get_records  # noqa: E402
 
 ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1"}
 
@@ -157,6 +164,43 @@ def one_worker(endpoint_url: str, stream_arn: str, redis_url: str, group: str, e
             "worker_cpu_s": cpu.user + cpu.system, "bench_cpu_s": bench_cpu}
 
 
+def capture_pages(server: LocalStreamsServer, stream_arn: str) -> list[tuple[str, str]]:
+    """Every GetRecords body a drain reads: per shard from TRIM_HORIZON, Limit 1000, to the first empty page."""
+    client = server.client()
+    pages: list[tuple[str, str]] = []
+    for shard_id in server.model.shard_ids(stream_arn):
+        it = client.get_shard_iterator(StreamArn=stream_arn, ShardId=shard_id,
+                                       ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+        while it:
+            request = urllib.request.Request(
+                server.endpoint_url, data=orjson.dumps({"ShardIterator": it, "Limit": 1000}),
+                headers={"X-Amz-Target": "DynamoDBStreams_20120810.GetRecords",
+                         "Content-Type": "application/x-amz-json-1.0"})
+            with urllib.request.urlopen(request) as response:
+                body = response.read()
+            records, it = decode_get_records(body, shard_id)
+            if not records:
+                break
+            pages.append((body.decode(), shard_id))
+    return pages
+
+
+def ceiling(pages_file: Path, group: str, tmp: Path) -> dict[str, Any]:
+    """(c): ``bench/drain_ceiling.py`` in a fresh process on the captured pages; its handler's lines are summed."""
+    out = tmp / f"{group}.jsonl"
+    env = dict(os.environ, **ENV, SHARDLEASE_BENCH_OUT=str(out), PYTHONPATH=str(ROOT))
+    t_wall0 = time.time()
+    done = subprocess.run([sys.executable, "-m", "bench.drain_ceiling", str(pages_file), repr(t_wall0)], env=env,
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise RuntimeError(f"bench.drain_ceiling exited {done.returncode}: {done.stderr.strip()[-2000:]}")
+    result: dict[str, Any] = orjson.loads(done.stdout)
+    rows = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    result["acc"] = sum(r["acc"] for r in rows)
+    result["wall_s"] = result["imports_s"] + result["work_s"]
+    return result
+
+
 def compile_bytecode() -> None:
     """Write the bytecode of this checkout's packages, as installing them does (pip compiles a wheel's modules).
 
@@ -191,6 +235,8 @@ def main() -> None:
         print(f"backlog: {args.records} records over {args.shards} shards, built in {time.perf_counter() - t:.1f} s; "
               f"{len(orjson.dumps(sample['Records'], default=str)) / len(sample['Records']):.0f} B/record "
               f"(JSON of boto3's parsed record); {os.cpu_count()} cores; worker logs in {tmp}")
+        pages_file = tmp / "pages.json"
+        pages_file.write_bytes(orjson.dumps(capture_pages(server, arn)))
         results: list[dict[str, Any]] = []
         for rep in range(args.reps):
             a = plain_boto3(server.endpoint_url, arn)
@@ -200,14 +246,18 @@ def main() -> None:
                                counter=counter)
             finally:
                 counter.restore()
-            assert a["records"] == b["records"] == args.records, (a["records"], b["records"])
-            assert a["acc"] == b["acc"], f"touch sums differ: boto3 {a['acc']} worker {b['acc']}"
-            results.append({"rep": rep, "plain": a, "worker": b})
+            c = ceiling(pages_file, f"ceiling{rep}-{os.getpid()}", tmp)
+            assert a["records"] == b["records"] == c["records"] == args.records, (a["records"], b["records"],
+                                                                                  c["records"])
+            assert a["acc"] == b["acc"] == c["acc"], f"touch sums differ: boto3 {a['acc']} worker {b['acc']} " \
+                                                     f"ceiling {c['acc']}"
+            results.append({"rep": rep, "plain": a, "worker": b, "ceiling": c})
             print(f"rep {rep}: plain {a['wall_s']:.2f} s ({a['records'] / a['wall_s']:,.0f}/s) | worker "
                   f"{b['wall_s']:.2f} s from Popen, first GetRecords at {b['first_getrecords_s']:.2f} s, "
                   f"first handler call at {b['startup_s']:.2f} s, steady {b['steady_s']:.2f} s "
                   f"({b['records'] / b['steady_s']:,.0f}/s), worker CPU {b['worker_cpu_s']:.2f} s, "
-                  f"bench(server) CPU {b['bench_cpu_s']:.2f} s")
+                  f"bench(server) CPU {b['bench_cpu_s']:.2f} s | ceiling {c['wall_s']:.2f} s (imports "
+                  f"{c['imports_s']:.2f} s + decode and handle {c['work_s']:.2f} s)")
 
     def med(side: str, key: str) -> float:
         return statistics.median(r[side][key] for r in results)
@@ -220,6 +270,8 @@ def main() -> None:
         ("(b) worker process, from Popen", ww, n / ww, f"{pa / ww:.1f}x",
          f"{med('worker', 'worker_cpu_s'):.2f} worker + {med('worker', 'bench_cpu_s'):.2f} server"),
         ("(b) worker, first batch -> last batch end", ws, n / ws, f"{pa / ws:.1f}x", ""),
+        ("(c) ceiling: the worker's imports + its decoder + the handler, no I/O", med("ceiling", "wall_s"),
+         n / med("ceiling", "wall_s"), f"{pa / med('ceiling', 'wall_s'):.1f}x", ""),
     ]
     print(f"\nmedian of {args.reps} repetitions, {n} records, {args.shards} shards, batch/Limit 1000:\n")
     print("| | wall s | records/s | speed-up vs (a) | CPU s |")
@@ -231,7 +283,8 @@ def main() -> None:
     cpu_b = med("worker", "worker_cpu_s") + med("worker", "bench_cpu_s")
     print(f"CPU seconds (less sensitive to other load on the machine): (a) {med('plain', 'cpu_s'):.2f} vs (b) "
           f"{cpu_b:.2f} worker+server -> {med('plain', 'cpu_s') / cpu_b:.1f}x")
-    print("walls per rep: " + "; ".join(f"(a) {r['plain']['wall_s']:.2f} (b) {r['worker']['wall_s']:.2f}"
+    print("walls per rep: " + "; ".join(f"(a) {r['plain']['wall_s']:.2f} (b) {r['worker']['wall_s']:.2f} "
+                                        f"(c) {r['ceiling']['wall_s']:.2f}"
                                         for r in results))
     if args.json:
         Path(args.json).write_text(orjson.dumps({"records": n, "shards": args.shards, "reps": results},
