@@ -974,7 +974,8 @@ def add_cost_goals(add: Any, cc: dict[str, Any] | None, tp: dict[str, Any] | Non
                 f"the same GetRecords bodies, captured beforehand ({work:.2f} s); no Redis, HTTP, AWS client or "
                 f"threads. {ceiling:.2f} s: **{plain / ceiling:.1f}x** the plain loop. The worker spends "
                 f"{wall - ceiling:.2f} s more than that (the AWS client, Redis and the leases, 1,000-record HTTP "
-                "pages, checkpoints, four shards' threads). Per repetition, (a) / (b) / (c): " + "; ".join(
+                f"pages, checkpoints, {tp['shards']} shards' consumer threads). Per repetition, (a) / (b) / (c): "
+                + "; ".join(
                     f"{r['plain']['wall_s']:.2f} / {r['worker']['wall_s']:.2f} / {r['ceiling']['wall_s']:.2f}"
                     for r in reps if "ceiling" in r) + ".")
             add("")
