@@ -42,7 +42,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -165,19 +164,15 @@ def one_worker(endpoint_url: str, stream_arn: str, redis_url: str, group: str, e
 
 
 def capture_pages(server: LocalStreamsServer, stream_arn: str) -> list[tuple[str, str]]:
-    """Every GetRecords body a drain reads: per shard from TRIM_HORIZON, Limit 1000, to the first empty page."""
-    client = server.client()
+    """Every GetRecords body a drain reads (the local model's answers, as its server sends them): per shard from
+    TRIM_HORIZON, Limit 1000, to the first empty page."""
+    model = server.model
     pages: list[tuple[str, str]] = []
-    for shard_id in server.model.shard_ids(stream_arn):
-        it = client.get_shard_iterator(StreamArn=stream_arn, ShardId=shard_id,
-                                       ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+    for shard_id in model.shard_ids(stream_arn):
+        it = model.get_shard_iterator({"StreamArn": stream_arn, "ShardId": shard_id,
+                                       "ShardIteratorType": "TRIM_HORIZON"})["ShardIterator"]
         while it:
-            request = urllib.request.Request(
-                server.endpoint_url, data=orjson.dumps({"ShardIterator": it, "Limit": 1000}),
-                headers={"X-Amz-Target": "DynamoDBStreams_20120810.GetRecords",
-                         "Content-Type": "application/x-amz-json-1.0"})
-            with urllib.request.urlopen(request) as response:
-                body = response.read()
+            body = model.get_records({"ShardIterator": it, "Limit": 1000})
             records, it = decode_get_records(body, shard_id)
             if not records:
                 break
