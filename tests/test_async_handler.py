@@ -305,9 +305,28 @@ class _Exited(Exception):
     pass
 
 
-def test_a_second_signal_cancels_the_coroutines_in_flight_before_exiting(monkeypatch: pytest.MonkeyPatch) -> None:
+def _second_signal(monkeypatch: pytest.MonkeyPatch, handler: Any, events: list[str], *, snapshot: bool) -> None:
+    """Send a bare Worker (its first signal already handled) a second SIGTERM; its manager, snapshot runner (if
+    ``snapshot``) and ``os._exit`` append to ``events`` (the exit raises :class:`_Exited`)."""
     from worker.runtime import Worker
 
+    worker = Worker.__new__(Worker)
+    worker.handler, worker._signals = handler, 1
+    worker.manager = SimpleNamespace(  # type: ignore[assignment]
+        leave_leases_to_expire=lambda: events.append("leases left to expire"))
+    worker.snapshot = SimpleNamespace(  # type: ignore[assignment]
+        leave_segments_to_expire=lambda: events.append("segments left to expire")) if snapshot else None
+
+    def fake_exit(code: int) -> None:
+        events.append(f"exit {code}")
+        raise _Exited
+
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    with pytest.raises(_Exited):
+        worker._on_signal(signal.SIGTERM, None)
+
+
+def test_a_second_signal_cancels_the_coroutines_in_flight_before_exiting(monkeypatch: pytest.MonkeyPatch) -> None:
     events: list[str] = []
     running = threading.Event()
 
@@ -331,20 +350,7 @@ def test_a_second_signal_cancels_the_coroutines_in_flight_before_exiting(monkeyp
     thread = threading.Thread(target=step)
     thread.start()
     assert running.wait(10)
-    worker = Worker.__new__(Worker)
-    worker.handler, worker._signals = handler, 1  # the first signal was already handled
-    worker.manager = SimpleNamespace(  # type: ignore[assignment]
-        leave_leases_to_expire=lambda: events.append("leases left to expire"))
-    worker.snapshot = SimpleNamespace(  # type: ignore[assignment]
-        leave_segments_to_expire=lambda: events.append("segments left to expire"))
-
-    def fake_exit(code: int) -> None:
-        events.append(f"exit {code}")
-        raise _Exited
-
-    monkeypatch.setattr(os, "_exit", fake_exit)
-    with pytest.raises(_Exited):
-        worker._on_signal(signal.SIGTERM, None)
+    _second_signal(monkeypatch, handler, events, snapshot=True)
     thread.join(10)
     # No release from the moment calls unwind:
     assert events == ["leases left to expire", "segments left to expire", "unwound", "exit 1"]
@@ -353,27 +359,13 @@ def test_a_second_signal_cancels_the_coroutines_in_flight_before_exiting(monkeyp
 
 
 def test_a_second_signal_exits_even_when_cancelling_the_calls_raises(monkeypatch: pytest.MonkeyPatch) -> None:
-    from worker.runtime import Worker
-
     events: list[str] = []
 
     def cancel_running() -> int:
         events.append("cancel")
         raise RuntimeError("the event loop is gone")
 
-    worker = Worker.__new__(Worker)
-    worker._signals, worker.snapshot = 1, None
-    worker.handler = SimpleNamespace(cancel_running=cancel_running)  # type: ignore[assignment]
-    worker.manager = SimpleNamespace(  # type: ignore[assignment]
-        leave_leases_to_expire=lambda: events.append("leases left to expire"))
-
-    def fake_exit(code: int) -> None:
-        events.append(f"exit {code}")
-        raise _Exited
-
-    monkeypatch.setattr(os, "_exit", fake_exit)
-    with pytest.raises(_Exited):
-        worker._on_signal(signal.SIGTERM, None)
+    _second_signal(monkeypatch, SimpleNamespace(cancel_running=cancel_running), events, snapshot=False)
     assert events == ["leases left to expire", "cancel", "exit 1"]
 
 
